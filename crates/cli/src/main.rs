@@ -1,0 +1,315 @@
+//! `postgres-seren-replicator`: the command line. Parses flags (every one also readable from the
+//! environment), builds the engine's options, draws progress, and maps errors to exit codes.
+//! All the work happens in `replicator-core`.
+
+mod progress;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use replicator_core::plan::SplitPolicy;
+use replicator_core::{ConnUrl, Error, Filter, FormatChoice, InitOptions, Side, TargetState};
+
+/// Copy a live PostgreSQL database to another server, exactly and fast.
+#[derive(Debug, Parser)]
+#[command(
+    name = "postgres-seren-replicator",
+    version,
+    about,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG takes precedence.
+    #[arg(long, global = true, env = "SEREN_LOG", default_value = "warn")]
+    log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy the source database into the target database under one consistent snapshot:
+    /// schema, rows, indexes and constraints, sequences, large objects, then ANALYZE.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProgressMode {
+    /// Bars on a terminal, log lines otherwise.
+    Auto,
+    /// Always bars.
+    Bars,
+    /// A progress line every few seconds.
+    Log,
+    /// Only the final summary.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CopyFormat {
+    /// Binary where every column type supports it, text otherwise.
+    Auto,
+    /// Always text (slower; for types whose binary form differs between servers).
+    Text,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Source URL, postgresql://user:password@host:port/dbname?sslmode=…  Prefer the environment
+    /// variable so the password stays out of your shell history and process list.
+    #[arg(long, env = "SEREN_SOURCE_URL", hide_env_values = true)]
+    source: String,
+    /// Target URL; its database is created when missing.
+    #[arg(long, env = "SEREN_TARGET_URL", hide_env_values = true)]
+    target: String,
+    /// Connection pairs copying in parallel (default: the number of cores).
+    #[arg(long, short = 'j', env = "SEREN_JOBS")]
+    jobs: Option<usize>,
+    /// Copy only these relations: comma-separated schema.table patterns, `*` and `?` wildcards;
+    /// a pattern without a schema matches any schema.
+    #[arg(long, value_delimiter = ',', env = "SEREN_INCLUDE_TABLES")]
+    include_tables: Vec<String>,
+    /// Leave out these relations (same patterns); applies to tables, views, sequences.
+    #[arg(long, value_delimiter = ',', env = "SEREN_EXCLUDE_TABLES")]
+    exclude_tables: Vec<String>,
+    /// Create these tables but copy none of their rows (same patterns).
+    #[arg(long, value_delimiter = ',', env = "SEREN_SCHEMA_ONLY_TABLES")]
+    schema_only_tables: Vec<String>,
+    /// Copy only the rows of a table that satisfy a predicate: 'schema.table:SQL predicate'.
+    /// Repeat for several tables.
+    #[arg(long = "table-filter")]
+    table_filters: Vec<String>,
+    /// Drop and recreate a target database that already holds objects.
+    #[arg(long)]
+    drop_existing: bool,
+    /// Do not ask before dropping a non-empty target (needed without a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Finish an interrupted run in the same target. Rows copied before and after the
+    /// interruption come from different snapshots: the result is not one consistent point.
+    #[arg(long)]
+    resume: bool,
+    /// Split tables larger than this (heap + TOAST) into ctid block ranges copied in parallel;
+    /// 0 never splits. Units: B, kB, MB, GB, TB.
+    #[arg(long, default_value = "1GB", value_parser = parse_size)]
+    split_tables_larger_than: u64,
+    /// At most this many ranges per split table.
+    #[arg(long, default_value_t = 64)]
+    max_parts: u64,
+    /// COPY format.
+    #[arg(long, value_enum, default_value_t = CopyFormat::Auto)]
+    copy_format: CopyFormat,
+    /// Do not restore object ownership (for targets without the source's roles).
+    #[arg(long)]
+    no_owner: bool,
+    /// Do not restore privileges (GRANT/REVOKE).
+    #[arg(long)]
+    no_privileges: bool,
+    /// Directory holding pg_dump and psql (default: the newest found).
+    #[arg(long, env = "SEREN_PG_BINDIR")]
+    pg_bindir: Option<PathBuf>,
+    /// maintenance_work_mem for index builds on the target, per connection.
+    #[arg(long, default_value = "256MB")]
+    maintenance_work_mem: String,
+    /// Attempts per table or index after a transient error (lost connection, deadlock).
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+}
+
+/// `1GB` → bytes. Plain numbers are bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 512MB or 2GB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("'{s}': unknown unit (use B, kB, MB, GB or TB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    // One thread drives every connection: the work is I/O and the servers do the heavy lifting.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli.command) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(Error::Cancelled)),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let cancelled = matches!(e.downcast_ref::<Error>(), Some(Error::Cancelled));
+            eprintln!("error: {}", one_line(&e));
+            if cancelled {
+                eprintln!(
+                    "interrupted: finished tables are kept in the target; run the same command \
+                     with --resume to finish, or --drop-existing to start over"
+                );
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init(args) => init(args).await,
+    }
+}
+
+async fn init(args: InitArgs) -> anyhow::Result<()> {
+    let source = ConnUrl::parse(&args.source).map_err(|reason| Error::InvalidUrl {
+        side: Side::Source,
+        reason,
+    })?;
+    let target = ConnUrl::parse(&args.target).map_err(|reason| Error::InvalidUrl {
+        side: Side::Target,
+        reason,
+    })?;
+    let filter = Filter::from_args(
+        &args.include_tables,
+        &args.exclude_tables,
+        &args.schema_only_tables,
+        &args.table_filters,
+    )?;
+    let mut opts = InitOptions::new(source, target);
+    if let Some(j) = args.jobs {
+        if j == 0 {
+            bail!("--jobs must be at least 1");
+        }
+        opts.jobs = j;
+    }
+    opts.filter = filter;
+    opts.drop_existing = args.drop_existing;
+    opts.resume = args.resume;
+    opts.split = SplitPolicy {
+        larger_than: args.split_tables_larger_than,
+        max_parts: args.max_parts,
+        tid_range_scan: true,
+    };
+    opts.format = match args.copy_format {
+        CopyFormat::Auto => FormatChoice::Auto,
+        CopyFormat::Text => FormatChoice::Text,
+    };
+    opts.no_owner = args.no_owner;
+    opts.no_privileges = args.no_privileges;
+    opts.pg_bindir = args.pg_bindir;
+    opts.maintenance_work_mem = args.maintenance_work_mem;
+    opts.retries = args.retries;
+
+    if opts.drop_existing && !args.yes {
+        confirm_drop(&opts.target).await?;
+    }
+
+    let mode = match args.progress {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => progress::Mode::Bars,
+        ProgressMode::Auto | ProgressMode::Log => progress::Mode::Log,
+        ProgressMode::Bars => progress::Mode::Bars,
+        ProgressMode::None => progress::Mode::Quiet,
+    };
+    let ui = progress::Ui::new(mode);
+    eprintln!(
+        "copying {} into {}",
+        opts.source.redacted(),
+        opts.target.redacted()
+    );
+    let result = replicator_core::init(opts, ui.observer()).await;
+    ui.finish();
+    let report = result?;
+    progress::print_summary(&report);
+    Ok(())
+}
+
+async fn confirm_drop(target: &ConnUrl) -> anyhow::Result<()> {
+    let state = replicator_core::inspect_target(target).await?;
+    let what = match state {
+        TargetState::Missing | TargetState::Empty => return Ok(()),
+        TargetState::NonEmpty(n) => format!("holds {n} objects"),
+        TargetState::Interrupted => "holds an interrupted copy".to_owned(),
+    };
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "the target database {} {what}; --drop-existing would drop it: add --yes to confirm \
+             without a terminal",
+            target.dbname
+        );
+    }
+    eprint!(
+        "The target database {} at {} {what}. Drop it and copy anew? [y/N] ",
+        target.dbname,
+        target.redacted()
+    );
+    std::io::stderr().flush().ok();
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("read the answer")?
+    .context("read the answer")?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        bail!("not confirmed: the target was left as it is")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert!(parse_size("2 parsecs").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,246 @@
+//! What the source holds, read from its catalogs inside the run's snapshot: tables with their
+//! copyable columns and sizes, sequences, large objects, and which table each index and
+//! constraint belongs to. Every query here runs against a real server in the tests.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result, Side};
+use crate::filter::QualName;
+
+/// A table whose rows the run copies.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The source's OID (only meaningful on the source).
+    pub oid: u32,
+    /// Schema and name.
+    pub name: QualName,
+    /// Columns to copy, in order: generated columns are left out.
+    pub columns: Vec<String>,
+    /// Whether every column's type has binary send/receive functions.
+    pub binary_ok: bool,
+    /// Heap pages (from the file size, not statistics).
+    pub pages: u64,
+    /// Heap bytes plus TOAST bytes: what sizing and ordering go by.
+    pub bytes: u64,
+    /// Estimated rows (`reltuples`; `None` when never analyzed).
+    pub est_rows: Option<u64>,
+    /// Whether other tables inherit from it (its own rows are copied with `ONLY`).
+    pub has_children: bool,
+    /// Rows to copy, as a predicate: extension configuration tables dump only rows matching
+    /// their registered condition.
+    pub extension_condition: Option<String>,
+}
+
+/// Everything the run needs to know about the source.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Tables with storage: ordinary tables, partitions, unlogged tables. Partitioned parents
+    /// (no storage of their own) and foreign tables are not here.
+    pub tables: Vec<Table>,
+    /// Sequences.
+    pub sequences: Vec<QualName>,
+    /// Every relation that pg_dump's `--exclude-table` patterns can name (tables, views,
+    /// materialized views, sequences, foreign and partitioned tables), to resolve filters.
+    pub relations: Vec<QualName>,
+    /// Index (schema, name) → its table.
+    pub index_tables: HashMap<(String, String), QualName>,
+    /// Constraint (schema, "table constraint") → its table, as pg_dump tags them.
+    pub constraint_tables: HashMap<(String, String), QualName>,
+    /// Large object OIDs.
+    pub large_objects: Vec<u32>,
+    /// Extensions installed in the source database (name, version).
+    pub extensions: Vec<(String, String)>,
+}
+
+const USER_NAMESPACES: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
+
+/// Read the catalog. Run it in the snapshot's transaction so sizes and names match the copy.
+///
+/// # Errors
+/// [`Error::Sql`] when a query fails (missing privileges on a catalog, lost connection).
+pub async fn read(client: &Client) -> Result<Catalog> {
+    let q = |context: &'static str| move |e| Error::sql(Side::Source, context, e);
+    let member_of_extension = "EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = \
+         'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
+    let tables_sql = format!(
+        "WITH config AS (
+             SELECT unnest(e.extconfig) AS reloid, unnest(e.extcondition) AS cond
+             FROM pg_extension e WHERE e.extconfig IS NOT NULL)
+         SELECT c.oid, n.nspname, c.relname,
+                (pg_relation_size(c.oid) / current_setting('block_size')::int)::int8 AS pages,
+                (pg_relation_size(c.oid)
+                  + CASE WHEN c.reltoastrelid = 0 THEN 0
+                         ELSE pg_total_relation_size(c.reltoastrelid) END)::int8 AS bytes,
+                c.reltuples::float8,
+                EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid) AS has_children,
+                cfg.cond
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         LEFT JOIN config cfg ON cfg.reloid = c.oid
+         WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_NAMESPACES}
+           AND (NOT {member_of_extension} OR cfg.reloid IS NOT NULL)
+         ORDER BY n.nspname, c.relname"
+    );
+    let rows = client
+        .query(&tables_sql, &[])
+        .await
+        .map_err(q("list tables"))?;
+    let mut tables: Vec<Table> = Vec::with_capacity(rows.len());
+    let mut by_oid: HashMap<u32, usize> = HashMap::new();
+    for row in rows {
+        let oid: u32 = row.get(0);
+        let reltuples: f64 = row.get(5);
+        let cond: Option<String> = row.get(7);
+        by_oid.insert(oid, tables.len());
+        tables.push(Table {
+            oid,
+            name: QualName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+            columns: Vec::new(),
+            binary_ok: true,
+            pages: row.get::<_, i64>(3).max(0) as u64,
+            bytes: row.get::<_, i64>(4).max(0) as u64,
+            est_rows: (reltuples >= 0.0).then_some(reltuples as u64),
+            has_children: row.get(6),
+            extension_condition: cond
+                .map(|c| {
+                    c.trim()
+                        .trim_start_matches("WHERE")
+                        .trim_start_matches("where")
+                        .trim()
+                        .to_owned()
+                })
+                .filter(|c| !c.is_empty()),
+        });
+    }
+
+    // A type can travel in binary only if it (or, for arrays, its element; for domains, its
+    // base) has send and receive functions. Composite and extension types without them go as
+    // text.
+    let columns = client
+        .query(
+            "WITH RECURSIVE base(root, t) AS (
+                 SELECT a.atttypid, a.atttypid FROM pg_attribute a
+                 WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
+               UNION
+                 SELECT b.root, CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.typelem END
+                 FROM base b JOIN pg_type ty ON ty.oid = b.t
+                 WHERE (ty.typtype = 'd' OR (ty.typelem <> 0 AND ty.typlen = -1)))
+             , ok AS (
+                 SELECT b.root, bool_and(ty.typsend <> 0 AND ty.typreceive <> 0 AND ty.typtype <> 'c') AS ok
+                 FROM base b JOIN pg_type ty ON ty.oid = b.t GROUP BY b.root)
+             SELECT a.attrelid, a.attname, a.attgenerated <> '' AS generated, coalesce(ok.ok, false)
+             FROM pg_attribute a LEFT JOIN ok ON ok.root = a.atttypid
+             WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attrelid, a.attnum",
+            &[&tables.iter().map(|t| t.oid).collect::<Vec<u32>>()],
+        )
+        .await
+        .map_err(q("list columns"))?;
+    for row in columns {
+        let oid: u32 = row.get(0);
+        let Some(&i) = by_oid.get(&oid) else { continue };
+        let generated: bool = row.get(2);
+        if generated {
+            continue;
+        }
+        tables[i].columns.push(row.get(1));
+        tables[i].binary_ok &= row.get::<_, bool>(3);
+    }
+
+    let relations = client
+        .query(
+            &format!(
+                "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind IN ('r','p','v','m','S','f') AND c.relpersistence <> 't'
+                   AND {USER_NAMESPACES} AND NOT {member_of_extension}
+                 ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .map_err(q("list relations"))?;
+    let mut catalog = Catalog {
+        tables,
+        ..Catalog::default()
+    };
+    for row in relations {
+        let name = QualName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        if row.get::<_, String>(2) == "S" {
+            catalog.sequences.push(name.clone());
+        }
+        catalog.relations.push(name);
+    }
+
+    for row in client
+        .query(
+            "SELECT n.nspname, ic.relname, tn.nspname, tc.relname
+             FROM pg_index i
+             JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+             JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'",
+            &[],
+        )
+        .await
+        .map_err(q("list indexes"))?
+    {
+        catalog.index_tables.insert(
+            (row.get(0), row.get(1)),
+            QualName::new(row.get::<_, String>(2), row.get::<_, String>(3)),
+        );
+    }
+    for row in client
+        .query(
+            "SELECT n.nspname, tc.relname || ' ' || co.conname, tc.relname
+             FROM pg_constraint co
+             JOIN pg_class tc ON tc.oid = co.conrelid JOIN pg_namespace n ON n.oid = tc.relnamespace
+             WHERE co.conrelid <> 0 AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .map_err(q("list constraints"))?
+    {
+        let schema: String = row.get(0);
+        catalog.constraint_tables.insert(
+            (schema.clone(), row.get(1)),
+            QualName::new(schema, row.get::<_, String>(2)),
+        );
+    }
+
+    catalog.large_objects = client
+        .query("SELECT oid FROM pg_largeobject_metadata ORDER BY oid", &[])
+        .await
+        .map_err(q("list large objects"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    catalog.extensions = client
+        .query(
+            "SELECT extname, extversion FROM pg_extension ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(q("list extensions"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(catalog)
+}
+
+/// The server's major version (`server_version_num / 10000`).
+///
+/// # Errors
+/// [`Error::Sql`] when the query fails.
+pub async fn major_version(client: &Client, side: Side) -> Result<u32> {
+    let v: String = client
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .await
+        .map_err(|e| Error::sql(side, "read the server version", e))?
+        .get(0);
+    v.parse::<u32>()
+        .map(|n| n / 10000)
+        .map_err(|_| Error::Preflight(format!("the {side} reported an unreadable version '{v}'")))
+}

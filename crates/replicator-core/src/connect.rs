@@ -1,0 +1,323 @@
+//! Opening sessions: the driver's config from a [`ConnUrl`], TLS by `sslmode` over rustls,
+//! TCP keepalives (long copies behind load balancers die on idle connections otherwise), and a
+//! connect timeout around the whole handshake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::conninfo::{ConnUrl, SslMode};
+use crate::error::{pg_message, Error, Result, Side};
+
+/// The `application_name` our sessions report unless the URL sets one.
+pub const APPLICATION_NAME: &str = "postgres-seren-replicator";
+
+/// Open a session. Its connection task runs on the current runtime until the client drops.
+///
+/// # Errors
+/// [`Error::Connect`] with the reason (unreachable, timeout, authentication, no such database,
+/// TLS), never with the password.
+pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
+    let fail = |reason: String, retryable: bool| Error::Connect {
+        side,
+        url: url.redacted(),
+        reason,
+        retryable,
+    };
+    let config = driver_config(url);
+    let tls = tls_connector(url).map_err(|reason| fail(reason, false))?;
+    let attempt = config.connect(tls);
+    let (client, connection) = match tokio::time::timeout(url.connect_timeout, attempt).await {
+        Err(_) => {
+            return Err(fail(
+                format!(
+                    "timed out after {} s (connect_timeout)",
+                    url.connect_timeout.as_secs()
+                ),
+                true,
+            ))
+        }
+        Ok(Err(e)) => {
+            let retryable = e.as_db_error().is_none()
+                || e.code()
+                    .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("53"));
+            return Err(fail(pg_message(&e), retryable));
+        }
+        Ok(Ok(pair)) => pair,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%side, error = %pg_message(&e), "connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn driver_config(url: &ConnUrl) -> Config {
+    let mut config = Config::new();
+    config
+        .host(&url.host)
+        .port(url.port)
+        .user(&url.user)
+        .dbname(&url.dbname)
+        .connect_timeout(url.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(6)
+        .application_name(url.application_name.as_deref().unwrap_or(APPLICATION_NAME))
+        .ssl_mode(match url.sslmode {
+            SslMode::Disable => DriverSslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => DriverSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => DriverSslMode::Require,
+        });
+    if let Some(pw) = &url.password {
+        config.password(pw.expose());
+    }
+    if let Some(o) = &url.options {
+        config.options(o);
+    }
+    config
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// How the server certificate is checked, as libpq does for each `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Nothing,
+    Chain,
+    ChainAndName,
+}
+
+fn check_for(url: &ConnUrl) -> Check {
+    match url.sslmode {
+        SslMode::Disable | SslMode::Allow | SslMode::Prefer => Check::Nothing,
+        // libpq: with a root certificate file present, `require` checks the chain.
+        SslMode::Require if url.sslrootcert.as_ref().is_some_and(|p| p.exists()) => Check::Chain,
+        SslMode::Require => Check::Nothing,
+        SslMode::VerifyCa => Check::Chain,
+        SslMode::VerifyFull => Check::ChainAndName,
+    }
+}
+
+fn tls_connector(url: &ConnUrl) -> Result<MakeRustlsConnect, String> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match check_for(url) {
+        Check::Nothing => Arc::new(AcceptAnyCertificate(provider.clone())),
+        check => {
+            let roots = Arc::new(root_store(url)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| format!("TLS setup: {e}"))?;
+            if check == Check::Chain {
+                Arc::new(ChainOnly(webpki))
+            } else {
+                webpki
+            }
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The CAs to trust: `sslrootcert` (or `~/.postgresql/root.crt` as libpq), else the web PKI.
+fn root_store(url: &ConnUrl) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    let default_file = std::env::var_os("HOME")
+        .map(|h| {
+            std::path::PathBuf::from(h)
+                .join(".postgresql")
+                .join("root.crt")
+        })
+        .filter(|p| p.exists());
+    let file = match &url.sslrootcert {
+        Some(p) if p.as_os_str() == "system" => None,
+        Some(p) => Some(p.clone()),
+        None => default_file,
+    };
+    match file {
+        Some(path) => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+            let mut reader = pem.as_slice();
+            for cert in rustls_pemfile::certs(&mut reader) {
+                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+            if store.is_empty() {
+                return Err(format!(
+                    "sslrootcert {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+        }
+        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(store)
+}
+
+/// `sslmode=require` without a CA: encrypt, check nothing (libpq's behaviour).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must lead to a trusted CA; the name may be anything.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> ConnUrl {
+        ConnUrl::parse_with_env(s, &|_| None).expect("parses")
+    }
+
+    #[test]
+    fn sslmode_decides_what_is_checked() {
+        assert_eq!(
+            check_for(&url("postgresql://u@h/d?sslmode=disable")),
+            Check::Nothing
+        );
+        assert_eq!(
+            check_for(&url("postgresql://u@h/d?sslmode=prefer")),
+            Check::Nothing
+        );
+        assert_eq!(
+            check_for(&url("postgresql://u@h/d?sslmode=require")),
+            Check::Nothing
+        );
+        assert_eq!(
+            check_for(&url("postgresql://u@h/d?sslmode=verify-ca")),
+            Check::Chain
+        );
+        assert_eq!(
+            check_for(&url("postgresql://u@h/d?sslmode=verify-full")),
+            Check::ChainAndName
+        );
+        let ca = tempfile::NamedTempFile::new().expect("temp file");
+        let with_ca = format!(
+            "postgresql://u@h/d?sslmode=require&sslrootcert={}",
+            ca.path().display()
+        );
+        assert_eq!(check_for(&url(&with_ca)), Check::Chain);
+    }
+
+    #[test]
+    fn a_root_cert_file_without_certificates_is_refused() {
+        let ca = tempfile::NamedTempFile::new().expect("temp file");
+        let u = url(&format!(
+            "postgresql://u@h/d?sslmode=verify-full&sslrootcert={}",
+            ca.path().display()
+        ));
+        let err = tls_connector(&u).err().expect("refused");
+        assert!(err.contains("no PEM certificate"), "{err}");
+        assert!(tls_connector(&url("postgresql://u@h/d?sslmode=verify-full")).is_ok());
+    }
+}

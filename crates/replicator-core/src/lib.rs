@@ -1,0 +1,28 @@
+//! The engine of postgres-seren-replicator: copies a live PostgreSQL database into another
+//! under one consistent snapshot, with PostgreSQL's own tools for DDL and a COPY stream of
+//! our own for the rows.
+//!
+//! The CLI runs it in-process; the worker runs it on a remote machine. It reports progress as
+//! [`progress::Event`]s through a callback and knows nothing about either caller. This crate
+//! must not depend on AWS, HTTP frameworks or the job model.
+
+pub mod catalog;
+pub mod connect;
+pub mod conninfo;
+pub mod copy;
+pub mod error;
+pub mod filter;
+pub mod init;
+pub mod plan;
+pub mod progress;
+pub mod schema;
+pub mod snapshot;
+pub mod sql;
+pub mod target;
+
+pub use conninfo::{ConnUrl, Secret, SslMode};
+pub use error::{Error, Result, Side};
+pub use filter::{Filter, QualName};
+pub use init::{init, inspect_target, FormatChoice, InitOptions, InitReport};
+pub use progress::{Event, Observer, Phase};
+pub use target::TargetState;

@@ -1,0 +1,289 @@
+//! Planning the data phase: which tables are copied, how large tables split into ctid block
+//! ranges, and the order of the work queue (largest first, so the longest unit starts early
+//! and the pool finishes together).
+
+use std::collections::HashMap;
+
+use crate::catalog::Table;
+use crate::copy::Slice;
+use crate::error::{Error, Result};
+use crate::filter::{Filter, QualName};
+use crate::target::UnitRecord;
+
+/// One unit of work: a table or a block range of it, copied in one target transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// Stable id recorded in the target: `schema.table` or `schema.table#k`.
+    pub id: String,
+    /// Index into the catalog's tables.
+    pub table: usize,
+    /// What it copies.
+    pub slice: Slice,
+    /// Estimated heap + TOAST bytes.
+    pub est_bytes: u64,
+    /// Done by an earlier, interrupted run.
+    pub done: bool,
+}
+
+/// How to split tables.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitPolicy {
+    /// Split tables larger than this many heap + TOAST bytes; 0 never splits.
+    pub larger_than: u64,
+    /// At most this many parts per table.
+    pub max_parts: u64,
+    /// Whether the source can scan ctid ranges efficiently (TID Range Scan, PostgreSQL ≥ 14).
+    /// Without it every range would read the whole table.
+    pub tid_range_scan: bool,
+}
+
+fn predicate(table: &Table, filter: &Filter) -> Option<String> {
+    match (
+        filter.row_filters.get(&table.name),
+        &table.extension_condition,
+    ) {
+        (Some(a), Some(b)) => Some(format!("({a}) AND ({b})")),
+        (Some(a), None) => Some(a.clone()),
+        (None, Some(b)) => Some(b.clone()),
+        (None, None) => None,
+    }
+}
+
+/// Plan units for the tables whose rows are copied (`copy[i]` says whether table `i` is).
+pub fn plan(tables: &[Table], copy: &[bool], filter: &Filter, policy: SplitPolicy) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        if !copy[i] {
+            continue;
+        }
+        let pred = predicate(t, filter);
+        let parts =
+            if policy.tid_range_scan && policy.larger_than > 0 && t.bytes > policy.larger_than {
+                t.bytes
+                    .div_ceil(policy.larger_than)
+                    .min(policy.max_parts.max(1))
+                    .min(t.pages.max(1))
+            } else {
+                1
+            };
+        if parts <= 1 {
+            units.push(Unit {
+                id: t.name.to_string(),
+                table: i,
+                slice: Slice {
+                    from_block: None,
+                    to_block: None,
+                    predicate: pred,
+                },
+                est_bytes: t.bytes,
+                done: false,
+            });
+            continue;
+        }
+        let step = t.pages.div_ceil(parts);
+        for k in 0..parts {
+            units.push(Unit {
+                id: format!("{}#{k}", t.name),
+                table: i,
+                slice: Slice {
+                    from_block: (k > 0).then_some(k * step),
+                    // The last range is open-ended: rows may sit in blocks past the size read
+                    // when planning.
+                    to_block: (k + 1 < parts).then_some((k + 1) * step),
+                    predicate: pred.clone(),
+                },
+                est_bytes: t.bytes / parts,
+                done: false,
+            });
+        }
+    }
+    order(&mut units);
+    units
+}
+
+/// Largest first; ties by id so runs are repeatable.
+pub fn order(units: &mut [Unit]) {
+    units.sort_by(|a, b| b.est_bytes.cmp(&a.est_bytes).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// The records of a plan, for the target's bookkeeping.
+pub fn records(units: &[Unit], tables: &[Table]) -> Vec<UnitRecord> {
+    units
+        .iter()
+        .map(|u| UnitRecord {
+            id: u.id.clone(),
+            schema: tables[u.table].name.schema.clone(),
+            table: tables[u.table].name.name.clone(),
+            from_block: u.slice.from_block.map(|b| b as i64),
+            to_block: u.slice.to_block.map(|b| b as i64),
+            done: false,
+        })
+        .collect()
+}
+
+/// Rebuild an interrupted run's plan from its records, against the source as it is now.
+///
+/// # Errors
+/// [`Error::Preflight`] when a recorded table no longer exists in the source.
+pub fn from_records(
+    records: &[UnitRecord],
+    tables: &[Table],
+    filter: &Filter,
+) -> Result<Vec<Unit>> {
+    let by_name: HashMap<&QualName, usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (&t.name, i))
+        .collect();
+    let mut units = Vec::with_capacity(records.len());
+    for r in records {
+        let name = QualName::new(r.schema.clone(), r.table.clone());
+        let &i = by_name.get(&name).ok_or_else(|| {
+            Error::Preflight(format!(
+                "cannot resume: table {name} of the interrupted run no longer exists in the \
+                 source; start over with --drop-existing"
+            ))
+        })?;
+        let t = &tables[i];
+        let ranged = r.from_block.is_some() || r.to_block.is_some();
+        units.push(Unit {
+            id: r.id.clone(),
+            table: i,
+            slice: Slice {
+                from_block: r.from_block.map(|b| b as u64),
+                to_block: r.to_block.map(|b| b as u64),
+                predicate: predicate(t, filter),
+            },
+            est_bytes: if ranged {
+                let from = r.from_block.unwrap_or(0) as u64;
+                let to = r.to_block.map_or(t.pages.max(from), |b| b as u64);
+                t.bytes.saturating_mul(to.saturating_sub(from)) / t.pages.max(1)
+            } else {
+                t.bytes
+            },
+            done: r.done,
+        });
+    }
+    order(&mut units);
+    Ok(units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, pages: u64, bytes: u64) -> Table {
+        Table {
+            oid: 0,
+            name: QualName::new("public", name),
+            columns: vec!["a".into()],
+            binary_ok: true,
+            pages,
+            bytes,
+            est_rows: None,
+            has_children: false,
+            extension_condition: None,
+        }
+    }
+
+    const SPLIT: SplitPolicy = SplitPolicy {
+        larger_than: 1000,
+        max_parts: 8,
+        tid_range_scan: true,
+    };
+
+    #[test]
+    fn large_tables_split_into_contiguous_ranges_covering_every_block() {
+        let tables = [table("big", 100, 3500)];
+        let units = plan(&tables, &[true], &Filter::default(), SPLIT);
+        assert_eq!(units.len(), 4);
+        let mut slices: Vec<_> = units
+            .iter()
+            .map(|u| (u.slice.from_block, u.slice.to_block))
+            .collect();
+        slices.sort();
+        assert_eq!(
+            slices,
+            [
+                (None, Some(25)),
+                (Some(25), Some(50)),
+                (Some(50), Some(75)),
+                (Some(75), None)
+            ]
+        );
+        assert!(units.iter().all(|u| u.id.starts_with("public.big#")));
+    }
+
+    #[test]
+    fn no_split_without_tid_range_scan_or_below_threshold() {
+        let tables = [table("big", 100, 3500), table("small", 1, 900)];
+        let old = SplitPolicy {
+            tid_range_scan: false,
+            ..SPLIT
+        };
+        assert_eq!(
+            plan(&tables, &[true, true], &Filter::default(), old).len(),
+            2
+        );
+        let never = SplitPolicy {
+            larger_than: 0,
+            ..SPLIT
+        };
+        assert_eq!(
+            plan(&tables, &[true, true], &Filter::default(), never).len(),
+            2
+        );
+        let parts_capped = SplitPolicy {
+            max_parts: 2,
+            ..SPLIT
+        };
+        assert_eq!(
+            plan(&tables[..1], &[true], &Filter::default(), parts_capped).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn queue_is_largest_first_and_skips_tables_not_copied() {
+        let tables = [
+            table("a", 1, 10),
+            table("b", 1, 30),
+            table("c", 1, 20),
+            table("d", 1, 99),
+        ];
+        let units = plan(
+            &tables,
+            &[true, true, true, false],
+            &Filter::default(),
+            SPLIT,
+        );
+        let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["public.b", "public.c", "public.a"]);
+    }
+
+    #[test]
+    fn row_filters_apply_to_every_range() {
+        let tables = [table("big", 100, 3500)];
+        let filter = Filter::from_args(&[], &[], &[], &["public.big:a > 1".into()]).expect("valid");
+        let units = plan(&tables, &[true], &filter, SPLIT);
+        assert!(units
+            .iter()
+            .all(|u| u.slice.predicate.as_deref() == Some("a > 1")));
+    }
+
+    #[test]
+    fn records_round_trip_into_the_same_plan() {
+        let tables = [table("big", 100, 3500), table("small", 1, 10)];
+        let units = plan(&tables, &[true, true], &Filter::default(), SPLIT);
+        let mut recs = records(&units, &tables);
+        recs[1].done = true;
+        let back = from_records(&recs, &tables, &Filter::default()).expect("resumable");
+        assert_eq!(back.len(), units.len());
+        assert_eq!(back.iter().filter(|u| u.done).count(), 1);
+        let missing = from_records(&recs, &tables[1..], &Filter::default()).unwrap_err();
+        assert!(
+            missing.to_string().contains("no longer exists"),
+            "{missing}"
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! DDL through PostgreSQL's own tools: `pg_dump --section=pre-data` restored by `psql` inside
+//! one transaction, and `pg_dump --section=post-data` split into items (one per archive entry)
+//! that the engine schedules itself: a table's indexes as soon as its rows are in, foreign keys
+//! after every index, the rest in dump order.
+//!
+//! Connection settings reach the tools through libpq environment variables (`PGPASSWORD`
+//! among them), never through their command lines.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::conninfo::{ConnUrl, LIBPQ_VARS};
+use crate::error::{Error, Result};
+use crate::filter::QualName;
+
+/// The client programs a run uses.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `pg_dump`.
+    pub pg_dump: PathBuf,
+    /// `psql`.
+    pub psql: PathBuf,
+    /// Major version of `pg_dump`.
+    pub major: u32,
+}
+
+/// Directories where packages install PostgreSQL client tools, newest first after sorting.
+fn candidate_dirs(explicit: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = explicit {
+        return vec![dir.to_path_buf()];
+    }
+    let mut dirs = Vec::new();
+    for pattern_root in [
+        "/usr/lib/postgresql",
+        "/usr/local/pgsql",
+        "/opt/homebrew/opt",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(pattern_root) {
+            for e in entries.flatten() {
+                dirs.push(e.path().join("bin"));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("pgsql-") {
+                dirs.push(e.path().join("bin"));
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs
+}
+
+/// The major version a `pg_dump --version` line reports (`pg_dump (PostgreSQL) 15.18 …` → 15).
+pub fn parse_tool_major(line: &str) -> Option<u32> {
+    let after = line.split(')').nth(1)?.trim();
+    let number: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    number.parse().ok()
+}
+
+/// Find the newest `pg_dump` and `psql` pair; refuse when it is older than `source_major`.
+///
+/// # Errors
+/// [`Error::Tool`] saying what is missing and how to install it.
+pub async fn find_tools(explicit: Option<&Path>, source_major: u32) -> Result<Tools> {
+    let mut best: Option<Tools> = None;
+    for dir in candidate_dirs(explicit) {
+        let (pg_dump, psql) = (dir.join("pg_dump"), dir.join("psql"));
+        if !pg_dump.is_file() || !psql.is_file() {
+            continue;
+        }
+        let Ok(out) = Command::new(&pg_dump).arg("--version").output().await else {
+            continue;
+        };
+        let Some(major) = parse_tool_major(&String::from_utf8_lossy(&out.stdout)) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|b| major > b.major) {
+            best = Some(Tools {
+                pg_dump,
+                psql,
+                major,
+            });
+        }
+    }
+    let where_ = explicit
+        .map(|d| format!(" in {}", d.display()))
+        .unwrap_or_else(|| " on PATH or in /usr/lib/postgresql/*/bin".into());
+    match best {
+        None => Err(Error::Tool {
+            tool: "pg_dump".into(),
+            message: format!(
+                "not found{where_}; install the PostgreSQL client tools (Debian/Ubuntu: apt-get \
+                 install postgresql-client-{source_major}) or pass --pg-bindir"
+            ),
+        }),
+        Some(t) if t.major < source_major => Err(Error::Tool {
+            tool: "pg_dump".into(),
+            message: format!(
+                "version {} ({}) is older than the source server ({source_major}); install \
+                 postgresql-client-{source_major} or newer, or pass --pg-bindir",
+                t.major,
+                t.pg_dump.display()
+            ),
+        }),
+        Some(t) => Ok(t),
+    }
+}
+
+/// What the dumps leave out or change.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// Relations not part of the run (`--exclude-table` with a literal pattern each).
+    pub excluded: Vec<QualName>,
+    /// Do not restore ownership (`--no-owner`).
+    pub no_owner: bool,
+    /// Do not restore privileges (`--no-privileges`).
+    pub no_privileges: bool,
+}
+
+fn literal_pattern(q: &QualName) -> String {
+    // Inside double quotes pg_dump treats every character literally, wildcards included.
+    format!(
+        "\"{}\".\"{}\"",
+        q.schema.replace('"', "\"\""),
+        q.name.replace('"', "\"\"")
+    )
+}
+
+fn tool_command(program: &Path, url: &ConnUrl) -> Command {
+    let mut cmd = Command::new(program);
+    for var in LIBPQ_VARS {
+        cmd.env_remove(var);
+    }
+    for (k, v) in url.libpq_env() {
+        cmd.env(k, v);
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+fn dump_command(
+    tools: &Tools,
+    source: &ConnUrl,
+    snapshot: &str,
+    section: &str,
+    opts: &DumpOptions,
+) -> Command {
+    let mut cmd = tool_command(&tools.pg_dump, source);
+    cmd.arg(format!("--section={section}"))
+        .arg(format!("--snapshot={snapshot}"))
+        .args(["--format=plain", "--no-subscriptions", "--blobs"]);
+    if opts.no_owner {
+        cmd.arg("--no-owner");
+    }
+    if opts.no_privileges {
+        cmd.arg("--no-privileges");
+    }
+    for q in &opts.excluded {
+        cmd.arg(format!("--exclude-table={}", literal_pattern(q)));
+    }
+    cmd
+}
+
+/// The last lines of a tool's stderr, as one line.
+fn stderr_summary(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let start = lines.len().saturating_sub(3);
+    let s = lines[start..].join(" | ");
+    if s.is_empty() {
+        "failed without a message".into()
+    } else {
+        s
+    }
+}
+
+async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v).await;
+    v
+}
+
+/// Restore the source's pre-data section into the target inside one transaction, with
+/// `epilogue` (bookkeeping) as its last statements. A failure leaves nothing behind: psql is
+/// killed before it sees a COMMIT.
+///
+/// # Errors
+/// [`Error::Tool`] with the failing tool's last stderr lines.
+pub async fn restore_pre_data(
+    tools: &Tools,
+    source: &ConnUrl,
+    target: &ConnUrl,
+    snapshot: &str,
+    opts: &DumpOptions,
+    epilogue: &str,
+) -> Result<()> {
+    let mut dump = dump_command(tools, source, snapshot, "pre-data", opts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Tool {
+            tool: "pg_dump".into(),
+            message: format!("cannot start: {e}"),
+        })?;
+    let mut psql = tool_command(&tools.psql, target)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Tool {
+            tool: "psql".into(),
+            message: format!("cannot start: {e}"),
+        })?;
+
+    let (mut dump_out, dump_err) = (dump.stdout.take(), dump.stderr.take());
+    let (mut psql_in, psql_err) = (psql.stdin.take(), psql.stderr.take());
+    let dump_err = tokio::spawn(read_all(
+        dump_err
+            .ok_or_else(|| pipe_error("pg_dump"))
+            .map_err(|e| Error::io("start pg_dump", e))?,
+    ));
+    let psql_err = tokio::spawn(read_all(
+        psql_err
+            .ok_or_else(|| pipe_error("psql"))
+            .map_err(|e| Error::io("start psql", e))?,
+    ));
+
+    let forward = async {
+        let input = psql_in.as_mut().ok_or_else(|| pipe_error("psql"))?;
+        let output = dump_out.as_mut().ok_or_else(|| pipe_error("pg_dump"))?;
+        input.write_all(b"BEGIN;\n").await?;
+        tokio::io::copy(output, input).await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let forwarded = forward.await;
+    let dump_status = dump
+        .wait()
+        .await
+        .map_err(|e| Error::io("wait for pg_dump", e))?;
+    let dump_stderr = dump_err.await.unwrap_or_default();
+    if !dump_status.success() || forwarded.is_err() {
+        // Kill psql before it can reach end of input; its open transaction rolls back.
+        let _ = psql.kill().await;
+        let psql_stderr = psql_err.await.unwrap_or_default();
+        return Err(if !dump_status.success() {
+            Error::Tool {
+                tool: "pg_dump".into(),
+                message: stderr_summary(&dump_stderr),
+            }
+        } else {
+            Error::Tool {
+                tool: "psql".into(),
+                message: stderr_summary(&psql_stderr),
+            }
+        });
+    }
+    let finish = async {
+        let input = psql_in.as_mut().ok_or_else(|| pipe_error("psql"))?;
+        input.write_all(b"\n").await?;
+        input.write_all(epilogue.as_bytes()).await?;
+        input.write_all(b"\nCOMMIT;\n").await?;
+        input.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let finished = finish.await;
+    drop(psql_in);
+    let psql_status = psql
+        .wait()
+        .await
+        .map_err(|e| Error::io("wait for psql", e))?;
+    let psql_stderr = psql_err.await.unwrap_or_default();
+    if !psql_status.success() || finished.is_err() {
+        return Err(Error::Tool {
+            tool: "psql (restoring pre-data)".into(),
+            message: stderr_summary(&psql_stderr),
+        });
+    }
+    Ok(())
+}
+
+fn pipe_error(tool: &str) -> std::io::Error {
+    std::io::Error::other(format!("{tool}: pipe not available"))
+}
+
+/// Dump the source's post-data section as SQL text.
+///
+/// # Errors
+/// [`Error::Tool`] when pg_dump fails.
+pub async fn dump_post_data(
+    tools: &Tools,
+    source: &ConnUrl,
+    snapshot: &str,
+    opts: &DumpOptions,
+) -> Result<ParsedDump> {
+    let out = dump_command(tools, source, snapshot, "post-data", opts)
+        .output()
+        .await
+        .map_err(|e| Error::Tool {
+            tool: "pg_dump".into(),
+            message: format!("cannot start: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Tool {
+            tool: "pg_dump".into(),
+            message: stderr_summary(&out.stderr),
+        });
+    }
+    Ok(parse_dump(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// One archive entry of a plain-format dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpEntry {
+    /// pg_dump's type (`INDEX`, `CONSTRAINT`, `FK CONSTRAINT`, `TRIGGER`, …).
+    pub kind: String,
+    /// Schema, `-` for none.
+    pub schema: String,
+    /// pg_dump's tag: the object's name; for constraints and triggers "table name".
+    pub tag: String,
+    /// The statements, preceded by the session settings (tablespace, access method) in force
+    /// for this entry, so it can run on any connection.
+    pub sql: String,
+}
+
+/// A plain-format dump split into its entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedDump {
+    /// Session settings before the first entry; run on every connection first.
+    pub preamble: String,
+    /// Entries in dump order.
+    pub entries: Vec<DumpEntry>,
+}
+
+fn parse_header(line: &str) -> Option<(String, String, String)> {
+    let rest = line
+        .strip_prefix("-- Name: ")
+        .or_else(|| line.strip_prefix("-- Data for Name: "))?;
+    let type_at = rest.rfind("; Type: ")?;
+    let tag = &rest[..type_at];
+    let rest = &rest[type_at + "; Type: ".len()..];
+    let schema_at = rest.find("; Schema: ")?;
+    let kind = &rest[..schema_at];
+    let rest = &rest[schema_at + "; Schema: ".len()..];
+    let schema = rest
+        .split("; Owner: ")
+        .next()?
+        .split("; Tablespace: ")
+        .next()?;
+    Some((kind.to_owned(), schema.to_owned(), tag.to_owned()))
+}
+
+/// Split a plain-format dump at its entry headers (`-- Name: …; Type: …; Schema: …`).
+pub fn parse_dump(text: &str) -> ParsedDump {
+    let mut parsed = ParsedDump::default();
+    let mut context: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut current: Option<DumpEntry> = None;
+    let flush = |entry: Option<DumpEntry>, parsed: &mut ParsedDump| {
+        if let Some(e) = entry {
+            let has_sql = e.sql.lines().any(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with("--") && !l.starts_with("SET default_")
+            });
+            if has_sql {
+                parsed.entries.push(e);
+            }
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with("\\restrict") || line.starts_with("\\unrestrict") {
+            continue;
+        }
+        if line.starts_with("SET default_tablespace") {
+            context.insert("tablespace", line.to_owned());
+            continue;
+        }
+        if line.starts_with("SET default_table_access_method") {
+            context.insert("access_method", line.to_owned());
+            continue;
+        }
+        if let Some((kind, schema, tag)) = parse_header(line) {
+            flush(current.take(), &mut parsed);
+            let mut sql = String::new();
+            for l in context.values() {
+                sql.push_str(l);
+                sql.push('\n');
+            }
+            current = Some(DumpEntry {
+                kind,
+                schema,
+                tag,
+                sql,
+            });
+            continue;
+        }
+        match current.as_mut() {
+            Some(e) => {
+                e.sql.push_str(line);
+                e.sql.push('\n');
+            }
+            None => {
+                parsed.preamble.push_str(line);
+                parsed.preamble.push('\n');
+            }
+        }
+    }
+    flush(current.take(), &mut parsed);
+    parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POST_DATA: &str = r#"--
+-- PostgreSQL database dump
+--
+
+\restrict abc123
+
+SET statement_timeout = 0;
+SELECT pg_catalog.set_config('search_path', '', false);
+
+SET default_tablespace = '';
+
+--
+-- Name: actor actor_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres
+--
+
+ALTER TABLE ONLY public.actor
+    ADD CONSTRAINT actor_pkey PRIMARY KEY (actor_id);
+
+
+--
+-- Name: idx_x; Type: INDEX; Schema: public; Owner: postgres; Tablespace: fast
+--
+
+CREATE INDEX idx_x ON public.actor USING btree (last_name);
+
+
+SET default_table_access_method = heap;
+
+--
+-- Name: film film_fk; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.film
+    ADD CONSTRAINT film_fk FOREIGN KEY (language_id) REFERENCES public.language(language_id);
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+\unrestrict abc123
+"#;
+
+    #[test]
+    fn splits_entries_and_carries_session_context() {
+        let d = parse_dump(POST_DATA);
+        assert!(d.preamble.contains("set_config('search_path'"));
+        assert!(!d.preamble.contains("restrict"));
+        let kinds: Vec<_> = d
+            .entries
+            .iter()
+            .map(|e| (e.kind.as_str(), e.tag.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("CONSTRAINT", "actor actor_pkey"),
+                ("INDEX", "idx_x"),
+                ("FK CONSTRAINT", "film film_fk")
+            ]
+        );
+        assert!(d.entries[0]
+            .sql
+            .starts_with("SET default_tablespace = '';\n"));
+        assert!(d.entries[1].sql.contains("CREATE INDEX idx_x"));
+        assert!(d.entries[2].sql.contains("SET default_tablespace = '';"));
+        assert!(d.entries[2]
+            .sql
+            .contains("SET default_table_access_method = heap;"));
+        assert!(!d.entries[2].sql.contains("unrestrict"));
+        assert_eq!(d.entries[0].schema, "public");
+    }
+
+    #[test]
+    fn tool_versions() {
+        assert_eq!(
+            parse_tool_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
+        assert_eq!(parse_tool_major("garbage"), None);
+    }
+
+    #[test]
+    fn exclusion_patterns_are_literal() {
+        assert_eq!(
+            literal_pattern(&QualName::new("a*b", "x\"y")),
+            "\"a*b\".\"x\"\"y\""
+        );
+    }
+}
