@@ -113,12 +113,12 @@ impl State {
             (Mode::Log, Event::PhaseStarted(p)) => eprintln!("{}: started", p.name()),
             (Mode::Log, Event::PhaseFinished(p, d)) => eprintln!("{}: done in {:.1?}", p.name(), d),
             (Mode::Log, Event::Planned(p)) => eprintln!(
-                "plan: {} tables in {} units ({} done before), ~{} on disk, ~{} rows, {} post-data items",
+                "plan: {} tables in {} units ({} done before), ~{} on disk, {} rows by statistics, {} post-data items",
                 p.tables,
                 p.units,
                 p.units_done,
                 HumanBytes(p.bytes_estimate),
-                p.rows_estimate,
+                if p.rows_estimate > 0 { format!("~{}", p.rows_estimate) } else { "unknown".into() },
                 p.post_data_items
             ),
             (Mode::Log, Event::Progress(p)) if self.last_log.elapsed() >= LOG_EVERY => {

@@ -180,9 +180,8 @@ pub async fn init(opts: InitOptions, observer: Observer) -> Result<InitReport> {
         report: Mutex::new(InitReport::default()),
     });
     let pre = ctx.phase(Phase::Preflight, preflight(&ctx)).await?;
-    let snap = ctx
-        .phase(Phase::Snapshot, take_snapshot(&ctx, &pre))
-        .await?;
+    let snap = ctx.phase(Phase::Snapshot, take_snapshot(&ctx)).await?;
+    prepare_target(&ctx, &pre.state).await?;
     run(&ctx, pre, snap).await?;
     let report = lock(&ctx.report).clone();
     Ok(report)
@@ -192,6 +191,26 @@ struct Preflight {
     tools: schema::Tools,
     source_major: u32,
     resumed: bool,
+    state: TargetState,
+}
+
+/// Drop and/or create the target database. Runs only after every check has passed, so a
+/// refused run changes nothing.
+async fn prepare_target(ctx: &Ctx, state: &TargetState) -> Result<()> {
+    let o = &ctx.opts;
+    if !o.drop_existing && *state != TargetState::Missing {
+        return Ok(());
+    }
+    let maintenance = target::connect_maintenance(&o.target).await?;
+    if o.drop_existing && *state != TargetState::Missing {
+        target::drop_database(&maintenance, &o.target).await?;
+    }
+    let source = connect(&o.source, Side::Source).await?;
+    let locale = target::source_locale(&source).await?;
+    if let Some(w) = target::create_database(&maintenance, &o.target, &locale).await? {
+        ctx.warn(w);
+    }
+    Ok(())
 }
 
 async fn preflight(ctx: &Ctx) -> Result<Preflight> {
@@ -283,19 +302,11 @@ async fn preflight(ctx: &Ctx) -> Result<Preflight> {
         }
     }
 
-    if o.drop_existing && state != TargetState::Missing {
-        target::drop_database(&maintenance, &o.target).await?;
-    }
-    if o.drop_existing || state == TargetState::Missing {
-        let locale = target::source_locale(&source).await?;
-        if let Some(w) = target::create_database(&maintenance, &o.target, &locale).await? {
-            ctx.warn(w);
-        }
-    }
     Ok(Preflight {
         tools,
         source_major,
         resumed,
+        state,
     })
 }
 
@@ -341,7 +352,7 @@ struct Snap {
     excluded: Vec<QualName>,
 }
 
-async fn take_snapshot(ctx: &Ctx, pre: &Preflight) -> Result<Snap> {
+async fn take_snapshot(ctx: &Ctx) -> Result<Snap> {
     let snapshot = Snapshot::export(&ctx.opts.source).await?;
     let client = connect(&ctx.opts.source, Side::Source).await?;
     snapshot::import(&client, snapshot.name()).await?;
@@ -373,7 +384,6 @@ async fn take_snapshot(ctx: &Ctx, pre: &Preflight) -> Result<Snap> {
         .iter()
         .map(|t| filter.selects(&t.name) && !filter.is_schema_only(&t.name))
         .collect();
-    let _ = pre;
     Ok(Snap {
         snapshot,
         catalog,
@@ -476,7 +486,7 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
     for id in 0..o.jobs {
         workers.push(Worker::open(ctx, id, snapshot.name(), &post).await?);
     }
-    let tracker = Arc::new(Tracker::new(&units, post_items));
+    let tracker = Arc::new(Tracker::new(&units));
     let units = Arc::new(units);
 
     // Data, and each table's indexes and constraints as soon as its rows are in.
@@ -632,6 +642,7 @@ struct Sched {
     tasks: VecDeque<Task>,
     waiting: HashMap<QualName, Vec<Item>>,
     remaining: HashMap<QualName, usize>,
+    copied: HashMap<QualName, (u64, u64)>,
     in_flight: usize,
     error: Option<Error>,
 }
@@ -650,7 +661,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(units: &[Unit], _post_items: usize) -> Self {
+    fn new(units: &[Unit]) -> Self {
         Self {
             started: Instant::now(),
             bytes: AtomicU64::new(0),
@@ -910,14 +921,23 @@ async fn run_pool(
                 let mut s = lock(&sched);
                 s.in_flight -= 1;
                 match outcome {
-                    Ok(()) => {
+                    Ok((rows, bytes)) => {
                         if let Task::Unit(i) = task {
                             let table = &catalog.tables[units[i].table].name;
+                            let total = s.copied.entry(table.clone()).or_default();
+                            total.0 += rows;
+                            total.1 += bytes;
                             let left = s.remaining.get_mut(table).map(|n| {
                                 *n -= 1;
                                 *n
                             });
                             if left == Some(0) {
+                                let (rows, bytes) = s.copied.remove(table).unwrap_or_default();
+                                ctx.emit(Event::TableCopied {
+                                    table: table.to_string(),
+                                    rows,
+                                    bytes,
+                                });
                                 if let Some(items) = s.waiting.remove(table) {
                                     for item in items.into_iter().rev() {
                                         s.tasks.push_front(Task::Item(item));
@@ -967,7 +987,7 @@ async fn run_task(
     catalog: &Catalog,
     units: &[Unit],
     tracker: &Tracker,
-) -> Result<()> {
+) -> Result<(u64, u64)> {
     let label = match task {
         Task::Unit(i) => units[*i].id.clone(),
         Task::Item(item) => item.label.clone(),
@@ -983,21 +1003,21 @@ async fn run_task(
             Task::Unit(i) => worker
                 .run_unit(ctx, &units[*i], catalog, tracker)
                 .await
-                .map(|(rows, bytes)| {
-                    tracker.rows.fetch_add(rows, Ordering::Relaxed);
+                .inspect(|(rows, _)| {
+                    tracker.rows.fetch_add(*rows, Ordering::Relaxed);
                     tracker.estimate_done.fetch_add(est, Ordering::Relaxed);
                     tracker.units_done.fetch_add(1, Ordering::Relaxed);
-                    let _ = bytes;
                 }),
             Task::Item(item) => worker.run_item(ctx, item).await.map(|()| {
                 if item.key.is_some() {
                     tracker.items_done.fetch_add(1, Ordering::Relaxed);
                 }
+                (0, 0)
             }),
         };
         lock(&tracker.active).remove(&worker.id);
         match result {
-            Ok(()) => return Ok(()),
+            Ok(done) => return Ok(done),
             Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
                 attempt += 1;
                 ctx.emit(Event::Retrying {

@@ -1,0 +1,268 @@
+//! The command line as a user meets it: exit codes, one-line errors, nothing half-done, and no
+//! password in any output.
+
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+
+use pg_harness::{bindir, Cluster, Options};
+
+fn cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"));
+    cmd.stdin(Stdio::null())
+        .env_remove("SEREN_SOURCE_URL")
+        .env_remove("SEREN_TARGET_URL");
+    cmd.env("SEREN_PG_BINDIR", bindir());
+    cmd
+}
+
+fn init(source: &str, target: &str, extra: &[&str]) -> Output {
+    cli()
+        .arg("init")
+        .args(extra)
+        .env("SEREN_SOURCE_URL", source)
+        .env("SEREN_TARGET_URL", target)
+        .output()
+        .expect("run the CLI")
+}
+
+/// The error line; asserts the run failed with exactly one `error:` line.
+fn error_line(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    errors[0].to_owned()
+}
+
+fn database_exists(c: &Cluster, db: &str) -> bool {
+    c.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    ) == "1"
+}
+
+#[test]
+fn malformed_urls_are_refused_before_anything_happens() {
+    let out = init("mysql://u@h/db", "postgresql://u@h/db", &[]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("invalid source URL") && line.contains("postgresql://"),
+        "{line}"
+    );
+    let out = init("postgresql://u@h/db", "postgresql://u:pw@h:70000/db", &[]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("invalid target URL") && line.contains("port"),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn unreachable_and_silent_hosts_fail_with_a_reason() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let out = init(
+        &format!("postgresql://u@127.0.0.1:{port}/db"),
+        "postgresql://u@127.0.0.1:1/db",
+        &[],
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("cannot connect to the") && line.contains("refused"),
+        "{line}"
+    );
+
+    // A server that accepts and never answers: the connect timeout ends the wait.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let url = format!("postgresql://u@127.0.0.1:{port}/db?connect_timeout=2&sslmode=disable");
+    let started = std::time::Instant::now();
+    let out = init(&url, &url, &[]);
+    let line = error_line(&out);
+    assert!(line.contains("timed out after 2 s"), "{line}");
+    assert!(started.elapsed().as_secs() < 20);
+    drop(silent);
+}
+
+#[test]
+fn wrong_password_is_reported_and_no_password_is_ever_printed() {
+    let secret = "Sup3r;Secret&&$(pw)";
+    let src = Cluster::start(&Options {
+        password: Some(secret.into()),
+        ..Options::source()
+    });
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql("app", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 100) g;");
+    let good = src.url("app");
+    let bad = good.replace("Sup3r", "Wrong");
+
+    let out = init(&bad, &dst.url("copy"), &["--progress", "log"]);
+    let line = error_line(&out);
+    assert!(line.contains("password authentication failed"), "{line}");
+    assert!(!database_exists(&dst, "copy"), "nothing created on failure");
+
+    let out = init(&good, &dst.url("copy"), &["--progress", "log"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dst.psql("copy", "SELECT count(*) FROM t"), "100");
+    for text in [
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    ] {
+        assert!(
+            !text.contains("Sup3r") && !text.contains("Secret"),
+            "password leaked: {text}"
+        );
+        assert!(!text.contains("Wrong"));
+    }
+    assert!(!src.log().contains("Sup3r") && !dst.log().contains("Sup3r"));
+}
+
+#[test]
+fn source_equal_to_target_is_refused() {
+    let c = Cluster::start(&Options::source());
+    c.create_db("app");
+    let out = init(&c.url("app"), &c.url("app"), &["--yes", "--drop-existing"]);
+    let line = error_line(&out);
+    assert!(line.contains("same database"), "{line}");
+    assert!(database_exists(&c, "app"), "the source survives");
+}
+
+#[test]
+fn missing_pg_dump_is_named_with_the_fix() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    let out = init(
+        &src.url("app"),
+        &dst.url("copy"),
+        &["--pg-bindir", "/nonexistent/bin"],
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("pg_dump: not found in /nonexistent/bin") && line.contains("install"),
+        "{line}"
+    );
+    assert!(!database_exists(&dst, "copy"));
+}
+
+#[test]
+fn non_empty_target_is_refused_then_replaced_on_request() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE fresh (id int PRIMARY KEY); INSERT INTO fresh VALUES (1), (2);",
+    );
+    dst.create_db("copy");
+    dst.psql(
+        "copy",
+        "CREATE TABLE precious (id int); INSERT INTO precious VALUES (42);",
+    );
+
+    let out = init(&src.url("app"), &dst.url("copy"), &[]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("is not empty") && line.contains("--drop-existing"),
+        "{line}"
+    );
+    assert_eq!(
+        dst.psql("copy", "SELECT id FROM precious"),
+        "42",
+        "target untouched"
+    );
+
+    // Without a terminal, dropping needs --yes.
+    let out = init(&src.url("app"), &dst.url("copy"), &["--drop-existing"]);
+    let line = error_line(&out);
+    assert!(line.contains("--yes"), "{line}");
+    assert_eq!(
+        dst.psql("copy", "SELECT id FROM precious"),
+        "42",
+        "target untouched"
+    );
+
+    let out = init(
+        &src.url("app"),
+        &dst.url("copy"),
+        &["--drop-existing", "--yes", "--progress", "none"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dst.psql(
+            "copy",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'precious'"
+        ),
+        "0"
+    );
+    assert_eq!(dst.psql("copy", "SELECT count(*) FROM fresh"), "2");
+}
+
+#[test]
+fn bad_filters_and_options_are_usage_errors() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql("app", "CREATE TABLE t (id int)");
+    let out = init(
+        &src.url("app"),
+        &dst.url("copy"),
+        &["--table-filter", "public.nope:id > 1"],
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("public.nope") && line.contains("not a table"),
+        "{line}"
+    );
+    let out = init(
+        &src.url("app"),
+        &dst.url("copy"),
+        &["--include-tables", "a.b.c"],
+    );
+    assert!(error_line(&out).contains("too many dots"));
+    let out = init(&src.url("app"), &dst.url("copy"), &["--jobs", "0"]);
+    assert!(error_line(&out).contains("--jobs"));
+    let out = init(&src.url("app"), &dst.url("copy"), &["--resume"]);
+    assert!(error_line(&out).contains("no interrupted run"));
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = cli().args(["init", "--help"]).output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--source",
+        "--target",
+        "--jobs",
+        "--include-tables",
+        "--exclude-tables",
+        "--schema-only-tables",
+        "--table-filter",
+        "--drop-existing",
+        "--yes",
+        "--resume",
+        "--split-tables-larger-than",
+        "--copy-format",
+        "--no-owner",
+        "--no-privileges",
+        "--pg-bindir",
+        "--progress",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}

@@ -1,0 +1,48 @@
+# shellcheck shell=bash
+# Shared helpers for the scripts (sourced, not run).
+
+# Install PostgreSQL (server, client tools, contrib extensions) when initdb or pg_dump is missing.
+ensure_postgres() {
+    if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v pg_dump >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "PostgreSQL server binaries are missing: install them (Debian/Ubuntu: sudo apt-get install postgresql) or set PG_BINDIR" >&2
+        exit 1
+    fi
+    echo "== installing PostgreSQL"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+}
+
+# The newest PostgreSQL bin directory.
+pg_bindir() {
+    if [ -n "${PG_BINDIR:-}" ]; then echo "$PG_BINDIR"; return; fi
+    find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1
+}
+
+# Run a server binary as postgres when we are root (PostgreSQL refuses to run as root).
+as_server_user() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start_cluster DIR PORT [extra -c settings...]: a throwaway cluster with trust auth on loopback.
+start_cluster() {
+    local dir=$1 port=$2; shift 2
+    local bin; bin=$(pg_bindir)
+    mkdir -p "$dir"
+    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
+    as_server_user "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+    local opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    for s in "$@"; do opts="$opts -c $s"; done
+    as_server_user "$bin/pg_ctl" start -w -D "$dir/data" -l "$dir/server.log" -o "$opts" >/dev/null
+}
+
+stop_cluster() {
+    local bin; bin=$(pg_bindir)
+    as_server_user "$bin/pg_ctl" stop -m fast -D "$1/data" >/dev/null 2>&1 || true
+}
