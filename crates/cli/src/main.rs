@@ -150,6 +150,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     // One thread drives every connection: the work is I/O and the servers do the heavy lifting.
@@ -226,6 +227,7 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
         larger_than: args.split_tables_larger_than,
         max_parts: args.max_parts,
         tid_range_scan: true,
+        jobs: 1, // the engine uses --jobs
     };
     opts.format = match args.copy_format {
         CopyFormat::Auto => FormatChoice::Auto,

@@ -187,6 +187,7 @@ mod tests {
             est_rows: Some(100),
             has_children: true,
             extension_condition: None,
+            index_cost: 0,
         }
     }
 

@@ -82,6 +82,7 @@ impl InitOptions {
                 larger_than: 1 << 30,
                 max_parts: 64,
                 tid_range_scan: true,
+                jobs: 1, // replaced by `jobs` when the run is planned
             },
             format: FormatChoice::Auto,
             no_owner: false,
@@ -399,6 +400,10 @@ struct Item {
     key: Option<String>,
     label: String,
     sql: String,
+    /// Estimated build cost: a table's costliest indexes start first.
+    cost: u64,
+    /// A plain index (SHARE lock: builds alongside others on its table).
+    is_index: bool,
 }
 
 async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
@@ -428,6 +433,7 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
     } else {
         let policy = SplitPolicy {
             tid_range_scan: o.split.tid_range_scan && pre.source_major >= 14,
+            jobs: o.jobs as u64,
             ..o.split
         };
         let units = plan::plan(&catalog.tables, &copy, &o.filter, policy);
@@ -567,6 +573,8 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
                 key: None,
                 label: format!("analyze {}", t.name),
                 sql: format!("ANALYZE {}", t.name.quoted()),
+                cost: 0,
+                is_index: false,
             }));
         }
     }
@@ -609,12 +617,25 @@ fn classify(
         if done.contains(&key) {
             continue;
         }
+        let lookup = (e.schema.clone(), e.tag.clone());
+        // A constraint's index usually bears the constraint's name (the tag's last word).
+        let index_name = if e.kind == "INDEX" {
+            e.tag.as_str()
+        } else {
+            e.tag.rsplit(' ').next().unwrap_or("")
+        };
+        let cost = catalog
+            .index_costs
+            .get(&(e.schema.clone(), index_name.to_owned()))
+            .copied()
+            .unwrap_or(0);
         let item = Item {
             key: Some(key),
             label: format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag),
             sql: e.sql.clone(),
+            cost,
+            is_index: e.kind == "INDEX",
         };
-        let lookup = (e.schema.clone(), e.tag.clone());
         let table = match e.kind.as_str() {
             "INDEX" => catalog.index_tables.get(&lookup),
             "CONSTRAINT" | "CHECK CONSTRAINT" => catalog.constraint_tables.get(&lookup),
@@ -625,6 +646,11 @@ fn classify(
             ("FK CONSTRAINT", None) => fks.push(item),
             _ => rest.push(item),
         }
+    }
+    // Constraints first: ADD PRIMARY KEY/UNIQUE takes an ACCESS EXCLUSIVE lock that would
+    // wait for any index build on the table. Then indexes, costliest first.
+    for items in by_table.values_mut() {
+        items.sort_by_key(|i| (i.is_index, std::cmp::Reverse(i.cost)));
     }
     (by_table, fks, rest)
 }
@@ -998,6 +1024,7 @@ async fn run_task(
     };
     let mut attempt = 0;
     loop {
+        let started = Instant::now();
         lock(&tracker.active).insert(worker.id, (label.clone(), 0, est));
         let result = match task {
             Task::Unit(i) => worker
@@ -1017,7 +1044,11 @@ async fn run_task(
         };
         lock(&tracker.active).remove(&worker.id);
         match result {
-            Ok(done) => return Ok(done),
+            Ok(done) => {
+                tracing::info!(worker = worker.id, task = %label, rows = done.0, bytes = done.1,
+                    secs = started.elapsed().as_secs_f64(), "done");
+                return Ok(done);
+            }
             Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
                 attempt += 1;
                 ctx.emit(Event::Retrying {

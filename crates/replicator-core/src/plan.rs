@@ -35,7 +35,19 @@ pub struct SplitPolicy {
     /// Whether the source can scan ctid ranges efficiently (TID Range Scan, PostgreSQL ≥ 14).
     /// Without it every range would read the whole table.
     pub tid_range_scan: bool,
+    /// Workers in the pool: a table whose copy and index builds make up more than its share of
+    /// the whole run is split this many ways, so that its slow indexes can start early.
+    pub jobs: u64,
 }
+
+/// Copy plus index-build cost of a table, in heap-byte equivalents: the length of its path
+/// through the run.
+pub fn path_cost(t: &Table) -> u64 {
+    t.bytes + t.index_cost
+}
+
+/// Tables below this size are never split for balance: the saving would be lost in overhead.
+const MIN_BALANCE_SPLIT: u64 = 64 << 20;
 
 fn predicate(table: &Table, filter: &Filter) -> Option<String> {
     match (
@@ -52,20 +64,34 @@ fn predicate(table: &Table, filter: &Filter) -> Option<String> {
 /// Plan units for the tables whose rows are copied (`copy[i]` says whether table `i` is).
 pub fn plan(tables: &[Table], copy: &[bool], filter: &Filter, policy: SplitPolicy) -> Vec<Unit> {
     let mut units = Vec::new();
+    let total: u64 = tables
+        .iter()
+        .zip(copy)
+        .filter(|(_, c)| **c)
+        .map(|(t, _)| path_cost(t))
+        .sum();
+    let share = total / policy.jobs.max(1);
     for (i, t) in tables.iter().enumerate() {
         if !copy[i] {
             continue;
         }
         let pred = predicate(t, filter);
-        let parts =
+        let mut parts =
             if policy.tid_range_scan && policy.larger_than > 0 && t.bytes > policy.larger_than {
-                t.bytes
-                    .div_ceil(policy.larger_than)
-                    .min(policy.max_parts.max(1))
-                    .min(t.pages.max(1))
+                t.bytes.div_ceil(policy.larger_than)
             } else {
                 1
             };
+        // The longest path decides when the run ends: share its copy among the workers.
+        if policy.tid_range_scan
+            && policy.larger_than > 0
+            && policy.jobs > 1
+            && t.bytes >= MIN_BALANCE_SPLIT
+            && path_cost(t) > share
+        {
+            parts = parts.max(policy.jobs);
+        }
+        let parts = parts.min(policy.max_parts.max(1)).min(t.pages.max(1));
         if parts <= 1 {
             units.push(Unit {
                 id: t.name.to_string(),
@@ -97,13 +123,19 @@ pub fn plan(tables: &[Table], copy: &[bool], filter: &Filter, policy: SplitPolic
             });
         }
     }
-    order(&mut units);
+    order(&mut units, tables);
     units
 }
 
-/// Largest first; ties by id so runs are repeatable.
-pub fn order(units: &mut [Unit]) {
-    units.sort_by(|a, b| b.est_bytes.cmp(&a.est_bytes).then_with(|| a.id.cmp(&b.id)));
+/// Longest path first (copy plus index builds of the unit's table), a table's units together;
+/// ties by id so runs are repeatable.
+pub fn order(units: &mut [Unit], tables: &[Table]) {
+    units.sort_by(|a, b| {
+        path_cost(&tables[b.table])
+            .cmp(&path_cost(&tables[a.table]))
+            .then_with(|| b.est_bytes.cmp(&a.est_bytes))
+            .then_with(|| a.id.cmp(&b.id))
+    });
 }
 
 /// The records of a plan, for the target's bookkeeping.
@@ -164,7 +196,7 @@ pub fn from_records(
             done: r.done,
         });
     }
-    order(&mut units);
+    order(&mut units, tables);
     Ok(units)
 }
 
@@ -183,6 +215,7 @@ mod tests {
             est_rows: None,
             has_children: false,
             extension_condition: None,
+            index_cost: 0,
         }
     }
 
@@ -190,6 +223,7 @@ mod tests {
         larger_than: 1000,
         max_parts: 8,
         tid_range_scan: true,
+        jobs: 1,
     };
 
     #[test]
@@ -259,6 +293,28 @@ mod tests {
         );
         let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, ["public.b", "public.c", "public.a"]);
+    }
+
+    #[test]
+    fn the_longest_path_goes_first_and_is_shared_among_workers() {
+        // `slow` is smaller but its indexes (a GIN, say) make its path the longest.
+        let mut slow = table("slow", 10_000, 300 << 20);
+        slow.index_cost = 600 << 20;
+        let tables = [table("big", 20_000, 450 << 20), slow];
+        let policy = SplitPolicy {
+            larger_than: 1 << 30,
+            max_parts: 64,
+            tid_range_scan: true,
+            jobs: 2,
+        };
+        let units = plan(&tables, &[true, true], &Filter::default(), policy);
+        let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["public.slow#0", "public.slow#1", "public.big"]);
+        let one_worker = SplitPolicy { jobs: 1, ..policy };
+        assert_eq!(
+            plan(&tables, &[true, true], &Filter::default(), one_worker).len(),
+            2
+        );
     }
 
     #[test]
