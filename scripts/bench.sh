@@ -33,7 +33,7 @@ start_cluster "$work/source" "$src_port" wal_level=logical "${server_settings[@]
 start_cluster "$work/target" "$dst_port" "${server_settings[@]}"
 src="postgresql://postgres@127.0.0.1:$src_port/bench?sslmode=disable"
 dst_base="postgresql://postgres@127.0.0.1:$dst_port"
-psql_dst() { psql -X -q -At -v ON_ERROR_STOP=1 "$dst_base/postgres?sslmode=disable" "$@"; }
+psql_dst() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -At -v ON_ERROR_STOP=1 "$dst_base/postgres?sslmode=disable" "$@"; }
 
 echo "== building the dataset (pgbench scale $scale, $wide_rows wide rows)"
 psql -X -q "postgresql://postgres@127.0.0.1:$src_port/postgres" -c "CREATE DATABASE bench"
