@@ -508,6 +508,32 @@ ALTER TABLE ONLY public.film
     }
 
     #[test]
+    fn the_password_reaches_pg_dump_only_through_its_environment() {
+        let url = ConnUrl::parse_with_env("postgresql://u:TopSecret%3B1@h:5/d", &|_| None)
+            .expect("parses");
+        let tools = Tools {
+            pg_dump: "/bin/pg_dump".into(),
+            psql: "/bin/psql".into(),
+            major: 15,
+        };
+        let opts = DumpOptions {
+            excluded: vec![QualName::new("s", "t")],
+            ..DumpOptions::default()
+        };
+        let cmd = dump_command(&tools, &url, "00000003-1", "pre-data", &opts);
+        let cmd = cmd.as_std();
+        for arg in cmd.get_args() {
+            assert!(!arg.to_string_lossy().contains("TopSecret"), "{arg:?}");
+        }
+        let env: Vec<_> = cmd.get_envs().collect();
+        assert!(env
+            .iter()
+            .any(|(k, v)| *k == "PGPASSWORD" && v.is_some_and(|v| v == "TopSecret;1")));
+        // Inherited libpq settings are cleared so a child never mixes two servers.
+        assert!(env.iter().any(|(k, v)| *k == "PGSERVICE" && v.is_none()));
+    }
+
+    #[test]
     fn exclusion_patterns_are_literal() {
         assert_eq!(
             literal_pattern(&QualName::new("a*b", "x\"y")),
