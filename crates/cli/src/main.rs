@@ -227,7 +227,6 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
         larger_than: args.split_tables_larger_than,
         max_parts: args.max_parts,
         tid_range_scan: true,
-        jobs: 1, // the engine uses --jobs
     };
     opts.format = match args.copy_format {
         CopyFormat::Auto => FormatChoice::Auto,

@@ -49,6 +49,15 @@ pub fn index_build_weight(access_method: &str) -> u64 {
     }
 }
 
+/// An index of the source.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// The table (or materialized view) it belongs to.
+    pub table: QualName,
+    /// Its size weighted by how slow its access method builds (see [`index_build_weight`]).
+    pub build_cost: u64,
+}
+
 /// Everything the run needs to know about the source.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -60,8 +69,8 @@ pub struct Catalog {
     /// Every relation that pg_dump's `--exclude-table` patterns can name (tables, views,
     /// materialized views, sequences, foreign and partitioned tables), to resolve filters.
     pub relations: Vec<QualName>,
-    /// Index (schema, name) → its table.
-    pub index_tables: HashMap<(String, String), QualName>,
+    /// Index (schema, name) → its table and build cost.
+    pub indexes: HashMap<(String, String), Index>,
     /// Constraint (schema, "table constraint") → its table, as pg_dump tags them.
     pub constraint_tables: HashMap<(String, String), QualName>,
     /// Index (schema, name) → its estimated build cost (see [`index_build_weight`]).
@@ -72,7 +81,7 @@ pub struct Catalog {
     pub extensions: Vec<(String, String)>,
 }
 
-const USER_NAMESPACES: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+pub(crate) const USER_NAMESPACES: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
      AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
 
 /// Read the catalog. Run it in the snapshot's transaction so sizes and names match the copy.
@@ -169,25 +178,6 @@ pub async fn read(client: &Client) -> Result<Catalog> {
         tables[i].binary_ok &= row.get::<_, bool>(3);
     }
 
-    let mut index_costs = HashMap::new();
-    for row in client
-        .query(
-            "SELECT i.indrelid, am.amname::text, pg_relation_size(i.indexrelid)::int8, n.nspname, ic.relname
-             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
-             JOIN pg_namespace n ON n.oid = ic.relnamespace
-             WHERE i.indrelid = ANY($1)",
-            &[&tables.iter().map(|t| t.oid).collect::<Vec<u32>>()],
-        )
-        .await
-        .map_err(q("list index sizes"))?
-    {
-        let oid: u32 = row.get(0);
-        let Some(&i) = by_oid.get(&oid) else { continue };
-        let cost = row.get::<_, i64>(2).max(0) as u64 * index_build_weight(row.get::<_, &str>(1));
-        tables[i].index_cost += cost;
-        index_costs.insert((row.get(3), row.get(4)), cost);
-    }
-
     let relations = client
         .query(
             &format!(
@@ -203,7 +193,6 @@ pub async fn read(client: &Client) -> Result<Catalog> {
         .map_err(q("list relations"))?;
     let mut catalog = Catalog {
         tables,
-        index_costs,
         ..Catalog::default()
     };
     for row in relations {
@@ -216,19 +205,28 @@ pub async fn read(client: &Client) -> Result<Catalog> {
 
     for row in client
         .query(
-            "SELECT n.nspname, ic.relname, tn.nspname, tc.relname
+            "SELECT n.nspname, ic.relname, tn.nspname, tc.relname, i.indrelid, am.amname::text,
+                    pg_relation_size(i.indexrelid)::int8
              FROM pg_index i
              JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
              JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+             JOIN pg_am am ON am.oid = ic.relam
              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'",
             &[],
         )
         .await
         .map_err(q("list indexes"))?
     {
-        catalog.index_tables.insert(
+        let build_cost = row.get::<_, i64>(6).max(0) as u64 * index_build_weight(row.get::<_, &str>(5));
+        if let Some(&i) = by_oid.get(&row.get::<_, u32>(4)) {
+            catalog.tables[i].index_cost += build_cost;
+        }
+        catalog.indexes.insert(
             (row.get(0), row.get(1)),
-            QualName::new(row.get::<_, String>(2), row.get::<_, String>(3)),
+            Index {
+                table: QualName::new(row.get::<_, String>(2), row.get::<_, String>(3)),
+                build_cost,
+            },
         );
     }
     for row in client

@@ -82,7 +82,6 @@ impl InitOptions {
                 larger_than: 1 << 30,
                 max_parts: 64,
                 tid_range_scan: true,
-                jobs: 1, // replaced by `jobs` when the run is planned
             },
             format: FormatChoice::Auto,
             no_owner: false,
@@ -182,7 +181,7 @@ pub async fn init(opts: InitOptions, observer: Observer) -> Result<InitReport> {
     });
     let pre = ctx.phase(Phase::Preflight, preflight(&ctx)).await?;
     let snap = ctx.phase(Phase::Snapshot, take_snapshot(&ctx)).await?;
-    prepare_target(&ctx, &pre.state).await?;
+    prepare_target(&ctx, &pre).await?;
     run(&ctx, pre, snap).await?;
     let report = lock(&ctx.report).clone();
     Ok(report)
@@ -193,22 +192,23 @@ struct Preflight {
     source_major: u32,
     resumed: bool,
     state: TargetState,
+    /// The session on the target's maintenance database, for DROP/CREATE DATABASE.
+    maintenance: Client,
+    /// The locale to create the target database with, when it is to be (re)created.
+    create_with: Option<target::DatabaseLocale>,
 }
 
 /// Drop and/or create the target database. Runs only after every check has passed, so a
 /// refused run changes nothing.
-async fn prepare_target(ctx: &Ctx, state: &TargetState) -> Result<()> {
+async fn prepare_target(ctx: &Ctx, pre: &Preflight) -> Result<()> {
     let o = &ctx.opts;
-    if !o.drop_existing && *state != TargetState::Missing {
+    let Some(locale) = &pre.create_with else {
         return Ok(());
+    };
+    if pre.state != TargetState::Missing {
+        target::drop_database(&pre.maintenance, &o.target).await?;
     }
-    let maintenance = target::connect_maintenance(&o.target).await?;
-    if o.drop_existing && *state != TargetState::Missing {
-        target::drop_database(&maintenance, &o.target).await?;
-    }
-    let source = connect(&o.source, Side::Source).await?;
-    let locale = target::source_locale(&source).await?;
-    if let Some(w) = target::create_database(&maintenance, &o.target, &locale).await? {
+    if let Some(w) = target::create_database(&pre.maintenance, &o.target, locale).await? {
         ctx.warn(w);
     }
     Ok(())
@@ -303,11 +303,18 @@ async fn preflight(ctx: &Ctx) -> Result<Preflight> {
         }
     }
 
+    let create_with = if o.drop_existing || state == TargetState::Missing {
+        Some(target::source_locale(&source).await?)
+    } else {
+        None
+    };
     Ok(Preflight {
         tools,
         source_major,
         resumed,
         state,
+        maintenance,
+        create_with,
     })
 }
 
@@ -433,10 +440,9 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
     } else {
         let policy = SplitPolicy {
             tid_range_scan: o.split.tid_range_scan && pre.source_major >= 14,
-            jobs: o.jobs as u64,
             ..o.split
         };
-        let units = plan::plan(&catalog.tables, &copy, &o.filter, policy);
+        let units = plan::plan(&catalog.tables, &copy, &o.filter, policy, o.jobs as u64);
         target::create_bookkeeping(&bookkeeping, &plan::records(&units, &catalog.tables)).await?;
         (units, HashSet::new())
     };
@@ -625,10 +631,9 @@ fn classify(
             e.tag.rsplit(' ').next().unwrap_or("")
         };
         let cost = catalog
-            .index_costs
+            .indexes
             .get(&(e.schema.clone(), index_name.to_owned()))
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, |i| i.build_cost);
         let item = Item {
             key: Some(key),
             label: format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag),
@@ -637,7 +642,7 @@ fn classify(
             is_index: e.kind == "INDEX",
         };
         let table = match e.kind.as_str() {
-            "INDEX" => catalog.index_tables.get(&lookup),
+            "INDEX" => catalog.indexes.get(&lookup).map(|i| &i.table),
             "CONSTRAINT" | "CHECK CONSTRAINT" => catalog.constraint_tables.get(&lookup),
             _ => None,
         };
@@ -746,6 +751,14 @@ impl Tracker {
     }
 }
 
+/// A new source and target session, opened together.
+async fn connect_pair(o: &InitOptions) -> Result<(Client, Client)> {
+    tokio::try_join!(
+        connect(&o.source, Side::Source),
+        connect(&o.target, Side::Target)
+    )
+}
+
 /// One connection pair of the pool.
 struct Worker {
     id: usize,
@@ -757,10 +770,7 @@ struct Worker {
 impl Worker {
     async fn open(ctx: &Ctx, id: usize, snapshot: &str, post: &ParsedDump) -> Result<Self> {
         let o = &ctx.opts;
-        let (source, target) = tokio::try_join!(
-            connect(&o.source, Side::Source),
-            connect(&o.target, Side::Target)
-        )?;
+        let (source, target) = connect_pair(o).await?;
         // The dump's own session settings (search_path, check_function_bodies …) first, so
         // post-data items run as they would under psql.
         let target_setup = format!(
@@ -796,13 +806,7 @@ impl Worker {
                     .into(),
             ));
         }
-        let o = &ctx.opts;
-        let (source, target) = tokio::try_join!(
-            connect(&o.source, Side::Source),
-            connect(&o.target, Side::Target)
-        )?;
-        self.source = source;
-        self.target = target;
+        (self.source, self.target) = connect_pair(&ctx.opts).await?;
         self.setup(snapshot.name()).await
     }
 

@@ -35,9 +35,6 @@ pub struct SplitPolicy {
     /// Whether the source can scan ctid ranges efficiently (TID Range Scan, PostgreSQL ≥ 14).
     /// Without it every range would read the whole table.
     pub tid_range_scan: bool,
-    /// Workers in the pool: a table whose copy and index builds make up more than its share of
-    /// the whole run is split this many ways, so that its slow indexes can start early.
-    pub jobs: u64,
 }
 
 /// Copy plus index-build cost of a table, in heap-byte equivalents: the length of its path
@@ -61,8 +58,16 @@ fn predicate(table: &Table, filter: &Filter) -> Option<String> {
     }
 }
 
-/// Plan units for the tables whose rows are copied (`copy[i]` says whether table `i` is).
-pub fn plan(tables: &[Table], copy: &[bool], filter: &Filter, policy: SplitPolicy) -> Vec<Unit> {
+/// Plan units for the tables whose rows are copied (`copy[i]` says whether table `i` is), for a
+/// pool of `jobs` workers: a table whose copy and index builds make up more than its share of
+/// the whole run is split `jobs` ways, so that its slow indexes can start early.
+pub fn plan(
+    tables: &[Table],
+    copy: &[bool],
+    filter: &Filter,
+    policy: SplitPolicy,
+    jobs: u64,
+) -> Vec<Unit> {
     let mut units = Vec::new();
     let total: u64 = tables
         .iter()
@@ -70,7 +75,7 @@ pub fn plan(tables: &[Table], copy: &[bool], filter: &Filter, policy: SplitPolic
         .filter(|(_, c)| **c)
         .map(|(t, _)| path_cost(t))
         .sum();
-    let share = total / policy.jobs.max(1);
+    let share = total / jobs.max(1);
     for (i, t) in tables.iter().enumerate() {
         if !copy[i] {
             continue;
@@ -85,11 +90,11 @@ pub fn plan(tables: &[Table], copy: &[bool], filter: &Filter, policy: SplitPolic
         // The longest path decides when the run ends: share its copy among the workers.
         if policy.tid_range_scan
             && policy.larger_than > 0
-            && policy.jobs > 1
+            && jobs > 1
             && t.bytes >= MIN_BALANCE_SPLIT
             && path_cost(t) > share
         {
-            parts = parts.max(policy.jobs);
+            parts = parts.max(jobs);
         }
         let parts = parts.min(policy.max_parts.max(1)).min(t.pages.max(1));
         if parts <= 1 {
@@ -223,13 +228,12 @@ mod tests {
         larger_than: 1000,
         max_parts: 8,
         tid_range_scan: true,
-        jobs: 1,
     };
 
     #[test]
     fn large_tables_split_into_contiguous_ranges_covering_every_block() {
         let tables = [table("big", 100, 3500)];
-        let units = plan(&tables, &[true], &Filter::default(), SPLIT);
+        let units = plan(&tables, &[true], &Filter::default(), SPLIT, 1);
         assert_eq!(units.len(), 4);
         let mut slices: Vec<_> = units
             .iter()
@@ -256,7 +260,7 @@ mod tests {
             ..SPLIT
         };
         assert_eq!(
-            plan(&tables, &[true, true], &Filter::default(), old).len(),
+            plan(&tables, &[true, true], &Filter::default(), old, 1).len(),
             2
         );
         let never = SplitPolicy {
@@ -264,7 +268,7 @@ mod tests {
             ..SPLIT
         };
         assert_eq!(
-            plan(&tables, &[true, true], &Filter::default(), never).len(),
+            plan(&tables, &[true, true], &Filter::default(), never, 1).len(),
             2
         );
         let parts_capped = SplitPolicy {
@@ -272,7 +276,7 @@ mod tests {
             ..SPLIT
         };
         assert_eq!(
-            plan(&tables[..1], &[true], &Filter::default(), parts_capped).len(),
+            plan(&tables[..1], &[true], &Filter::default(), parts_capped, 1).len(),
             2
         );
     }
@@ -290,6 +294,7 @@ mod tests {
             &[true, true, true, false],
             &Filter::default(),
             SPLIT,
+            1,
         );
         let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, ["public.b", "public.c", "public.a"]);
@@ -305,14 +310,12 @@ mod tests {
             larger_than: 1 << 30,
             max_parts: 64,
             tid_range_scan: true,
-            jobs: 2,
         };
-        let units = plan(&tables, &[true, true], &Filter::default(), policy);
+        let units = plan(&tables, &[true, true], &Filter::default(), policy, 2);
         let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, ["public.slow#0", "public.slow#1", "public.big"]);
-        let one_worker = SplitPolicy { jobs: 1, ..policy };
         assert_eq!(
-            plan(&tables, &[true, true], &Filter::default(), one_worker).len(),
+            plan(&tables, &[true, true], &Filter::default(), policy, 1).len(),
             2
         );
     }
@@ -321,7 +324,7 @@ mod tests {
     fn row_filters_apply_to_every_range() {
         let tables = [table("big", 100, 3500)];
         let filter = Filter::from_args(&[], &[], &[], &["public.big:a > 1".into()]).expect("valid");
-        let units = plan(&tables, &[true], &filter, SPLIT);
+        let units = plan(&tables, &[true], &filter, SPLIT, 1);
         assert!(units
             .iter()
             .all(|u| u.slice.predicate.as_deref() == Some("a > 1")));
@@ -330,7 +333,7 @@ mod tests {
     #[test]
     fn records_round_trip_into_the_same_plan() {
         let tables = [table("big", 100, 3500), table("small", 1, 10)];
-        let units = plan(&tables, &[true, true], &Filter::default(), SPLIT);
+        let units = plan(&tables, &[true, true], &Filter::default(), SPLIT, 1);
         let mut recs = records(&units, &tables);
         recs[1].done = true;
         let back = from_records(&recs, &tables, &Filter::default()).expect("resumable");

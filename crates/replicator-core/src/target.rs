@@ -63,8 +63,7 @@ pub async fn state(maintenance: &Client, target: &ConnUrl) -> Result<TargetState
         return Ok(TargetState::Missing);
     }
     let client = connect(target, Side::Target).await?;
-    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
+    let user_ns = crate::catalog::USER_NAMESPACES;
     let row = client
         .query_one(
             &format!(
