@@ -93,7 +93,8 @@ struct InitArgs {
     #[arg(long)]
     resume: bool,
     /// Split tables larger than this (heap + TOAST) into ctid block ranges copied in parallel;
-    /// 0 never splits. Units: B, kB, MB, GB, TB.
+    /// tables over 64 MB whose copy and index builds are the run's longest path are also split
+    /// --jobs ways. 0 never splits. Units: B, kB, MB, GB, TB.
     #[arg(long, default_value = "1GB", value_parser = parse_size)]
     split_tables_larger_than: u64,
     /// At most this many ranges per split table.
