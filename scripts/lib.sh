@@ -15,6 +15,26 @@ ensure_postgres() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
 }
 
+# moto's AWS server in .venv-moto (the tests find it there): DynamoDB, EC2, KMS and IAM on
+# loopback, so the AWS adapters are tested against real API semantics without an account.
+ensure_moto() {
+    if [ -x .venv-moto/bin/moto_server ]; then
+        return 0
+    fi
+    echo "== installing moto[server] into .venv-moto"
+    if ! python3 -m venv .venv-moto 2>/dev/null; then
+        if [ "$(id -u)" -eq 0 ]; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv .venv-moto
+        else
+            echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2
+            exit 1
+        fi
+    fi
+    .venv-moto/bin/pip install -q 'moto[server]>=5,<6'
+}
+
 # The newest PostgreSQL bin directory.
 pg_bindir() {
     if [ -n "${PG_BINDIR:-}" ]; then echo "$PG_BINDIR"; return; fi

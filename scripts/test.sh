@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need when it is missing (PostgreSQL
-# server and client tools), then runs the format check, clippy and every test.
+# server and client tools; moto's AWS server in .venv-moto), then runs the format check,
+# clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
 ensure_postgres
+ensure_moto
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace --all-features

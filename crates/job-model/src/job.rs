@@ -1,0 +1,517 @@
+//! A job and the parts it is made of.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::status::JobStatus;
+
+/// A point in time, written as RFC 3339 UTC with milliseconds (`2026-11-27T22:07:22.123Z`).
+///
+/// The fixed width makes the text sort like the time, which the `created_at` sort key of the
+/// listing index relies on. Any RFC 3339 text is accepted when reading.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(OffsetDateTime);
+
+impl Timestamp {
+    /// The current time, truncated to milliseconds so that it survives a round trip.
+    pub fn now() -> Self {
+        Self::from_unix_millis(now_millis())
+    }
+
+    /// From milliseconds since the Unix epoch.
+    pub fn from_unix_millis(ms: i64) -> Self {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Self(t)
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix_seconds(self) -> i64 {
+        self.0.unix_timestamp()
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_millis(self) -> i64 {
+        i64::try_from(self.0.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    }
+
+    /// This time plus `d`.
+    pub fn plus(self, d: Duration) -> Self {
+        Self::from_unix_millis(
+            self.unix_millis()
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn since(self, earlier: Self) -> Duration {
+        let ms = self.unix_millis().saturating_sub(earlier.unix_millis());
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Parse RFC 3339.
+    ///
+    /// # Errors
+    /// When the text is not RFC 3339.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        OffsetDateTime::parse(s, &Rfc3339)
+            .map(|t| Self(t.to_offset(time::UtcOffset::UTC)))
+            .map_err(|e| format!("'{s}' is not an RFC 3339 time: {e}"))
+    }
+
+    /// The stored spelling.
+    pub fn to_rfc3339(self) -> String {
+        let t = self.0;
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        )
+    }
+}
+
+fn now_millis() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A value that must never be shown: a connection URL with its password, an API key.
+/// `Debug` and `Display` print `********`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wrap a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; only for handing to the code that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("********")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("********")
+    }
+}
+
+/// Who a job belongs to: derived from the API key that submitted it, never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Owner(pub String);
+
+impl Owner {
+    /// The owner of jobs submitted with `api_key`: `key-` and the first 16 hex digits of the
+    /// key's SHA-256. A job is visible only to the key that made it.
+    pub fn of_api_key(api_key: &str) -> Self {
+        let digest = Sha256::digest(api_key.as_bytes());
+        Self(format!("key-{}", &hex::encode(digest)[..16]))
+    }
+
+    /// The stored spelling.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Copy the source database into the target.
+    Init,
+    /// Keep the target in step with the source by logical replication.
+    Sync,
+    /// Compare the two databases.
+    Verify,
+    /// Run the preflight checks.
+    Validate,
+}
+
+impl Command {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::Sync => "sync",
+            Self::Verify => "verify",
+            Self::Validate => "validate",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Init, Self::Sync, Self::Verify, Self::Validate]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which tables a job touches; the same meaning as the CLI flags of the same names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterSpec {
+    /// `--include-tables`: copy only tables matching these `schema.table` globs.
+    pub include_tables: Vec<String>,
+    /// `--exclude-tables`: never copy tables matching these globs.
+    pub exclude_tables: Vec<String>,
+    /// `--table-filter`: `schema.table:SQL predicate` entries.
+    pub table_filters: Vec<String>,
+    /// `--schema-only-tables`: create these tables but copy no rows.
+    pub schema_only_tables: Vec<String>,
+}
+
+impl FilterSpec {
+    /// Whether the filter selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.include_tables.is_empty()
+            && self.exclude_tables.is_empty()
+            && self.table_filters.is_empty()
+            && self.schema_only_tables.is_empty()
+    }
+}
+
+/// How a job runs. Every field is optional; absent means the engine's or the coordinator's
+/// default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Connection pairs working the copy (default: the worker's cores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u32>,
+    /// Replace a non-empty target database.
+    #[serde(skip_serializing_if = "is_false")]
+    pub drop_existing: bool,
+    /// `pg_dump --no-owner`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub no_owner: bool,
+    /// `pg_dump --no-privileges`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub no_privileges: bool,
+    /// EC2 instance type for the worker; chosen from `source_size_bytes` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// The source database's size as the client measured it, for choosing the instance type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_size_bytes: Option<u64>,
+    /// Stop the job (status `timed_out`) after this many seconds of running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a job does, without its secrets: stored in the `spec` attribute (with `command` beside
+/// it as its own attribute).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The command.
+    pub command: Command,
+    /// Table selection.
+    #[serde(default)]
+    pub filter: FilterSpec,
+    /// Options.
+    #[serde(default)]
+    pub options: Options,
+}
+
+/// Where a running job is, as the worker last wrote it. Every field has a default, so records
+/// written by older workers still read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Progress {
+    /// The engine's phase (`preflight`, `schema`, `data`, `post-data`, `finish` …).
+    pub phase: String,
+    /// Tables whose rows are all copied.
+    pub tables_done: u64,
+    /// Tables to copy.
+    pub tables_total: u64,
+    /// Rows copied so far.
+    pub rows: u64,
+    /// Bytes of COPY data moved so far.
+    pub bytes: u64,
+    /// Estimated bytes in all.
+    pub bytes_total: u64,
+    /// Seconds left at the current rate, when there is a rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    /// Tables being copied now.
+    pub current_tables: Vec<String>,
+}
+
+/// A machine-readable error code with a message for people; the body of every API error and
+/// the `error` attribute of a failed job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, `snake_case` (`source_unreachable`, `heartbeat_lost`, `invalid_request` …).
+    pub code: String,
+    /// One line saying what went wrong and what to do.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One job as stored. Its serde form (sealed URLs in base64) is the SQLite store's record; the
+/// API shows a [`crate::api::JobView`] instead, and DynamoDB gets [`crate::item`]'s attributes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique id (a UUID).
+    pub job_id: String,
+    /// The key that submitted it.
+    pub owner: Owner,
+    /// Current status.
+    pub status: JobStatus,
+    /// What to do.
+    pub spec: JobSpec,
+    /// Source URL sealed by a [`crate::Sealer`] under this job's id.
+    #[serde(with = "b64")]
+    pub source_secret: Vec<u8>,
+    /// Target URL sealed likewise.
+    #[serde(with = "b64")]
+    pub target_secret: Vec<u8>,
+    /// Source URL without its password.
+    pub source_display: String,
+    /// Target URL without its password.
+    pub target_display: String,
+    /// When it was submitted.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When a worker claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it reached a terminal status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// The worker's last sign of life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_at: Option<Timestamp>,
+    /// When its owner asked it to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<Timestamp>,
+    /// The worker's instance id (or `local-<pid>` for a local worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// The worker's last progress report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// The `Idempotency-Key` it was submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Bumped by every write; conditional writes compare it.
+    pub version: u64,
+    /// Expiry, seconds since the Unix epoch (DynamoDB TTL).
+    pub ttl: i64,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Debug for Job {
+    // By hand so that no one ever prints the sealed blobs, even though they are ciphertext.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("job_id", &self.job_id)
+            .field("owner", &self.owner)
+            .field("status", &self.status)
+            .field("spec", &self.spec)
+            .field("source_display", &self.source_display)
+            .field("target_display", &self.target_display)
+            .field("created_at", &self.created_at)
+            .field("instance_id", &self.instance_id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long finished and abandoned job records are kept by default (DynamoDB TTL).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl Job {
+    /// A new `pending` job, version 1, expiring `retention` after `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job_id: String,
+        owner: Owner,
+        spec: JobSpec,
+        sealed: (Vec<u8>, Vec<u8>),
+        displays: (String, String),
+        idempotency_key: Option<String>,
+        now: Timestamp,
+        retention: Duration,
+    ) -> Self {
+        Self {
+            job_id,
+            owner,
+            status: JobStatus::Pending,
+            spec,
+            source_secret: sealed.0,
+            target_secret: sealed.1,
+            source_display: displays.0,
+            target_display: displays.1,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            heartbeat_at: None,
+            cancel_requested_at: None,
+            instance_id: None,
+            progress: None,
+            error: None,
+            idempotency_key,
+            version: 1,
+            ttl: now.plus(retention).unix_seconds(),
+        }
+    }
+
+    /// A fresh job id.
+    pub fn new_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+/// Whether `s` looks like a job id this system makes (a lowercase hyphenated UUID). Routes
+/// reject anything else before touching a store.
+pub fn is_valid_job_id(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok() && !s.chars().any(|c| c.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_fixed_width_utc_and_sort_like_time() {
+        let a = Timestamp::from_unix_millis(1_795_000_000_005);
+        let b = Timestamp::from_unix_millis(1_795_000_000_120);
+        assert_eq!(a.to_rfc3339().len(), 24);
+        assert!(a.to_rfc3339().ends_with('Z'));
+        assert!(a.to_rfc3339() < b.to_rfc3339());
+        assert_eq!(Timestamp::parse(&a.to_rfc3339()), Ok(a));
+        // Other offsets and precisions read (older records, other writers).
+        let t = Timestamp::parse("2026-11-27T23:07:22+01:00").expect("offset");
+        assert_eq!(t.to_rfc3339(), "2026-11-27T22:07:22.000Z");
+        assert!(Timestamp::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn owner_is_a_hash_prefix_not_the_key() {
+        let o = Owner::of_api_key("sk-very-secret");
+        assert!(o.as_str().starts_with("key-"));
+        assert_eq!(o.as_str().len(), 20);
+        assert!(!o.as_str().contains("secret"));
+        assert_ne!(o, Owner::of_api_key("sk-other"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = SecretString::new("postgresql://u:hunter2@h/db");
+        assert_eq!(format!("{s} {s:?}"), "******** ********");
+    }
+
+    #[test]
+    fn job_ids_are_lowercase_uuids() {
+        assert!(is_valid_job_id(&Job::new_id()));
+        assert!(!is_valid_job_id("../etc/passwd"));
+        assert!(!is_valid_job_id("8F0E1F2C-3A4B-4C5D-8E9F-0A1B2C3D4E5F"));
+    }
+
+    #[test]
+    fn progress_written_by_an_older_worker_still_reads() {
+        // A record written before `eta_seconds` and `current_tables` existed.
+        let old = r#"{"phase":"data","tables_done":3,"tables_total":9,"rows":10,"bytes":20,"bytes_total":90}"#;
+        let p: Progress = serde_json::from_str(old).expect("old progress");
+        assert_eq!(p.tables_done, 3);
+        assert_eq!(p.eta_seconds, None);
+        assert!(p.current_tables.is_empty());
+        // And an empty one.
+        assert_eq!(
+            serde_json::from_str::<Progress>("{}").expect("empty"),
+            Progress::default()
+        );
+    }
+
+    #[test]
+    fn unknown_option_names_are_named_in_the_error() {
+        let err = serde_json::from_str::<Options>(r#"{"jobz":4}"#).expect_err("unknown");
+        assert!(err.to_string().contains("unknown field `jobz`"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! The KMS sealer against moto's KMS: the encryption context binds a sealed URL to its job.
+
+use job_model::seal::KmsSealer;
+use job_model::{SealError, Sealer, SecretString};
+
+async fn sealer() -> KmsSealer {
+    let moto = moto_harness::Moto::shared();
+    let client = aws_sdk_kms::Client::new(&moto.sdk_config().await);
+    let key = client
+        .create_key()
+        .description(moto_harness::unique("seren-test"))
+        .send()
+        .await
+        .expect("create key");
+    let key_id = key
+        .key_metadata()
+        .map(|m| m.key_id().to_owned())
+        .expect("key id");
+    KmsSealer::new(client, key_id)
+}
+
+#[tokio::test]
+async fn kms_sealed_urls_open_only_for_their_job() {
+    let sealer = sealer().await;
+    let url = SecretString::new("postgresql://app:s%3Bcr%26%26t$(x)@db.example.com:5432/prod");
+    let blob = sealer.seal("job-1", &url).await.expect("seal");
+    assert!(!String::from_utf8_lossy(&blob).contains("s%3Bcr"));
+    assert_eq!(sealer.open("job-1", &blob).await.expect("open"), url);
+    let err = sealer.open("job-2", &blob).await.expect_err("other job");
+    assert!(matches!(err, SealError::Open { .. }), "{err}");
+    assert!(!err.to_string().contains("s%3Bcr"), "{err}");
+}

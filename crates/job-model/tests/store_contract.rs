@@ -1,0 +1,490 @@
+//! One contract, two stores: every test here runs against the SQLite store (a temp file) and
+//! the DynamoDB store (a fresh table on moto's server).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use job_model::store::dynamodb::DynamoStore;
+use job_model::store::sqlite::SqliteStore;
+use job_model::{
+    Change, Command, Created, Cursor, ErrorBody, Expect, Job, JobSpec, JobStatus, JobStore, Owner,
+    Progress, StoreError, Timestamp,
+};
+
+struct Fixture {
+    store: Arc<dyn JobStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("jobs.db")).expect("open sqlite");
+    Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+async fn dynamo() -> Fixture {
+    let moto = moto_harness::Moto::shared();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    let store = DynamoStore::new(client, moto_harness::unique("jobs"));
+    store.create_table().await.expect("create table");
+    Fixture {
+        store: Arc::new(store),
+        _dir: None,
+    }
+}
+
+const T0: i64 = 1_795_000_000_000;
+
+fn at(offset_ms: i64) -> Timestamp {
+    // An hour before the tests started, so that TTLs are in the future.
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| Timestamp::now().unix_millis() - 3_600_000);
+    Timestamp::from_unix_millis(base + offset_ms)
+}
+
+fn job(owner: &str, created: Timestamp, key: Option<&str>) -> Job {
+    Job::new(
+        Job::new_id(),
+        Owner(owner.into()),
+        JobSpec {
+            command: Command::Init,
+            filter: Default::default(),
+            options: Default::default(),
+        },
+        (b"sealed-source".to_vec(), b"sealed-target".to_vec()),
+        (
+            "postgresql://u@src/db".into(),
+            "postgresql://u@dst/db".into(),
+        ),
+        key.map(str::to_owned),
+        created,
+        job_model::job::DEFAULT_RETENTION,
+    )
+}
+
+async fn create(store: &dyn JobStore, j: &Job) -> Job {
+    match store.create(j, None).await.expect("create") {
+        Created::New(j) => j,
+        Created::Existing(j) => panic!("unexpected existing {j:?}"),
+    }
+}
+
+async fn created_job_reads_back_unchanged(store: Arc<dyn JobStore>) {
+    let j = job("key-a", at(0), None);
+    create(&*store, &j).await;
+    assert_eq!(store.get(&j.job_id).await.expect("get"), Some(j));
+    assert_eq!(store.get(&Job::new_id()).await.expect("get"), None);
+}
+
+async fn idempotency_key_returns_the_first_job(store: Arc<dyn JobStore>) {
+    let first = job("key-a", at(0), Some("submit-1"));
+    create(&*store, &first).await;
+    let retry = job("key-a", at(10), Some("submit-1"));
+    match store.create(&retry, None).await.expect("retry") {
+        Created::Existing(j) => assert_eq!(j.job_id, first.job_id),
+        Created::New(j) => panic!("second job {j:?}"),
+    }
+    assert_eq!(store.get(&retry.job_id).await.expect("get"), None);
+    // The same key from another owner is another job.
+    let other = job("key-b", at(20), Some("submit-1"));
+    assert!(matches!(
+        store.create(&other, None).await.expect("other owner"),
+        Created::New(_)
+    ));
+}
+
+async fn concurrency_limit_counts_active_jobs(store: Arc<dyn JobStore>) {
+    let a = job("key-a", at(0), Some("first"));
+    let b = job("key-a", at(1), None);
+    assert!(store.create(&a, Some(2)).await.is_ok());
+    assert!(store.create(&b, Some(2)).await.is_ok());
+    let c = job("key-a", at(2), None);
+    let err = store.create(&c, Some(2)).await.expect_err("over the limit");
+    assert!(
+        matches!(err, StoreError::LimitReached { limit: 2 }),
+        "{err}"
+    );
+    // A repeated submit is answered even at the limit.
+    let a_retry = job("key-a", at(3), Some("first"));
+    match store
+        .create(&a_retry, Some(2))
+        .await
+        .expect("retry at the limit")
+    {
+        Created::Existing(j) => assert_eq!(j.job_id, a.job_id),
+        Created::New(j) => panic!("second job {j:?}"),
+    }
+    // Finishing one frees a slot.
+    store
+        .transition(
+            &a.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Cancelled, at(5)),
+        )
+        .await
+        .expect("cancel");
+    assert!(store.create(&c, Some(2)).await.is_ok());
+    let d = job("key-a", at(6), None);
+    assert!(matches!(
+        store.create(&d, Some(2)).await,
+        Err(StoreError::LimitReached { .. })
+    ));
+}
+
+async fn life_cycle_and_conditions(store: Arc<dyn JobStore>) {
+    let j = job("key-a", at(0), None);
+    create(&*store, &j).await;
+    let p = store
+        .transition(
+            &j.job_id,
+            Expect::job(&j),
+            Change::to(JobStatus::Provisioning, at(1)).instance("i-1"),
+        )
+        .await
+        .expect("provision");
+    assert_eq!((p.status, p.version), (JobStatus::Provisioning, 2));
+    assert_eq!(p.instance_id.as_deref(), Some("i-1"));
+    // A stale version loses.
+    let err = store
+        .transition(
+            &j.job_id,
+            Expect::job(&j),
+            Change::to(JobStatus::Failed, at(2)),
+        )
+        .await
+        .expect_err("stale");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                current: JobStatus::Provisioning,
+                version: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let r = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Provisioning),
+            Change::to(JobStatus::Running, at(3)).instance("i-1"),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(r.started_at, Some(at(3)));
+    assert_eq!(r.heartbeat_at, Some(at(3)));
+    let progress = Progress {
+        phase: "data".into(),
+        tables_done: 1,
+        tables_total: 4,
+        rows: 1000,
+        eta_seconds: Some(12),
+        current_tables: vec!["public.t".into()],
+        ..Progress::default()
+    };
+    let h = store
+        .heartbeat(&j.job_id, "i-1", Some(&progress), at(4))
+        .await
+        .expect("heartbeat");
+    assert_eq!(h.progress.as_ref(), Some(&progress));
+    assert_eq!(h.heartbeat_at, Some(at(4)));
+    // Another instance's heartbeat is refused.
+    assert!(matches!(
+        store.heartbeat(&j.job_id, "i-2", None, at(5)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let done = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Running),
+            Change::to(JobStatus::Failed, at(6))
+                .error(ErrorBody::new("source_unreachable", "cannot reach src")),
+        )
+        .await
+        .expect("fail");
+    assert_eq!(done.finished_at, Some(at(6)));
+    assert_eq!(
+        done.error.as_ref().map(|e| e.code.as_str()),
+        Some("source_unreachable")
+    );
+    assert_eq!(store.get(&j.job_id).await.expect("get"), Some(done.clone()));
+    // Terminal statuses never change.
+    let err = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Failed),
+            Change::to(JobStatus::Completed, at(7)),
+        )
+        .await
+        .expect_err("terminal");
+    assert!(matches!(err, StoreError::Illegal { .. }), "{err}");
+    let err = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Running),
+            Change::to(JobStatus::Completed, at(7)),
+        )
+        .await
+        .expect_err("already failed");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                current: JobStatus::Failed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        store.heartbeat(&j.job_id, "i-1", None, at(8)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store
+            .transition(
+                &Job::new_id(),
+                Expect::status(JobStatus::Pending),
+                Change::to(JobStatus::Failed, at(8))
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn two_actors_racing_one_wins(store: Arc<dyn JobStore>) {
+    for round in 0..5 {
+        let j = job("key-a", at(round), None);
+        create(&*store, &j).await;
+        store
+            .transition(
+                &j.job_id,
+                Expect::status(JobStatus::Pending),
+                Change::to(JobStatus::Provisioning, at(round)),
+            )
+            .await
+            .expect("provision");
+        let claim = |instance: &'static str| {
+            let store = Arc::clone(&store);
+            let id = j.job_id.clone();
+            tokio::spawn(async move {
+                store
+                    .transition(
+                        &id,
+                        Expect::status(JobStatus::Provisioning),
+                        Change::to(JobStatus::Running, at(100)).instance(instance),
+                    )
+                    .await
+            })
+        };
+        let (a, b) = tokio::join!(claim("i-a"), claim("i-b"));
+        let results = [a.expect("join"), b.expect("join")];
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        let loser = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("a loser");
+        assert!(
+            matches!(
+                loser,
+                StoreError::Conflict {
+                    current: JobStatus::Running,
+                    ..
+                }
+            ),
+            "{loser}"
+        );
+        let winner = results
+            .iter()
+            .find_map(|r| r.as_ref().ok())
+            .expect("a winner");
+        let stored = store.get(&j.job_id).await.expect("get").expect("exists");
+        assert_eq!(stored.instance_id, winner.instance_id);
+    }
+}
+
+async fn listing_is_per_owner_newest_first_with_cursors(store: Arc<dyn JobStore>) {
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        let j = job("key-mine", at(i * 1000), None);
+        create(&*store, &j).await;
+        mine.push(j);
+    }
+    for i in 0..2 {
+        create(&*store, &job("key-theirs", at(i * 1000 + 500), None)).await;
+    }
+    store
+        .transition(
+            &mine[1].job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Cancelled, at(9000)),
+        )
+        .await
+        .expect("cancel");
+    let owner = Owner("key-mine".into());
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_by_owner(&owner, None, 2, cursor.as_ref())
+            .await
+            .expect("list");
+        assert!(page.jobs.len() <= 2);
+        seen.extend(page.jobs.iter().map(|j| j.job_id.clone()));
+        pages += 1;
+        match page.next {
+            Some(c) => cursor = Some(Cursor::decode(&c.encode()).expect("cursor")),
+            None => break,
+        }
+        assert!(pages < 10, "cursor loops");
+    }
+    let expected: Vec<_> = mine.iter().rev().map(|j| j.job_id.clone()).collect();
+    assert_eq!(seen, expected);
+    let cancelled = store
+        .list_by_owner(&owner, Some(JobStatus::Cancelled), 10, None)
+        .await
+        .expect("by status");
+    assert_eq!(cancelled.jobs.len(), 1);
+    assert_eq!(cancelled.jobs[0].job_id, mine[1].job_id);
+    // By status, across owners, oldest first (the reaper's view).
+    let pending = store
+        .list_by_status(JobStatus::Pending, 100, None)
+        .await
+        .expect("pending");
+    let times: Vec<_> = pending.jobs.iter().map(|j| j.created_at).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+    assert_eq!(pending.jobs.len(), 6);
+}
+
+async fn cancel_requests_are_recorded_once(store: Arc<dyn JobStore>) {
+    let j = job("key-a", at(0), None);
+    create(&*store, &j).await;
+    let c = store
+        .request_cancel(&j.job_id, at(1))
+        .await
+        .expect("cancel");
+    assert_eq!(c.cancel_requested_at, Some(at(1)));
+    assert_eq!(c.status, JobStatus::Pending);
+    let again = store.request_cancel(&j.job_id, at(2)).await.expect("again");
+    assert_eq!(again.cancel_requested_at, Some(at(1)));
+    store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Cancelled, at(3)),
+        )
+        .await
+        .expect("cancelled");
+    assert!(matches!(
+        store.request_cancel(&j.job_id, at(4)).await,
+        Err(StoreError::Conflict {
+            current: JobStatus::Cancelled,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.request_cancel(&Job::new_id(), at(4)).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn expired_records_read_as_gone(store: Arc<dyn JobStore>) {
+    let old = Timestamp::from_unix_millis(T0 - 40 * 24 * 3_600_000);
+    let mut j = job("key-a", old, None);
+    j.ttl = old.plus(Duration::from_secs(3600)).unix_seconds();
+    create(&*store, &j).await;
+    assert_eq!(store.get(&j.job_id).await.expect("get"), None);
+    let page = store
+        .list_by_owner(&Owner("key-a".into()), None, 10, None)
+        .await
+        .expect("list");
+    assert!(page.jobs.iter().all(|x| x.job_id != j.job_id));
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::sqlite();
+                    super::$name(f.store.clone()).await;
+                }
+            )*
+        }
+        mod dynamodb_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let f = super::dynamo().await;
+                    super::$name(f.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    created_job_reads_back_unchanged,
+    idempotency_key_returns_the_first_job,
+    concurrency_limit_counts_active_jobs,
+    life_cycle_and_conditions,
+    two_actors_racing_one_wins,
+    listing_is_per_owner_newest_first_with_cursors,
+    cancel_requests_are_recorded_once,
+    expired_records_read_as_gone,
+);
+
+/// Two processes sharing one SQLite file (two connections here) race for one claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_shared_by_two_connections_lets_one_claim_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jobs.db");
+    let a: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&path).expect("open a"));
+    let b: Arc<dyn JobStore> = Arc::new(SqliteStore::open(&path).expect("open b"));
+    for round in 0..10 {
+        let j = job("key-a", at(round), None);
+        create(&*a, &j).await;
+        a.transition(
+            &j.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Provisioning, at(round)),
+        )
+        .await
+        .expect("provision");
+        let claim = |store: Arc<dyn JobStore>, instance: &'static str| {
+            let id = j.job_id.clone();
+            tokio::spawn(async move {
+                store
+                    .transition(
+                        &id,
+                        Expect::status(JobStatus::Provisioning),
+                        Change::to(JobStatus::Running, at(100)).instance(instance),
+                    )
+                    .await
+            })
+        };
+        let (ra, rb) = tokio::join!(
+            claim(Arc::clone(&a), "local-a"),
+            claim(Arc::clone(&b), "local-b")
+        );
+        let oks = [ra.expect("join"), rb.expect("join")]
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        assert_eq!(oks, 1, "round {round}");
+        // Both connections see the same winner.
+        assert_eq!(
+            a.get(&j.job_id).await.expect("a").map(|j| j.instance_id),
+            b.get(&j.job_id).await.expect("b").map(|j| j.instance_id)
+        );
+    }
+}
