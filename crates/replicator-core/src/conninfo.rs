@@ -375,8 +375,15 @@ pub const LIBPQ_VARS: &[&str] = &[
     "PGREQUIRESSL",
 ];
 
+/// Everything but RFC 3986's unreserved characters: host names keep their dots.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -444,6 +451,22 @@ mod tests {
             assert!(!shown.contains("hunter2secret"), "{shown}");
         }
         assert_eq!(u.redacted(), "postgresql://app@h:5432/db?sslmode=require");
+        // Regression: dots and hyphens in names were percent-encoded in the display form.
+        let dotted = ConnUrl::parse_with_env(
+            "postgresql://app.user:pw@db-1.example.com:5432/shop_v2.main",
+            &|_| None,
+        )
+        .expect("dotted");
+        assert_eq!(
+            dotted.redacted(),
+            "postgresql://app.user@db-1.example.com:5432/shop_v2.main"
+        );
+        assert_eq!(
+            ConnUrl::parse_with_env(&dotted.redacted(), &|_| None)
+                .expect("reparse")
+                .host,
+            "db-1.example.com"
+        );
     }
 
     #[test]
