@@ -30,13 +30,24 @@ fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("SEREN_MOTO_PYTHON") {
         return PathBuf::from(p);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = root.join(".venv-moto/bin/python");
-    if venv.exists() {
-        return venv;
+    // Found from where cargo runs the test (a compile-time path can be stale when a shared
+    // target directory served another checkout).
+    let starts = [
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        std::env::current_dir().ok(),
+    ];
+    for start in starts.iter().flatten() {
+        for a in start.ancestors() {
+            let venv = a.join(".venv-moto/bin/python");
+            if venv.exists() {
+                return venv;
+            }
+        }
     }
     PathBuf::from("python3")
 }
+
+const SERVER_SCRIPT: &str = include_str!("../moto_serial.py");
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -72,7 +83,9 @@ impl Moto {
 
     fn start() -> Moto {
         let program = python();
-        let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto_serial.py");
+        let server =
+            std::env::temp_dir().join(format!("seren-moto-serial-{}.py", std::process::id()));
+        std::fs::write(&server, SERVER_SCRIPT).expect("write the moto server script");
         let port = free_port();
         // `cat` returns when our stdin pipe closes, i.e. when this process ends for any reason.
         let script = r#"exec 3<&0; "$0" "$1" 127.0.0.1 "$2" >/dev/null 2>&1 </dev/null & m=$!; cat <&3 >/dev/null; kill $m 2>/dev/null"#;
@@ -92,6 +105,8 @@ impl Moto {
         while Instant::now() < deadline {
             if http_get(port, "/moto-api/data.json").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
             {
+                // Python has read the script by now.
+                let _ = std::fs::remove_file(&server);
                 return Moto {
                     port,
                     _child: Mutex::new(child),
@@ -102,6 +117,7 @@ impl Moto {
         // Closing its stdin makes the shell stop the server and exit.
         drop(child.stdin.take());
         let _ = child.wait();
+        let _ = std::fs::remove_file(&server);
         panic!(
             "moto's server ({} {}) did not answer on 127.0.0.1:{port} within 30 s; install \
              moto with `python3 -m venv .venv-moto && .venv-moto/bin/pip install 'moto[server]'` \

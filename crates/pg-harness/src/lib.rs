@@ -377,15 +377,26 @@ pub fn datasets_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("SEREN_DATASETS") {
         return Some(PathBuf::from(dir));
     }
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors()
-        .map(|a| a.join("shared").join("datasets"))
-        .find(|p| p.join("pagila").exists())
-        .or_else(|| {
-            here.ancestors()
-                .map(|a| a.join("datasets"))
-                .find(|p| p.join("pagila").exists())
-        })
+    // The test's crate as cargo runs it (the compile-time path can be stale when a shared
+    // target directory served another checkout), then the compile-time path, then the cwd.
+    let starts: Vec<PathBuf> = [
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+        std::env::current_dir().ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for start in &starts {
+        for a in start.ancestors() {
+            for candidate in [a.join("shared").join("datasets"), a.join("datasets")] {
+                if candidate.join("pagila").exists() {
+                    return Some(candidate);
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
