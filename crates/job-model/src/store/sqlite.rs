@@ -104,7 +104,18 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or is not a database of this schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let new = !path.exists();
         let conn = Connection::open(path).map_err(backend)?;
+        if new {
+            // Sealed URLs only, but still nobody else's business.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StoreError::Backend {
+                    message: format!("restrict {}: {e}", path.display()),
+                    retryable: false,
+                },
+            )?;
+        }
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -1,0 +1,358 @@
+//! The routes and their handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use job_model::api::{Health, JobView, ListResponse, SubmitRequest, SubmitResponse};
+use job_model::job::is_valid_job_id;
+use job_model::{
+    Change, Created, Cursor, ErrorBody, Expect, Job, JobStatus, JobStore, Owner, Sealer,
+    SecretString, StoreError, Timestamp,
+};
+use serde::Deserialize;
+
+use crate::auth::ApiKeys;
+use crate::error::ApiError;
+use crate::provision::Provisioner;
+use crate::validate;
+
+/// What the coordinator is allowed and told to do.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Active jobs at most (`None`: unlimited); more submits get 429.
+    pub max_concurrent_jobs: Option<u32>,
+    /// How long job records are kept (DynamoDB TTL).
+    pub retention: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_jobs: Some(10),
+            retention: job_model::job::DEFAULT_RETENTION,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Jobs.
+    pub store: Arc<dyn JobStore>,
+    /// URL sealing.
+    pub sealer: Arc<dyn Sealer>,
+    /// Workers.
+    pub provisioner: Arc<dyn Provisioner>,
+    /// Accepted API keys.
+    pub keys: ApiKeys,
+    /// Limits.
+    pub settings: Settings,
+}
+
+/// The API as one Router, served the same way by `lambda_http` and by axum.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/jobs", post(submit).get(list))
+        .route("/jobs/{job_id}", get(show))
+        .route("/jobs/{job_id}/cancel", post(cancel))
+        .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.settings.max_body_bytes,
+        ))
+        .with_state(state)
+}
+
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<Owner, ApiError> {
+    state
+        .keys
+        .caller(headers)
+        .ok_or_else(ApiError::unauthorized)
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+fn seal_error(e: &job_model::SealError) -> ApiError {
+    match e {
+        job_model::SealError::Backend {
+            retryable: true, ..
+        } => ApiError::unavailable(e),
+        _ => ApiError::internal(e),
+    }
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let owner = caller(&state, &headers)?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.settings.max_body_bytes)
+        } else {
+            ApiError::invalid(format!("request body: {}", r.body_text()))
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "the body must be a JSON object such as {\"command\":\"init\",\"source_url\":…,\"target_url\":…}",
+        ));
+    }
+    let req: SubmitRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
+    drop(body);
+    let valid = validate::submit(&req)?;
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))
+                .and_then(validate::idempotency_key)
+        })
+        .transpose()?;
+
+    let job_id = Job::new_id();
+    let SubmitRequest {
+        source_url,
+        target_url,
+        ..
+    } = &req;
+    let sealed_source = state
+        .sealer
+        .seal(&job_id, &SecretString::new(source_url.as_str()))
+        .await
+        .map_err(|e| seal_error(&e))?;
+    let sealed_target = state
+        .sealer
+        .seal(&job_id, &SecretString::new(target_url.as_str()))
+        .await
+        .map_err(|e| seal_error(&e))?;
+    let now = Timestamp::now();
+    let job = Job::new(
+        job_id,
+        owner,
+        req.spec(),
+        (sealed_source, sealed_target),
+        (valid.source.redacted(), valid.target.redacted()),
+        idempotency_key,
+        now,
+        state.settings.retention,
+    );
+    drop(req);
+    let job = match state
+        .store
+        .create(&job, state.settings.max_concurrent_jobs)
+        .await
+    {
+        Ok(Created::Existing(j)) => {
+            return Ok((
+                StatusCode::OK,
+                Json(SubmitResponse {
+                    job_id: j.job_id,
+                    status: j.status,
+                }),
+            ))
+        }
+        Ok(Created::New(j)) => j,
+        Err(StoreError::LimitReached { limit }) => {
+            return Err(ApiError::too_many(
+                format!(
+                    "{limit} jobs are running already, the most this deployment allows at once; \
+                     retry later or ask the operator to raise max_concurrent_jobs"
+                ),
+                30,
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = provision(&state, &job).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SubmitResponse {
+            job_id: job.job_id,
+            status,
+        }),
+    ))
+}
+
+/// Start a worker for a new `pending` job and record it; on failure the job is `failed` with
+/// the reason. Returns the job's status afterwards.
+async fn provision(state: &AppState, job: &Job) -> Result<JobStatus, ApiError> {
+    match state.provisioner.launch(job).await {
+        Ok(instance_id) => {
+            let change =
+                Change::to(JobStatus::Provisioning, Timestamp::now()).instance(&instance_id);
+            match state
+                .store
+                .transition(&job.job_id, Expect::job(job), change)
+                .await
+            {
+                Ok(j) => Ok(j.status),
+                Err(StoreError::Conflict { current, .. }) => {
+                    // Cancelled (or reaped) while launching: the worker must not live on.
+                    if let Err(e) = state.provisioner.terminate(&job.job_id).await {
+                        tracing::warn!(job_id = %job.job_id, error = %e, "terminate after conflict");
+                    }
+                    Ok(current)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.job_id, error = %e, "provisioning failed");
+            let code = match e {
+                crate::provision::ProvisionError::Capacity(_) => "no_capacity",
+                _ => "provisioning_failed",
+            };
+            let change = Change::to(JobStatus::Failed, Timestamp::now()).error(ErrorBody::new(
+                code,
+                format!("could not start a worker: {e}"),
+            ));
+            match state
+                .store
+                .transition(&job.job_id, Expect::job(job), change)
+                .await
+            {
+                Ok(j) => Ok(j.status),
+                Err(StoreError::Conflict { current, .. }) => Ok(current),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The caller's job, or 404 for a job that does not exist or is someone else's.
+async fn owned_job(state: &AppState, owner: &Owner, job_id: &str) -> Result<Job, ApiError> {
+    if !is_valid_job_id(job_id) {
+        return Err(ApiError::not_found("no such job"));
+    }
+    match state.store.get(job_id).await? {
+        Some(j) if &j.owner == owner => Ok(j),
+        _ => Err(ApiError::not_found("no such job")),
+    }
+}
+
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let owner = caller(&state, &headers)?;
+    let job = owned_job(&state, &owner, &job_id).await?;
+    Ok(Json(JobView::from(&job)))
+}
+
+/// `GET /jobs` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The most jobs one page holds.
+pub const MAX_PAGE: u32 = 100;
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let owner = caller(&state, &headers)?;
+    let Query(q) = query.map_err(|r| ApiError::invalid(format!("query: {}", r.body_text())))?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("status: {e}")))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit is {limit}; give 1 to {MAX_PAGE}"
+        )));
+    }
+    let cursor = q.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let page = state
+        .store
+        .list_by_owner(&owner, status, limit, cursor.as_ref())
+        .await?;
+    Ok(Json(ListResponse {
+        jobs: page.jobs.iter().map(JobView::from).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let owner = caller(&state, &headers)?;
+    let job = owned_job(&state, &owner, &job_id).await?;
+    if job.status.is_terminal() {
+        return Err(ApiError::conflict(
+            "already_finished",
+            format!(
+                "the job is {} already; there is nothing to cancel",
+                job.status
+            ),
+        ));
+    }
+    let now = Timestamp::now();
+    let mut job = match state.store.request_cancel(&job.job_id, now).await {
+        Ok(j) => j,
+        Err(StoreError::Conflict { current, .. }) => {
+            return Err(ApiError::conflict(
+                "already_finished",
+                format!("the job is {current} already; there is nothing to cancel"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // No worker is running it yet: cancel it here. A running worker sees the request at its
+    // next heartbeat, stops, and records `cancelled` itself; the reaper steps in if it does not.
+    if matches!(job.status, JobStatus::Pending | JobStatus::Provisioning) {
+        let change = Change::to(JobStatus::Cancelled, now).error(ErrorBody::new(
+            "cancelled",
+            "cancelled by its owner before it started",
+        ));
+        match state
+            .store
+            .transition(&job.job_id, Expect::status(job.status), change)
+            .await
+        {
+            Ok(j) => {
+                job = j;
+                if let Err(e) = state.provisioner.terminate(&job.job_id).await {
+                    tracing::warn!(job_id = %job.job_id, error = %e, "terminate after cancel; the reaper will retry");
+                }
+            }
+            Err(StoreError::Conflict { .. }) => {
+                if let Some(j) = state.store.get(&job.job_id).await? {
+                    job = j;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(JobView::from(&job))))
+}

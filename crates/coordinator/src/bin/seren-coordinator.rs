@@ -1,0 +1,152 @@
+//! `seren-coordinator`: the control plane's HTTP API. In Lambda (`AWS_LAMBDA_RUNTIME_API` set)
+//! it serves the Router through `lambda_http`; elsewhere it listens with axum and also runs the
+//! reaper on an interval.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use coordinator::config::{self, ProvisionArgs, ReaperArgs, StoreArgs};
+use coordinator::{app, ApiKeys, AppState, Settings};
+
+/// The postgres-seren-replicator control plane API.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the SHA-256 of an API key read from standard input, for SEREN_API_KEY_SHA256.
+    HashKey,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (outside Lambda).
+    #[arg(long, env = "SEREN_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// SHA-256 hashes (hex, comma separated) of the accepted API keys.
+    #[arg(long, env = "SEREN_API_KEY_SHA256", hide_env_values = true)]
+    api_key_sha256: Option<String>,
+    /// Jobs that may be active at once; more submits are answered 429. 0 for no limit.
+    #[arg(long, env = "SEREN_MAX_CONCURRENT_JOBS", default_value_t = 10)]
+    max_concurrent_jobs: u32,
+    /// Days a job record is kept (DynamoDB TTL).
+    #[arg(long, env = "SEREN_JOB_RETENTION_DAYS", default_value_t = 30)]
+    job_retention_days: u64,
+    /// Seconds between reaper passes in the local server (0: never).
+    #[arg(long, env = "SEREN_REAP_INTERVAL_SECS", default_value_t = 60)]
+    reap_interval_secs: u64,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    provision: ProvisionArgs,
+    #[command(flatten)]
+    reaper: ReaperArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Some(Cmd::HashKey) = cli.command {
+        let mut key = String::new();
+        if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+            eprintln!("error: give the API key on standard input");
+            return ExitCode::from(2);
+        }
+        println!("{}", coordinator::hash_key(key.trim()));
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli.serve)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let keys = ApiKeys::from_hashes(args.api_key_sha256.as_deref().unwrap_or_default())
+        .map_err(anyhow::Error::msg)?;
+    let aws = if config::needs_aws(&args.store, Some(&args.provision)) {
+        Some(config::aws().await)
+    } else {
+        None
+    };
+    let (store, sealer) = config::store_and_sealer(&args.store, aws.as_ref()).await?;
+    let provisioner = config::provisioner(&args.provision, &args.store, aws.as_ref())?;
+    let state = AppState {
+        store: store.clone(),
+        sealer,
+        provisioner: provisioner.clone(),
+        keys,
+        settings: Settings {
+            max_concurrent_jobs: (args.max_concurrent_jobs > 0).then_some(args.max_concurrent_jobs),
+            retention: Duration::from_secs(args.job_retention_days * 24 * 3600),
+            ..Settings::default()
+        },
+    };
+    let router = app(state);
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return coordinator::lambda::run(router)
+            .await
+            .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"));
+    }
+    if args.reap_interval_secs > 0 {
+        let policy = args.reaper.policy();
+        let every = Duration::from_secs(args.reap_interval_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match coordinator::reaper::reap(
+                    &*store,
+                    &*provisioner,
+                    &policy,
+                    job_model::Timestamp::now(),
+                )
+                .await
+                {
+                    Ok(r) if r == coordinator::reaper::Report::default() => {}
+                    Ok(r) => tracing::info!(report = ?r, "reaper pass"),
+                    Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+                }
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "seren-coordinator listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serve")
+}

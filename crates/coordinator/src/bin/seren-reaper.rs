@@ -1,0 +1,87 @@
+//! `seren-reaper`: one reaper pass per scheduled event in Lambda (EventBridge), or one pass
+//! (or a pass every `--every` seconds) from a shell.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use coordinator::config::{self, ProvisionArgs, ReaperArgs, StoreArgs};
+use coordinator::reaper;
+use lambda_runtime::{service_fn, LambdaEvent};
+
+/// Fail stale jobs and terminate orphaned workers.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Outside Lambda: repeat every this many seconds instead of one pass.
+    #[arg(long)]
+    every: Option<u64>,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    provision: ProvisionArgs,
+    #[command(flatten)]
+    reaper: ReaperArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let aws = if config::needs_aws(&cli.store, Some(&cli.provision)) {
+        Some(config::aws().await)
+    } else {
+        None
+    };
+    let (store, _sealer) = config::store_and_sealer(&cli.store, aws.as_ref()).await?;
+    let provisioner = config::provisioner(&cli.provision, &cli.store, aws.as_ref())?;
+    let policy = cli.reaper.policy();
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        let handler = service_fn(|_event: LambdaEvent<serde_json::Value>| {
+            let (store, provisioner, policy) = (store.clone(), provisioner.clone(), policy.clone());
+            async move {
+                reaper::reap(&*store, &*provisioner, &policy, job_model::Timestamp::now())
+                    .await
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            }
+        });
+        return lambda_runtime::run(handler)
+            .await
+            .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"));
+    }
+    loop {
+        let report =
+            reaper::reap(&*store, &*provisioner, &policy, job_model::Timestamp::now()).await?;
+        println!("{}", serde_json::to_string(&report)?);
+        match cli.every {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => return Ok(()),
+        }
+    }
+}

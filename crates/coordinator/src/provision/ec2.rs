@@ -1,0 +1,401 @@
+//! Workers as EC2 instances, launched from the operator's launch template.
+//!
+//! The launch template (Terraform's) carries the AMI, instance profile, IMDSv2, encrypted root
+//! volume, security group and `InstanceInitiatedShutdownBehavior=terminate`; a launch adds only
+//! what is per job: the instance type, the subnet, spot or on-demand, the tags and the user
+//! data (job id and table name, never a credential). Termination and listing only ever touch
+//! instances tagged `ManagedBy=seren-replication-system`, which is also what the IAM policy
+//! allows.
+
+use async_trait::async_trait;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    Filter, InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName,
+    InstanceType, LaunchTemplateSpecification, MarketType, ResourceType, ShutdownBehavior,
+    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+};
+use aws_sdk_ec2::Client;
+use base64::Engine as _;
+use job_model::{Job, Timestamp};
+
+use super::{
+    instance_type_for, ProvisionError, Provisioner, Worker, JOB_ID_TAG, MANAGED_BY_TAG,
+    MANAGED_BY_VALUE,
+};
+
+/// How workers are launched.
+#[derive(Debug, Clone)]
+pub struct Ec2Config {
+    /// Launch template id (`lt-…`) or name.
+    pub launch_template: String,
+    /// Launch template version (`$Default`, `$Latest` or a number).
+    pub launch_template_version: String,
+    /// Subnets to try in order (empty: the template's or the default VPC's).
+    pub subnet_ids: Vec<String>,
+    /// Instance type when the job asks for none (else chosen by the source's size).
+    pub default_instance_type: Option<String>,
+    /// Ask for spot capacity first, falling back to on-demand.
+    pub use_spot: bool,
+    /// The DynamoDB table the worker reads its job from (written into the user data).
+    pub jobs_table: String,
+}
+
+/// Launches, finds and terminates worker instances.
+#[derive(Debug, Clone)]
+pub struct Ec2Provisioner {
+    client: Client,
+    config: Ec2Config,
+}
+
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// Error codes that mean "no capacity of this kind here now": try on-demand or another subnet.
+const CAPACITY_CODES: [&str; 6] = [
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InsufficientFreeAddressesInSubnet",
+    "Unsupported",
+];
+
+fn backend<E, R>(op: &str, e: &SdkError<E, R>) -> ProvisionError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let retryable = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_))
+        || e.as_service_error()
+            .and_then(ProvideErrorMetadata::code)
+            .is_some_and(|c| c == "RequestLimitExceeded" || c.starts_with("Throttl"));
+    ProvisionError::Backend {
+        message: format!("EC2 {op}: {}", DisplayErrorContext(e)),
+        retryable,
+    }
+}
+
+/// The user data for a job's instance: a shell script that writes the worker's environment
+/// file and starts the systemd unit. Job ids are UUIDs and table names are
+/// `[A-Za-z0-9_.-]`, so nothing here needs quoting; both are checked anyway.
+///
+/// # Errors
+/// When the job id or table name has a character outside those sets.
+pub fn user_data(job_id: &str, table: &str) -> Result<String, ProvisionError> {
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !safe(job_id) || !safe(table) {
+        return Err(ProvisionError::Config(
+            "job id and table name must be [A-Za-z0-9_.-]".into(),
+        ));
+    }
+    Ok(format!(
+        "#!/bin/sh\n\
+         # postgres-seren-replicator worker: job id and table name only, never credentials.\n\
+         set -eu\n\
+         mkdir -p /etc/seren-worker\n\
+         cat > /etc/seren-worker/job.env <<'EOF'\n\
+         SEREN_JOB_ID={job_id}\n\
+         SEREN_JOBS_TABLE={table}\n\
+         EOF\n\
+         systemctl start --no-block seren-worker.service\n"
+    ))
+}
+
+/// Read `KEY=VALUE` lines of the environment file back out of [`user_data`] (for tools that
+/// play the EC2 fleet in tests).
+pub fn parse_user_data(script: &str) -> Vec<(String, String)> {
+    script
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("SEREN_") && !k.contains(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag::builder().key(k).value(v).build()
+}
+
+impl Ec2Provisioner {
+    /// A provisioner using `client`.
+    pub fn new(client: Client, config: Ec2Config) -> Self {
+        Self { client, config }
+    }
+
+    async fn describe(&self, job_id: Option<&str>) -> Result<Vec<Worker>, ProvisionError> {
+        let mut req = self
+            .client
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{MANAGED_BY_TAG}"))
+                    .values(MANAGED_BY_VALUE)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(LIVE_STATES.iter().map(|s| (*s).to_owned()).collect()))
+                    .build(),
+            );
+        if let Some(id) = job_id {
+            req = req.filters(
+                Filter::builder()
+                    .name(format!("tag:{JOB_ID_TAG}"))
+                    .values(id)
+                    .build(),
+            );
+        }
+        let mut workers = Vec::new();
+        let mut pages = req.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| backend("DescribeInstances", &e))?;
+            for inst in page.reservations().iter().flat_map(|r| r.instances()) {
+                let live = inst.state().and_then(|s| s.name()).is_some_and(|n| {
+                    !matches!(
+                        n,
+                        InstanceStateName::Terminated | InstanceStateName::ShuttingDown
+                    )
+                });
+                let Some(id) = inst.instance_id() else {
+                    continue;
+                };
+                if !live {
+                    continue;
+                }
+                workers.push(Worker {
+                    instance_id: id.to_owned(),
+                    job_id: inst
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(JOB_ID_TAG))
+                        .and_then(|t| t.value())
+                        .map(str::to_owned),
+                    launched_at: inst
+                        .launch_time()
+                        .map(|t| Timestamp::from_unix_millis(t.to_millis().unwrap_or(0))),
+                });
+            }
+        }
+        Ok(workers)
+    }
+
+    async fn run(
+        &self,
+        job: &Job,
+        instance_type: &str,
+        subnet: Option<&str>,
+        spot: bool,
+        attempt: usize,
+    ) -> Result<
+        String,
+        SdkError<
+            aws_sdk_ec2::operation::run_instances::RunInstancesError,
+            aws_sdk_ec2::config::http::HttpResponse,
+        >,
+    > {
+        let template = if self.config.launch_template.starts_with("lt-") {
+            LaunchTemplateSpecification::builder().launch_template_id(&self.config.launch_template)
+        } else {
+            LaunchTemplateSpecification::builder()
+                .launch_template_name(&self.config.launch_template)
+        }
+        .version(&self.config.launch_template_version)
+        .build();
+        let tags = vec![
+            tag("Name", &format!("seren-replication-{}", job.job_id)),
+            tag(JOB_ID_TAG, &job.job_id),
+            tag(MANAGED_BY_TAG, MANAGED_BY_VALUE),
+        ];
+        let user_data = user_data(&job.job_id, &self.config.jobs_table)
+            .map(|u| base64::engine::general_purpose::STANDARD.encode(u))
+            .unwrap_or_default();
+        // One client token per distinct request: AWS refuses a token reused with other
+        // parameters, and the first attempt's token is the job id itself.
+        let token = if attempt == 0 {
+            job.job_id.clone()
+        } else {
+            format!("{}-{attempt}", job.job_id)
+        };
+        let mut req = self
+            .client
+            .run_instances()
+            .launch_template(template)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .client_token(token)
+            .user_data(user_data)
+            // The template sets this too; a worker's power-off must end its instance even if
+            // the template is edited.
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tags.clone()))
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Volume)
+                    .set_tags(Some(tags))
+                    .build(),
+            )
+            .set_subnet_id(subnet.map(str::to_owned));
+        if spot {
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = req.send().await?;
+        Ok(out
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .unwrap_or_default()
+            .to_owned())
+    }
+}
+
+#[async_trait]
+impl Provisioner for Ec2Provisioner {
+    async fn launch(&self, job: &Job) -> Result<String, ProvisionError> {
+        // AWS makes a repeated ClientToken idempotent; look first anyway, so that a retried
+        // launch never makes a second worker even where the token is not honoured.
+        if let Some(w) = self.describe(Some(&job.job_id)).await?.into_iter().next() {
+            return Ok(w.instance_id);
+        }
+        let instance_type = instance_type_for(job, self.config.default_instance_type.as_deref());
+        let subnets: Vec<Option<&str>> = if self.config.subnet_ids.is_empty() {
+            vec![None]
+        } else {
+            self.config
+                .subnet_ids
+                .iter()
+                .map(|s| Some(s.as_str()))
+                .collect()
+        };
+        let markets: &[bool] = if self.config.use_spot {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        let mut last = String::new();
+        let mut attempt = 0;
+        for &spot in markets {
+            for subnet in &subnets {
+                match self.run(job, &instance_type, *subnet, spot, attempt).await {
+                    Ok(id) if !id.is_empty() => {
+                        tracing::info!(job_id = %job.job_id, instance_id = %id, %instance_type, spot, "launched worker");
+                        return Ok(id);
+                    }
+                    Ok(_) => {
+                        return Err(ProvisionError::Backend {
+                            message: "EC2 RunInstances returned no instance".into(),
+                            retryable: true,
+                        })
+                    }
+                    Err(e) => {
+                        let code = e
+                            .as_service_error()
+                            .and_then(ProvideErrorMetadata::code)
+                            .unwrap_or_default()
+                            .to_owned();
+                        if CAPACITY_CODES.contains(&code.as_str()) {
+                            tracing::warn!(job_id = %job.job_id, %code, spot, subnet = subnet.unwrap_or("-"), "no capacity, trying the next option");
+                            last = format!("{code} for {instance_type}");
+                            attempt += 1;
+                            continue;
+                        }
+                        return Err(match code.as_str() {
+                            "InvalidLaunchTemplateId.NotFound"
+                            | "InvalidLaunchTemplateName.NotFoundException"
+                            | "InvalidParameterValue"
+                            | "UnauthorizedOperation" => ProvisionError::Config(format!(
+                                "EC2 RunInstances: {}",
+                                DisplayErrorContext(&e)
+                            )),
+                            _ => backend("RunInstances", &e),
+                        });
+                    }
+                }
+            }
+        }
+        Err(ProvisionError::Capacity(last))
+    }
+
+    async fn terminate(&self, job_id: &str) -> Result<Vec<String>, ProvisionError> {
+        let ids: Vec<String> = self
+            .describe(Some(job_id))
+            .await?
+            .into_iter()
+            .map(|w| w.instance_id)
+            .collect();
+        if !ids.is_empty() {
+            self.client
+                .terminate_instances()
+                .set_instance_ids(Some(ids.clone()))
+                .send()
+                .await
+                .map_err(|e| backend("TerminateInstances", &e))?;
+            tracing::info!(%job_id, instances = ?ids, "terminated workers");
+        }
+        Ok(ids)
+    }
+
+    async fn terminate_instance(&self, instance_id: &str) -> Result<(), ProvisionError> {
+        // Only an instance that carries our tag: the listing is the scope check.
+        let ours = self
+            .describe(None)
+            .await?
+            .into_iter()
+            .any(|w| w.instance_id == instance_id);
+        if ours {
+            self.client
+                .terminate_instances()
+                .instance_ids(instance_id)
+                .send()
+                .await
+                .map_err(|e| backend("TerminateInstances", &e))?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Worker>, ProvisionError> {
+        self.describe(None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_holds_job_id_and_table_only() {
+        let ud = user_data("0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11", "replication-jobs")
+            .expect("user data");
+        assert_eq!(
+            parse_user_data(&ud),
+            vec![
+                (
+                    "SEREN_JOB_ID".into(),
+                    "0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11".into()
+                ),
+                ("SEREN_JOBS_TABLE".into(), "replication-jobs".into()),
+            ]
+        );
+        assert!(user_data("x; rm -rf /", "t").is_err());
+        assert!(user_data("x", "t$(id)").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! The `Provisioner` port: starts a worker for a job and makes it go away.
+//!
+//! Two adapters: [`ec2::Ec2Provisioner`] launches an instance from the launch template (on
+//! AWS, or moto in tests) and [`local::LocalProvisioner`] starts a worker process on this
+//! machine.
+
+pub mod ec2;
+pub mod local;
+
+use async_trait::async_trait;
+use job_model::{Job, Timestamp};
+
+/// Tag on every instance this system starts; scoping for termination and the reaper.
+pub const MANAGED_BY_TAG: &str = "ManagedBy";
+/// The value of [`MANAGED_BY_TAG`].
+pub const MANAGED_BY_VALUE: &str = "seren-replication-system";
+/// Tag holding the job id.
+pub const JOB_ID_TAG: &str = "JobId";
+
+/// What provisioning can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// No capacity (after every fallback): trying later may help.
+    #[error("no capacity for a worker: {0}")]
+    Capacity(String),
+    /// The configuration is wrong (launch template, program, permissions).
+    #[error("worker configuration: {0}")]
+    Config(String),
+    /// The backend failed.
+    #[error("provisioner: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
+}
+
+/// A worker the provisioner knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Instance id (`i-…`) or `local-<pid>`.
+    pub instance_id: String,
+    /// The job it was started for (its `JobId` tag), when it has one.
+    pub job_id: Option<String>,
+    /// When it was started.
+    pub launched_at: Option<Timestamp>,
+}
+
+/// Starts and stops workers.
+#[async_trait]
+pub trait Provisioner: Send + Sync + std::fmt::Debug {
+    /// Start a worker for `job` and return its instance id. Idempotent per job: when a live
+    /// worker for the job exists already, its id is returned and nothing new starts.
+    ///
+    /// # Errors
+    /// [`ProvisionError::Capacity`] when no worker can be had now, others when the
+    /// configuration or backend fails.
+    async fn launch(&self, job: &Job) -> Result<String, ProvisionError>;
+
+    /// Stop every worker of `job_id` (only workers this system started); returns the ids it
+    /// asked to stop. Idempotent.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn terminate(&self, job_id: &str) -> Result<Vec<String>, ProvisionError>;
+
+    /// Stop one worker by id, if this system started it. Idempotent.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn terminate_instance(&self, instance_id: &str) -> Result<(), ProvisionError>;
+
+    /// Every live worker this system started.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn list(&self) -> Result<Vec<Worker>, ProvisionError>;
+}
+
+/// The instance type for a job: the one asked for, else the operator's default, else a tier
+/// by the source's size (t3.medium under 10 GiB, c5.xlarge under 100 GiB, c5.2xlarge under
+/// 500 GiB, c5.4xlarge above; c5.2xlarge when the size is unknown).
+pub fn instance_type_for(job: &Job, operator_default: Option<&str>) -> String {
+    if let Some(t) = &job.spec.options.instance_type {
+        return t.clone();
+    }
+    if let Some(t) = operator_default {
+        return t.to_owned();
+    }
+    const GIB: u64 = 1 << 30;
+    match job.spec.options.source_size_bytes {
+        Some(b) if b < 10 * GIB => "t3.medium",
+        Some(b) if b < 100 * GIB => "c5.xlarge",
+        Some(b) if b < 500 * GIB => "c5.2xlarge",
+        Some(_) => "c5.4xlarge",
+        None => "c5.2xlarge",
+    }
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use job_model::{Command, JobSpec, Options, Owner};
+
+    fn job(options: Options) -> Job {
+        Job::new(
+            Job::new_id(),
+            Owner("key-x".into()),
+            JobSpec {
+                command: Command::Init,
+                filter: Default::default(),
+                options,
+            },
+            (vec![], vec![]),
+            (String::new(), String::new()),
+            None,
+            Timestamp::now(),
+            job_model::job::DEFAULT_RETENTION,
+        )
+    }
+
+    #[test]
+    fn instance_type_follows_request_then_operator_then_size() {
+        let sized = |gib: u64| {
+            job(Options {
+                source_size_bytes: Some(gib << 30),
+                ..Options::default()
+            })
+        };
+        assert_eq!(instance_type_for(&sized(1), None), "t3.medium");
+        assert_eq!(instance_type_for(&sized(50), None), "c5.xlarge");
+        assert_eq!(instance_type_for(&sized(200), None), "c5.2xlarge");
+        assert_eq!(instance_type_for(&sized(2000), None), "c5.4xlarge");
+        assert_eq!(
+            instance_type_for(&job(Options::default()), None),
+            "c5.2xlarge"
+        );
+        assert_eq!(instance_type_for(&sized(1), Some("m6i.large")), "m6i.large");
+        let asked = job(Options {
+            instance_type: Some("r6i.xlarge".into()),
+            source_size_bytes: Some(1),
+            ..Options::default()
+        });
+        assert_eq!(instance_type_for(&asked, Some("m6i.large")), "r6i.xlarge");
+    }
+}

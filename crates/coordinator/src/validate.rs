@@ -1,0 +1,238 @@
+//! Checks on a submitted job before anything is stored, each failing with one line that says
+//! what is wrong and what to do.
+//!
+//! URLs go through the engine's own parser with an empty environment: the worker parses them
+//! the same way, so what passes here is what the worker will connect with. Passwords are
+//! opaque: `;`, `&&` or `$(` in one is a password, not an attack, because nothing here or in
+//! the worker hands a URL to a shell.
+
+use job_model::api::SubmitRequest;
+use job_model::{FilterSpec, Options};
+use replicator_core::ConnUrl;
+
+use crate::error::ApiError;
+
+/// The longest connection URL accepted.
+pub const MAX_URL_LEN: usize = 4096;
+/// The most patterns in any one filter list.
+pub const MAX_PATTERNS: usize = 1000;
+/// The longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// The longest time a job may be given.
+pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+/// A submit that passed every check.
+#[derive(Debug)]
+pub struct Valid {
+    /// Parsed source URL.
+    pub source: ConnUrl,
+    /// Parsed target URL.
+    pub target: ConnUrl,
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn url(field: &str, text: &str) -> Result<ConnUrl, ApiError> {
+    if text.len() > MAX_URL_LEN {
+        return Err(ApiError::invalid(format!(
+            "{field} is longer than {MAX_URL_LEN} characters"
+        )));
+    }
+    let u = ConnUrl::parse_with_env(text, &no_env)
+        .map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+    if u.is_socket() {
+        return Err(ApiError::invalid(format!(
+            "{field} names a Unix socket directory; a remote worker needs a host name or address"
+        )));
+    }
+    if u.sslrootcert.is_some() {
+        return Err(ApiError::invalid(format!(
+            "{field} has sslrootcert, a file on this machine the worker cannot read; use \
+             sslmode=verify-full with a publicly trusted certificate, or run locally"
+        )));
+    }
+    Ok(u)
+}
+
+fn filter(f: &FilterSpec) -> Result<(), ApiError> {
+    for (name, list) in [
+        ("include_tables", &f.include_tables),
+        ("exclude_tables", &f.exclude_tables),
+        ("table_filters", &f.table_filters),
+        ("schema_only_tables", &f.schema_only_tables),
+    ] {
+        if list.len() > MAX_PATTERNS {
+            return Err(ApiError::invalid(format!(
+                "filter.{name} has {} entries; at most {MAX_PATTERNS}",
+                list.len()
+            )));
+        }
+    }
+    replicator_core::Filter::from_args(
+        &f.include_tables,
+        &f.exclude_tables,
+        &f.schema_only_tables,
+        &f.table_filters,
+    )
+    .map(|_| ())
+    .map_err(|e| ApiError::invalid(format!("filter: {e}")))
+}
+
+fn options(o: &Options) -> Result<(), ApiError> {
+    if let Some(j) = o.jobs {
+        if !(1..=256).contains(&j) {
+            return Err(ApiError::invalid(format!(
+                "options.jobs is {j}; give 1 to 256 connection pairs"
+            )));
+        }
+    }
+    if let Some(t) = o.timeout_seconds {
+        if t == 0 || t > MAX_TIMEOUT_SECONDS {
+            return Err(ApiError::invalid(format!(
+                "options.timeout_seconds is {t}; give 1 to {MAX_TIMEOUT_SECONDS} (7 days)"
+            )));
+        }
+    }
+    if let Some(t) = &o.instance_type {
+        let ok = t.len() <= 32
+            && t.split_once('.').is_some_and(|(family, size)| {
+                !family.is_empty()
+                    && !size.is_empty()
+                    && t.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
+                    })
+            });
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "options.instance_type '{t}' is not an EC2 instance type such as c5.2xlarge"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Check a submit.
+///
+/// # Errors
+/// A 400 naming the field and the fix.
+pub fn submit(req: &SubmitRequest) -> Result<Valid, ApiError> {
+    let source = url("source_url", &req.source_url)?;
+    let target = url("target_url", &req.target_url)?;
+    if source.host.eq_ignore_ascii_case(&target.host)
+        && source.port == target.port
+        && source.dbname == target.dbname
+    {
+        return Err(ApiError::invalid(
+            "source_url and target_url name the same database; the target must be another one",
+        ));
+    }
+    filter(&req.filter)?;
+    options(&req.options)?;
+    Ok(Valid { source, target })
+}
+
+/// Check an `Idempotency-Key` header value.
+///
+/// # Errors
+/// A 400 when it is empty, too long or not printable ASCII.
+pub fn idempotency_key(v: &str) -> Result<String, ApiError> {
+    if v.is_empty() || v.len() > MAX_IDEMPOTENCY_KEY_LEN || !v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters \
+             without spaces (a UUID is a good choice)"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use job_model::Command;
+
+    fn req(source: &str, target: &str) -> SubmitRequest {
+        SubmitRequest {
+            command: Command::Init,
+            source_url: source.into(),
+            target_url: target.into(),
+            options: Options::default(),
+            filter: FilterSpec::default(),
+        }
+    }
+
+    #[test]
+    fn shell_metacharacters_in_passwords_are_just_passwords() {
+        for pw in ["p%3Bx", "a%26%26b", "%24(reboot)", "%60id%60", "x'%22y"] {
+            let r = req(
+                &format!("postgresql://app:{pw}@src.example.com:5432/db"),
+                "postgresql://app:pw@[2001:db8::1]:5433/db",
+            );
+            let v = submit(&r).expect(pw);
+            assert!(v.source.password.is_some());
+            assert_eq!(v.target.host, "2001:db8::1");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_named_without_their_password() {
+        let cases = [
+            (
+                "mysql://u:secretpw@h/db",
+                "source_url: must start with postgresql://",
+            ),
+            (
+                "postgresql://u:secretpw@h/db?sslmode=sometimes",
+                "source_url: sslmode",
+            ),
+            ("postgresql://h/db", "no user name"),
+            ("postgresql://u:secretpw@h/db?host=/tmp", "Unix socket"),
+            (
+                "postgresql://u:secretpw@h/db?sslrootcert=/etc/ca.pem",
+                "sslrootcert",
+            ),
+        ];
+        for (url, want) in cases {
+            let err = submit(&req(url, "postgresql://u@t/db")).expect_err(url);
+            assert!(err.message.contains(want), "{url}: {}", err.message);
+            assert!(!err.message.contains("secretpw"), "{}", err.message);
+        }
+        let err =
+            submit(&req("postgresql://u@h:5432/db", "postgresql://v@H:5432/db")).expect_err("same");
+        assert!(err.message.contains("same database"));
+    }
+
+    #[test]
+    fn filters_and_options_are_checked() {
+        let mut r = req("postgresql://u@s/db", "postgresql://u@t/db");
+        r.filter.include_tables = vec!["public.\"unclosed".into()];
+        assert!(submit(&r).expect_err("glob").message.contains("unclosed"));
+        r.filter.include_tables.clear();
+        r.filter.table_filters = vec!["no-colon".into()];
+        assert!(submit(&r).is_err());
+        r.filter.table_filters.clear();
+        r.options.jobs = Some(0);
+        assert!(submit(&r)
+            .expect_err("jobs")
+            .message
+            .contains("options.jobs"));
+        r.options.jobs = Some(8);
+        r.options.instance_type = Some("c5.2xlarge; reboot".into());
+        assert!(submit(&r).is_err());
+        r.options.instance_type = Some("c5.2xlarge".into());
+        r.options.timeout_seconds = Some(MAX_TIMEOUT_SECONDS + 1);
+        assert!(submit(&r).is_err());
+        r.options.timeout_seconds = Some(3600);
+        assert!(submit(&r).is_ok());
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        assert!(idempotency_key("3f1c2a9e-retry").is_ok());
+        assert!(idempotency_key("").is_err());
+        assert!(idempotency_key("has space").is_err());
+        assert!(idempotency_key(&"x".repeat(129)).is_err());
+    }
+}

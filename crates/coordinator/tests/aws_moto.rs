@@ -1,0 +1,379 @@
+//! The AWS adapters together on moto's server: the EC2 provisioner, and the whole API over
+//! DynamoDB + KMS + EC2 with the operator queries of the product description.
+
+mod common;
+
+use std::sync::Arc;
+
+use aws_sdk_ec2::types::{
+    Filter, InstanceAttributeName, LaunchTemplateHttpTokensState,
+    LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ShutdownBehavior,
+};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use common::*;
+use coordinator::provision::ec2::{parse_user_data, Ec2Config, Ec2Provisioner};
+use coordinator::provision::Provisioner;
+use coordinator::{app, hash_key, ApiKeys, AppState, Settings};
+use job_model::seal::KmsSealer;
+use job_model::store::dynamodb::DynamoStore;
+use job_model::{Command, Job, JobSpec, Options, Owner, Timestamp};
+
+struct Aws {
+    ec2: aws_sdk_ec2::Client,
+    cfg: aws_config::SdkConfig,
+    template: String,
+}
+
+async fn aws() -> Aws {
+    let moto = moto_harness::Moto::shared();
+    let cfg = moto.sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&cfg);
+    let images = ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("describe images");
+    let ami = images
+        .images()
+        .iter()
+        .find_map(|i| i.image_id())
+        .expect("moto has AMIs")
+        .to_owned();
+    let template = moto_harness::unique("seren-worker");
+    ec2.create_launch_template()
+        .launch_template_name(&template)
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id(ami)
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .metadata_options(
+                    LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                        .http_tokens(LaunchTemplateHttpTokensState::Required)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create launch template");
+    Aws { ec2, cfg, template }
+}
+
+fn provisioner(aws: &Aws) -> Ec2Provisioner {
+    Ec2Provisioner::new(
+        aws.ec2.clone(),
+        Ec2Config {
+            launch_template: aws.template.clone(),
+            launch_template_version: "$Latest".into(),
+            subnet_ids: Vec::new(),
+            default_instance_type: None,
+            use_spot: false,
+            jobs_table: "replication-jobs".into(),
+        },
+    )
+}
+
+fn job(instance_type: Option<&str>) -> Job {
+    Job::new(
+        Job::new_id(),
+        Owner("key-test".into()),
+        JobSpec {
+            command: Command::Init,
+            filter: Default::default(),
+            options: Options {
+                instance_type: instance_type.map(str::to_owned),
+                ..Options::default()
+            },
+        },
+        (vec![1], vec![2]),
+        ("postgresql://u@s/db".into(), "postgresql://u@t/db".into()),
+        None,
+        Timestamp::now(),
+        job_model::job::DEFAULT_RETENTION,
+    )
+}
+
+async fn instances_of(
+    ec2: &aws_sdk_ec2::Client,
+    job_id: &str,
+) -> Vec<aws_sdk_ec2::types::Instance> {
+    ec2.describe_instances()
+        .filters(Filter::builder().name("tag:JobId").values(job_id).build())
+        .send()
+        .await
+        .expect("describe")
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances().to_vec())
+        .collect()
+}
+
+fn state_of(i: &aws_sdk_ec2::types::Instance) -> String {
+    i.state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn ec2_launch_is_tagged_idempotent_and_terminates_only_its_own() {
+    let aws = aws().await;
+    let p = provisioner(&aws);
+    let j = job(Some("c5.large"));
+    let first = p.launch(&j).await.expect("launch");
+    let retried = p.launch(&j).await.expect("launch again");
+    assert_eq!(first, retried, "a retried launch makes no second instance");
+    let found = instances_of(&aws.ec2, &j.job_id).await;
+    assert_eq!(found.len(), 1);
+    let inst = &found[0];
+    assert_eq!(inst.instance_type().map(|t| t.as_str()), Some("c5.large"));
+    let tag = |k: &str| {
+        inst.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_owned)
+    };
+    assert_eq!(tag("Name"), Some(format!("seren-replication-{}", j.job_id)));
+    assert_eq!(tag("JobId"), Some(j.job_id.clone()));
+    assert_eq!(
+        tag("ManagedBy").as_deref(),
+        Some("seren-replication-system")
+    );
+
+    let ud = aws
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&first)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("user data");
+    let script = base64::engine::general_purpose::STANDARD
+        .decode(ud.user_data().and_then(|v| v.value()).unwrap_or_default())
+        .expect("base64");
+    let script = String::from_utf8(script).expect("utf8");
+    assert_eq!(
+        parse_user_data(&script),
+        vec![
+            ("SEREN_JOB_ID".to_owned(), j.job_id.clone()),
+            ("SEREN_JOBS_TABLE".to_owned(), "replication-jobs".to_owned()),
+        ]
+    );
+    assert!(!script.contains("postgresql://"));
+    let sd = aws
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&first)
+        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .expect("shutdown behaviour");
+    assert_eq!(
+        sd.instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("terminate")
+    );
+
+    // An instance someone else started with the same JobId tag but not ManagedBy.
+    let images = aws
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("images");
+    let ami = images
+        .images()
+        .iter()
+        .find_map(|i| i.image_id())
+        .expect("ami");
+    let foreign = aws
+        .ec2
+        .run_instances()
+        .image_id(ami)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("JobId")
+                        .value(&j.job_id)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("foreign instance");
+    let foreign_id = foreign.instances()[0].instance_id().expect("id").to_owned();
+
+    let stopped = p.terminate(&j.job_id).await.expect("terminate");
+    assert_eq!(stopped, vec![first.clone()]);
+    for i in instances_of(&aws.ec2, &j.job_id).await {
+        let id = i.instance_id().unwrap_or_default();
+        let st = state_of(&i);
+        if id == foreign_id {
+            assert_eq!(st, "running", "an unmanaged instance is never touched");
+        } else {
+            assert!(st == "terminated" || st == "shutting-down", "{id}: {st}");
+        }
+    }
+    p.terminate_instance(&foreign_id).await.expect("no-op");
+    let still = instances_of(&aws.ec2, &j.job_id).await;
+    assert!(still
+        .iter()
+        .any(|i| i.instance_id() == Some(&foreign_id) && state_of(i) == "running"));
+    // Size tiers: no type asked, small source.
+    let mut small = job(None);
+    small.spec.options.source_size_bytes = Some(1 << 30);
+    p.launch(&small).await.expect("launch small");
+    let s = instances_of(&aws.ec2, &small.job_id).await;
+    assert_eq!(s[0].instance_type().map(|t| t.as_str()), Some("t3.medium"));
+    p.terminate(&small.job_id).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn the_api_on_dynamodb_kms_and_ec2_keeps_operator_queries_working_and_no_password() {
+    let aws = aws().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws.cfg);
+    let table = moto_harness::unique("replication-jobs");
+    let store = DynamoStore::new(dynamo.clone(), &table);
+    store.create_table().await.expect("table");
+    let kms = aws_sdk_kms::Client::new(&aws.cfg);
+    let key = kms.create_key().send().await.expect("key");
+    let key_id = key
+        .key_metadata()
+        .map(|m| m.key_id().to_owned())
+        .expect("key id");
+    let state = AppState {
+        store: Arc::new(store),
+        sealer: Arc::new(KmsSealer::new(kms, key_id)),
+        provisioner: Arc::new(Ec2Provisioner::new(
+            aws.ec2.clone(),
+            Ec2Config {
+                launch_template: aws.template.clone(),
+                launch_template_version: "$Latest".into(),
+                subnet_ids: Vec::new(),
+                default_instance_type: Some("c5.xlarge".into()),
+                use_spot: false,
+                jobs_table: table.clone(),
+            },
+        )),
+        keys: ApiKeys::from_hashes(&hash_key(KEY_A)).expect("keys"),
+        settings: Settings::default(),
+    };
+    let router = app(state.clone());
+    let a = call(
+        &router,
+        request(
+            "POST",
+            "/jobs",
+            Some(KEY_A),
+            Some(&submit_body("src.example.com")),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let id = a.json()["job_id"].as_str().expect("id").to_owned();
+
+    // aws dynamodb scan --table-name replication-jobs
+    //   --query 'Items[].{JobId:job_id.S,Status:status.S,Created:created_at.S}'
+    let scan = dynamo.scan().table_name(&table).send().await.expect("scan");
+    let job_items: Vec<_> = scan
+        .items()
+        .iter()
+        .filter(|i| i.contains_key("status"))
+        .collect();
+    assert_eq!(job_items.len(), 1);
+    let item = job_items[0];
+    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    assert_eq!(s("job_id"), Some(id.clone()));
+    assert_eq!(s("status").as_deref(), Some("provisioning"));
+    assert!(s("created_at").is_some_and(|c| Timestamp::parse(&c).is_ok()));
+    assert!(item.get("ttl").and_then(|v| v.as_n().ok()).is_some());
+    // No attribute of any item holds the password, in any form.
+    for any in scan.items() {
+        for (k, v) in any {
+            let text = format!("{v:?}");
+            assert!(
+                !text.contains("reboot") && !text.contains("pw%3B"),
+                "{k}: {text}"
+            );
+            if let Ok(b) = v.as_b() {
+                assert!(
+                    !String::from_utf8_lossy(b.as_ref()).contains("reboot"),
+                    "{k}"
+                );
+            }
+        }
+    }
+
+    // aws ec2 describe-instances --filters "Name=tag:ManagedBy,Values=seren-replication-system"
+    let described = aws
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:ManagedBy")
+                .values("seren-replication-system")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe");
+    let tagged: Vec<_> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            i.tags()
+                .iter()
+                .any(|t| t.key() == Some("JobId") && t.value() == Some(id.as_str()))
+        })
+        .collect();
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(
+        tagged[0].instance_type().map(|t| t.as_str()),
+        Some("c5.xlarge")
+    );
+    let shown = call(
+        &router,
+        request("GET", &format!("/jobs/{id}"), Some(KEY_A), None),
+    )
+    .await;
+    assert_eq!(
+        shown.json()["instance_id"],
+        tagged[0].instance_id().unwrap_or_default()
+    );
+
+    // The worker's side: the sealed URL opens for this job only.
+    let job = state.store.get(&id).await.expect("get").expect("job");
+    let url = state
+        .sealer
+        .open(&id, &job.source_secret)
+        .await
+        .expect("open");
+    assert!(url.expose().contains(PASSWORD_ENC));
+    assert!(state
+        .sealer
+        .open(&Job::new_id(), &job.source_secret)
+        .await
+        .is_err());
+
+    // Cancel before it runs: cancelled, instance terminated.
+    let c = call(
+        &router,
+        request("POST", &format!("/jobs/{id}/cancel"), Some(KEY_A), None),
+    )
+    .await;
+    assert_eq!(c.json()["status"], "cancelled");
+    let after = instances_of(&aws.ec2, &id).await;
+    assert!(after
+        .iter()
+        .all(|i| matches!(state_of(i).as_str(), "terminated" | "shutting-down")));
+}

@@ -1,0 +1,223 @@
+//! The reaper against DynamoDB and EC2 on moto's server (its own test process, so that no other
+//! test's instances count as orphans).
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, RequestLaunchTemplateData, ShutdownBehavior};
+use coordinator::provision::ec2::{Ec2Config, Ec2Provisioner};
+use coordinator::provision::Provisioner;
+use coordinator::reaper::{reap, Policy};
+use job_model::store::dynamodb::DynamoStore;
+use job_model::{Change, Command, Expect, Job, JobSpec, JobStatus, JobStore, Owner, Timestamp};
+
+fn ago(secs: u64) -> Timestamp {
+    Timestamp::from_unix_millis(
+        Timestamp::now().unix_millis() - i64::try_from(secs * 1000).unwrap_or(0),
+    )
+}
+
+fn job(created: Timestamp) -> Job {
+    Job::new(
+        Job::new_id(),
+        Owner("key-test".into()),
+        JobSpec {
+            command: Command::Init,
+            filter: Default::default(),
+            options: Default::default(),
+        },
+        (vec![1], vec![2]),
+        ("postgresql://u@s/db".into(), "postgresql://u@t/db".into()),
+        None,
+        created,
+        job_model::job::DEFAULT_RETENTION,
+    )
+}
+
+async fn state(ec2: &aws_sdk_ec2::Client, instance: &str) -> String {
+    ec2.describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .expect("describe")
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| {
+            i.state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Put a job in `running` on a real (moto) instance, with its last heartbeat at `beat`.
+async fn running(
+    store: &DynamoStore,
+    p: &Ec2Provisioner,
+    started: Timestamp,
+    beat: Timestamp,
+) -> (Job, String) {
+    let j = job(started);
+    store.create(&j, None).await.expect("create");
+    let instance = p.launch(&j).await.expect("launch");
+    store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Provisioning, started).instance(&instance),
+        )
+        .await
+        .expect("provision");
+    store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Provisioning),
+            Change::to(JobStatus::Running, started).instance(&instance),
+        )
+        .await
+        .expect("claim");
+    store
+        .heartbeat(&j.job_id, &instance, None, beat)
+        .await
+        .expect("beat");
+    (j, instance)
+}
+
+#[tokio::test]
+async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
+    let moto = moto_harness::Moto::shared();
+    let cfg = moto.sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&cfg);
+    let ami = ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("images")
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_owned))
+        .expect("ami");
+    let template = moto_harness::unique("seren-worker");
+    ec2.create_launch_template()
+        .launch_template_name(&template)
+        .launch_template_data(
+            RequestLaunchTemplateData::builder()
+                .image_id(ami)
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("template");
+    let table = moto_harness::unique("replication-jobs");
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), &table);
+    store.create_table().await.expect("table");
+    let p = Ec2Provisioner::new(
+        ec2.clone(),
+        Ec2Config {
+            launch_template: template,
+            launch_template_version: "$Latest".into(),
+            subnet_ids: Vec::new(),
+            default_instance_type: Some("t3.micro".into()),
+            use_spot: false,
+            jobs_table: table,
+        },
+    );
+
+    // A worker that died: its heartbeat stopped ten minutes ago.
+    let (dead, dead_instance) = running(&store, &p, ago(3600), ago(600)).await;
+    // A healthy one.
+    let (alive, alive_instance) = running(&store, &p, ago(3600), ago(10)).await;
+    // One that finished ten minutes ago but whose instance never went away.
+    let (done, done_instance) = running(&store, &p, ago(3600), ago(700)).await;
+    store
+        .transition(
+            &done.job_id,
+            Expect::status(JobStatus::Running),
+            Change::to(JobStatus::Completed, ago(600)),
+        )
+        .await
+        .expect("complete");
+    // An instance for a job this table never heard of.
+    let stray = job(Timestamp::now());
+    let stray_instance = p.launch(&stray).await.expect("stray launch");
+    // A job whose coordinator died before provisioning it.
+    let stuck = job(ago(900));
+    store.create(&stuck, None).await.expect("stuck");
+
+    let policy = Policy {
+        orphan_grace: Duration::ZERO,
+        ..Policy::default()
+    };
+    let report = reap(&store, &p, &policy, Timestamp::now())
+        .await
+        .expect("reap");
+
+    let failed = store.get(&dead.job_id).await.expect("get").expect("dead");
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(
+        failed.error.as_ref().map(|e| e.code.as_str()),
+        Some("heartbeat_lost")
+    );
+    let stuck_now = store.get(&stuck.job_id).await.expect("get").expect("stuck");
+    assert_eq!(stuck_now.status, JobStatus::Failed);
+    assert_eq!(
+        stuck_now.error.map(|e| e.code),
+        Some("never_provisioned".into())
+    );
+    assert_eq!(
+        store
+            .get(&alive.job_id)
+            .await
+            .expect("get")
+            .map(|j| j.status),
+        Some(JobStatus::Running)
+    );
+    let mut failed_ids = report.failed.clone();
+    failed_ids.sort();
+    let mut want = vec![dead.job_id.clone(), stuck.job_id.clone()];
+    want.sort();
+    assert_eq!(failed_ids, want);
+
+    for gone in [&dead_instance, &done_instance, &stray_instance] {
+        let st = state(&ec2, gone).await;
+        assert!(st == "terminated" || st == "shutting-down", "{gone}: {st}");
+        assert!(report.terminated.contains(gone), "{gone} not in {report:?}");
+    }
+    assert_eq!(state(&ec2, &alive_instance).await, "running");
+
+    // The operator's view afterwards: only the healthy worker is left.
+    let live: Vec<String> = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:ManagedBy")
+                .values("seren-replication-system")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe")
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
+    assert_eq!(live, vec![alive_instance.clone()]);
+
+    // A second pass changes nothing.
+    let again = reap(&store, &p, &policy, Timestamp::now())
+        .await
+        .expect("reap again");
+    assert!(
+        again.failed.is_empty() && again.terminated.is_empty(),
+        "{again:?}"
+    );
+}
