@@ -128,6 +128,27 @@ fn wrong_password_is_reported_and_no_password_is_ever_printed() {
     assert!(!src.log().contains("Sup3r") && !dst.log().contains("Sup3r"));
 }
 
+/// Regression: the harness clones every cluster from one initdb, so they share a system
+/// identifier, as a promoted replica or a restored base backup shares its origin's. Such a
+/// server is another server, and a database of the same name on it is a valid target.
+#[test]
+fn a_server_cloned_from_the_source_is_not_the_same_database() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+    );
+    let out = init(&src.url("app"), &dst.url("app"), &["--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM t"), "2");
+}
+
 #[test]
 fn source_equal_to_target_is_refused() {
     let c = Cluster::start(&Options::source());

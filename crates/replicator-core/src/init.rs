@@ -333,10 +333,14 @@ async fn same_database(
     Ok(a.is_some() && a == b)
 }
 
+/// What tells one running server from another: its system identifier and its start time.
+/// The identifier alone is shared by every server made from the same base backup (a promoted
+/// replica, a restored copy), which are different servers.
 async fn server_fingerprint(c: &Client) -> Option<String> {
     match c
         .query_one(
-            "SELECT system_identifier::text FROM pg_control_system()",
+            "SELECT system_identifier::text || '/' || pg_postmaster_start_time()::text \
+             FROM pg_control_system()",
             &[],
         )
         .await
