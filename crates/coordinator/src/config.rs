@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use job_model::seal::{KmsSealer, LocalSealer};
-use job_model::store::dynamodb::DynamoStore;
-use job_model::store::sqlite::SqliteStore;
+use job_model::backends::BackendConfig;
 use job_model::{JobStore, Sealer};
 
 use crate::provision::ec2::{Ec2Config, Ec2Provisioner};
@@ -116,6 +114,18 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
+impl StoreArgs {
+    /// As the shared backend configuration.
+    pub fn backends(&self) -> BackendConfig {
+        BackendConfig {
+            jobs_table: self.jobs_table.clone(),
+            sqlite_path: self.sqlite_path.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+            seal_key_file: self.seal_key_file.clone(),
+        }
+    }
+}
+
 /// The job store and sealer the arguments select.
 ///
 /// # Errors
@@ -124,32 +134,12 @@ pub async fn store_and_sealer(
     args: &StoreArgs,
     aws: Option<&aws_config::SdkConfig>,
 ) -> anyhow::Result<(Arc<dyn JobStore>, Arc<dyn Sealer>)> {
-    let store: Arc<dyn JobStore> = match (&args.jobs_table, aws) {
-        (Some(table), Some(cfg)) => Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(cfg),
-            table.clone(),
-        )),
-        _ => Arc::new(
-            SqliteStore::open(&args.sqlite_path)
-                .with_context(|| format!("open job store {}", args.sqlite_path.display()))?,
-        ),
-    };
-    let sealer: Arc<dyn Sealer> = match (&args.kms_key_id, aws) {
-        (Some(key), Some(cfg)) => {
-            Arc::new(KmsSealer::new(aws_sdk_kms::Client::new(cfg), key.clone()))
-        }
-        _ => Arc::new(
-            LocalSealer::open_or_create(&args.seal_key_file).context("open the sealing key")?,
-        ),
-    };
-    Ok((store, sealer))
+    Ok(args.backends().open(aws)?)
 }
 
 /// Whether these arguments need AWS clients.
 pub fn needs_aws(store: &StoreArgs, provision: Option<&ProvisionArgs>) -> bool {
-    store.jobs_table.is_some()
-        || store.kms_key_id.is_some()
-        || provision.is_some_and(|p| p.provisioner == ProvisionerKind::Ec2)
+    store.backends().needs_aws() || provision.is_some_and(|p| p.provisioner == ProvisionerKind::Ec2)
 }
 
 /// The provisioner the arguments select.

@@ -553,3 +553,108 @@ async fn no_password_reaches_the_logs() {
         assert!(!logs.contains(needle), "{needle} in logs:\n{logs}");
     }
 }
+
+/// A store whose backend is down: the fault a test injects through the port.
+#[derive(Debug)]
+struct Broken {
+    retryable: bool,
+}
+
+#[async_trait::async_trait]
+impl job_model::JobStore for Broken {
+    async fn create(
+        &self,
+        _: &job_model::Job,
+        _: Option<u32>,
+    ) -> Result<job_model::Created, job_model::StoreError> {
+        Err(self.err())
+    }
+    async fn get(&self, _: &str) -> Result<Option<job_model::Job>, job_model::StoreError> {
+        Err(self.err())
+    }
+    async fn list_by_owner(
+        &self,
+        _: &job_model::Owner,
+        _: Option<JobStatus>,
+        _: u32,
+        _: Option<&job_model::Cursor>,
+    ) -> Result<job_model::Page, job_model::StoreError> {
+        Err(self.err())
+    }
+    async fn list_by_status(
+        &self,
+        _: JobStatus,
+        _: u32,
+        _: Option<&job_model::Cursor>,
+    ) -> Result<job_model::Page, job_model::StoreError> {
+        Err(self.err())
+    }
+    async fn transition(
+        &self,
+        _: &str,
+        _: job_model::Expect,
+        _: job_model::Change,
+    ) -> Result<job_model::Job, job_model::StoreError> {
+        Err(self.err())
+    }
+    async fn heartbeat(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&job_model::Progress>,
+        _: job_model::Timestamp,
+    ) -> Result<job_model::Job, job_model::StoreError> {
+        Err(self.err())
+    }
+    async fn request_cancel(
+        &self,
+        _: &str,
+        _: job_model::Timestamp,
+    ) -> Result<job_model::Job, job_model::StoreError> {
+        Err(self.err())
+    }
+}
+
+impl Broken {
+    fn err(&self) -> job_model::StoreError {
+        job_model::StoreError::Backend {
+            message:
+                "DynamoDB Query: ThrottlingException at arn:aws:dynamodb:secret-internal-detail"
+                    .into(),
+            retryable: self.retryable,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_gives_503_or_500_without_internals() {
+    for (retryable, status, code) in [
+        (true, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (false, StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    ] {
+        let mut f = fixture();
+        f.state.store = std::sync::Arc::new(Broken { retryable });
+        let router = coordinator::app(f.state.clone());
+        for req in [
+            request("GET", "/jobs", Some(KEY_A), None),
+            request(
+                "GET",
+                "/jobs/0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11",
+                Some(KEY_A),
+                None,
+            ),
+            request("POST", "/jobs", Some(KEY_A), Some(&submit_body("h"))),
+        ] {
+            let a = call(&router, req).await;
+            assert_eq!(
+                (a.status, a.error_code().as_str()),
+                (status, code),
+                "{}",
+                a.body
+            );
+            assert!(a.body.contains("error id"), "{}", a.body);
+            assert!(!a.body.contains("secret-internal-detail"), "{}", a.body);
+            assert_eq!(a.headers.contains_key("retry-after"), retryable);
+        }
+    }
+}

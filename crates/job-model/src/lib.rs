@@ -14,6 +14,8 @@
 //! no I/O at all, so the CLI can use the wire types cheaply.
 
 pub mod api;
+#[cfg(all(feature = "aws", feature = "local"))]
+pub mod backends;
 #[cfg(feature = "aws")]
 pub mod item;
 pub mod job;
