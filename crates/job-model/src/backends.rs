@@ -21,7 +21,8 @@ pub struct BackendConfig {
     pub jobs_table: Option<String>,
     /// The SQLite file.
     pub sqlite_path: PathBuf,
-    /// KMS key; the key file when `None`.
+    /// KMS key. URLs are sealed with KMS when this is set or jobs are in DynamoDB (a worker
+    /// opens without the key id); with the local key file otherwise.
     pub kms_key_id: Option<String>,
     /// The local key file.
     pub seal_key_file: PathBuf,
@@ -53,10 +54,7 @@ impl BackendConfig {
     ///
     /// # Errors
     /// When the SQLite file or the key file cannot be opened.
-    pub fn open(
-        &self,
-        aws: Option<&aws_config::SdkConfig>,
-    ) -> Result<Backends, BackendError> {
+    pub fn open(&self, aws: Option<&aws_config::SdkConfig>) -> Result<Backends, BackendError> {
         let store: Arc<dyn JobStore> = match (&self.jobs_table, aws) {
             (Some(table), Some(cfg)) => Arc::new(DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(cfg),
@@ -69,9 +67,12 @@ impl BackendConfig {
                 }
             })?),
         };
-        let sealer: Arc<dyn Sealer> = match (&self.kms_key_id, aws) {
-            (Some(key), Some(cfg)) => {
+        let sealer: Arc<dyn Sealer> = match (&self.kms_key_id, &self.jobs_table, aws) {
+            (Some(key), _, Some(cfg)) => {
                 Arc::new(KmsSealer::new(aws_sdk_kms::Client::new(cfg), key.clone()))
+            }
+            (None, Some(_), Some(cfg)) => {
+                Arc::new(KmsSealer::opener(aws_sdk_kms::Client::new(cfg)))
             }
             _ => Arc::new(LocalSealer::open_or_create(&self.seal_key_file)?),
         };

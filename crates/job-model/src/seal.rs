@@ -207,7 +207,7 @@ mod kms {
     #[derive(Debug, Clone)]
     pub struct KmsSealer {
         client: Client,
-        key_id: String,
+        key_id: Option<String>,
     }
 
     impl KmsSealer {
@@ -215,7 +215,16 @@ mod kms {
         pub fn new(client: Client, key_id: impl Into<String>) -> Self {
             Self {
                 client,
-                key_id: key_id.into(),
+                key_id: Some(key_id.into()),
+            }
+        }
+
+        /// A sealer that only opens: KMS finds the key from the ciphertext, so a worker needs
+        /// no key id, only permission to decrypt with its job's encryption context.
+        pub fn opener(client: Client) -> Self {
+            Self {
+                client,
+                key_id: None,
             }
         }
     }
@@ -245,10 +254,13 @@ mod kms {
     #[async_trait]
     impl Sealer for KmsSealer {
         async fn seal(&self, job_id: &str, plaintext: &SecretString) -> Result<Vec<u8>, SealError> {
+            let key_id = self.key_id.as_deref().ok_or_else(|| {
+                SealError::Key("sealing with KMS needs a key id (SEREN_KMS_KEY_ID)".into())
+            })?;
             let out = self
                 .client
                 .encrypt()
-                .key_id(&self.key_id)
+                .key_id(key_id)
                 .plaintext(Blob::new(plaintext.expose().as_bytes()))
                 .encryption_context("job_id", job_id)
                 .send()
@@ -263,7 +275,7 @@ mod kms {
             let out = self
                 .client
                 .decrypt()
-                .key_id(&self.key_id)
+                .set_key_id(self.key_id.clone())
                 .ciphertext_blob(Blob::new(sealed))
                 .encryption_context("job_id", job_id)
                 .send()

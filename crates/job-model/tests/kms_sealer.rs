@@ -3,7 +3,7 @@
 use job_model::seal::KmsSealer;
 use job_model::{SealError, Sealer, SecretString};
 
-async fn sealer() -> KmsSealer {
+async fn sealer() -> (KmsSealer, KmsSealer) {
     let moto = moto_harness::Moto::shared();
     let client = aws_sdk_kms::Client::new(&moto.sdk_config().await);
     let key = client
@@ -16,12 +16,15 @@ async fn sealer() -> KmsSealer {
         .key_metadata()
         .map(|m| m.key_id().to_owned())
         .expect("key id");
-    KmsSealer::new(client, key_id)
+    (
+        KmsSealer::new(client.clone(), key_id),
+        KmsSealer::opener(client),
+    )
 }
 
 #[tokio::test]
 async fn kms_sealed_urls_open_only_for_their_job() {
-    let sealer = sealer().await;
+    let (sealer, opener) = sealer().await;
     let url = SecretString::new("postgresql://app:s%3Bcr%26%26t$(x)@db.example.com:5432/prod");
     let blob = sealer.seal("job-1", &url).await.expect("seal");
     assert!(!String::from_utf8_lossy(&blob).contains("s%3Bcr"));
@@ -29,4 +32,11 @@ async fn kms_sealed_urls_open_only_for_their_job() {
     let err = sealer.open("job-2", &blob).await.expect_err("other job");
     assert!(matches!(err, SealError::Open { .. }), "{err}");
     assert!(!err.to_string().contains("s%3Bcr"), "{err}");
+    // A worker opens without knowing the key id, and cannot seal.
+    assert_eq!(opener.open("job-1", &blob).await.expect("open"), url);
+    assert!(opener.open("job-2", &blob).await.is_err());
+    assert!(matches!(
+        opener.seal("job-1", &url).await,
+        Err(SealError::Key(_))
+    ));
 }

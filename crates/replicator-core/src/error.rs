@@ -111,6 +111,31 @@ impl Error {
         }
     }
 
+    /// A stable, machine-readable name for the kind of failure (a job record's `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidUrl { .. } => "invalid_url",
+            Error::Connect {
+                side: Side::Source, ..
+            } => "source_unreachable",
+            Error::Connect {
+                side: Side::Target, ..
+            } => "target_unreachable",
+            Error::Sql {
+                side: Side::Source, ..
+            } => "source_error",
+            Error::Sql {
+                side: Side::Target, ..
+            } => "target_error",
+            Error::Preflight(_) => "preflight_failed",
+            Error::TargetNotEmpty(_) => "target_not_empty",
+            Error::Tool { .. } => "tool_failed",
+            Error::Usage(_) => "invalid_options",
+            Error::Cancelled => "cancelled",
+            Error::Io { .. } => "io_error",
+        }
+    }
+
     /// Wrap a driver error from a statement.
     pub fn sql(side: Side, context: impl Into<String>, e: tokio_postgres::Error) -> Self {
         Error::Sql {

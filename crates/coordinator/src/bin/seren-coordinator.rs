@@ -93,6 +93,12 @@ fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let keys = ApiKeys::from_hashes(args.api_key_sha256.as_deref().unwrap_or_default())
         .map_err(anyhow::Error::msg)?;
+    if args.store.jobs_table.is_some() && args.store.kms_key_id.is_none() {
+        anyhow::bail!(
+            "SEREN_JOBS_TABLE is set without SEREN_KMS_KEY_ID: with jobs in DynamoDB the \
+             coordinator seals URLs with KMS; give the key id, ARN or alias"
+        );
+    }
     let aws = if config::needs_aws(&args.store, Some(&args.provision)) {
         Some(config::aws().await)
     } else {

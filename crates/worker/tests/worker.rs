@@ -1,0 +1,323 @@
+//! The worker against real PostgreSQL clusters, the SQLite store and the key-file sealer: a job
+//! runs to `completed` with the target equal to the source; a second worker loses the claim; a
+//! bad source host fails the job with a code and a clear message; a cancel stops a copy midway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use job_model::seal::LocalSealer;
+use job_model::store::sqlite::SqliteStore;
+use job_model::{
+    Change, Command, Expect, FilterSpec, Job, JobSpec, JobStatus, JobStore, Options, Owner, Sealer,
+    SecretString, Timestamp,
+};
+use pg_harness::{bindir, Cluster};
+use worker::{Config, Outcome};
+
+struct Env {
+    store: Arc<dyn JobStore>,
+    sealer: Arc<dyn Sealer>,
+    _dir: tempfile::TempDir,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Env {
+        store: Arc::new(SqliteStore::open(&dir.path().join("jobs.db")).expect("store")),
+        sealer: Arc::new(LocalSealer::open_or_create(&dir.path().join("k")).expect("sealer")),
+        _dir: dir,
+    }
+}
+
+/// A job in `provisioning` on `instance`, as the coordinator leaves it.
+async fn provisioned(e: &Env, source: &str, target: &str, options: Options, instance: &str) -> Job {
+    let id = Job::new_id();
+    let seal = |u: &str| {
+        let (s, id) = (e.sealer.clone(), id.clone());
+        let u = SecretString::new(u);
+        async move { s.seal(&id, &u).await.expect("seal") }
+    };
+    let job = Job::new(
+        id.clone(),
+        Owner("key-test".into()),
+        JobSpec {
+            command: Command::Init,
+            filter: FilterSpec::default(),
+            options,
+        },
+        (seal(source).await, seal(target).await),
+        ("src".into(), "dst".into()),
+        None,
+        Timestamp::now(),
+        job_model::job::DEFAULT_RETENTION,
+    );
+    e.store.create(&job, None).await.expect("create");
+    e.store
+        .transition(
+            &id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Provisioning, Timestamp::now()).instance(instance),
+        )
+        .await
+        .expect("provision")
+}
+
+fn cfg(job: &Job, instance: &str) -> Config {
+    Config {
+        job_id: job.job_id.clone(),
+        instance_id: instance.into(),
+        heartbeat_every: Duration::from_millis(200),
+        pg_bindir: Some(bindir()),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn content(c: &Cluster, db: &str, table: &str) -> String {
+    c.psql(
+        db,
+        &format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"),
+    )
+}
+
+#[test]
+fn a_claimed_job_copies_the_database_and_completes() {
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, since date);
+         INSERT INTO customers SELECT g, 'c' || g, date '2020-01-01' + g FROM generate_series(1, 5000) g;
+         CREATE TABLE orders (id bigserial PRIMARY KEY, customer int REFERENCES customers, total numeric);
+         INSERT INTO orders (customer, total) SELECT 1 + g % 5000, g * 1.5 FROM generate_series(1, 20000) g;",
+    );
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("shop"),
+            &dst.url("shop"),
+            Options {
+                jobs: Some(2),
+                ..Options::default()
+            },
+            "local-1",
+        )
+        .await;
+        let outcome = worker::run(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        assert_eq!(outcome, Outcome::Completed);
+        let done = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(done.status, JobStatus::Completed);
+        assert_eq!(done.instance_id.as_deref(), Some("local-1"));
+        assert!(done.started_at.is_some() && done.finished_at.is_some());
+        let p = done.progress.expect("final progress");
+        assert_eq!((p.tables_done, p.tables_total), (2, 2));
+        assert_eq!(p.rows, 25_000);
+    });
+    for t in ["customers", "orders"] {
+        assert_eq!(content(&src, "shop", t), content(&dst, "shop", t), "{t}");
+    }
+    assert_eq!(
+        dst.psql("shop", "SELECT last_value FROM orders_id_seq"),
+        src.psql("shop", "SELECT last_value FROM orders_id_seq")
+    );
+}
+
+#[test]
+fn a_second_worker_loses_the_claim_and_leaves_the_job_alone() {
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            "postgresql://u@nowhere.invalid/db",
+            "postgresql://u@nowhere.invalid/db2",
+            Options::default(),
+            "i-first",
+        )
+        .await;
+        // The first worker claims it.
+        e.store
+            .transition(
+                &job.job_id,
+                Expect::status(JobStatus::Provisioning),
+                Change::to(JobStatus::Running, Timestamp::now()).instance("i-first"),
+            )
+            .await
+            .expect("first claim");
+        let outcome = worker::run(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "i-second"),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        assert_eq!(outcome, Outcome::LostClaim(JobStatus::Running));
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(
+            (j.status, j.instance_id.as_deref()),
+            (JobStatus::Running, Some("i-first"))
+        );
+    });
+}
+
+#[test]
+fn a_bad_source_host_fails_the_job_with_a_code_and_no_password() {
+    let dst = Cluster::start(&pg_harness::Options::target());
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            "postgresql://app:hunter2%3B%26%26@db.nonexistent.invalid:5432/shop?connect_timeout=3",
+            &dst.url("shop"),
+            Options::default(),
+            "local-1",
+        )
+        .await;
+        let outcome = worker::run(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        let Outcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(err.code, "source_unreachable");
+        assert!(
+            err.message.contains("db.nonexistent.invalid"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("hunter2"), "{}", err.message);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.error, Some(err));
+    });
+}
+
+#[test]
+fn a_cancel_request_stops_the_copy_and_records_cancelled() {
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("big");
+    src.psql(
+        "big",
+        "CREATE TABLE wide (id bigint, payload text);
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 1500000) g;",
+    );
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("big"),
+            &dst.url("big"),
+            Options {
+                jobs: Some(1),
+                ..Options::default()
+            },
+            "local-1",
+        )
+        .await;
+        let store = e.store.clone();
+        let id = job.job_id.clone();
+        let canceller = tokio::spawn(async move {
+            // Wait until the worker runs and rows are moving, then ask it to stop.
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let j = store.get(&id).await.expect("get").expect("job");
+                if j.status.is_terminal()
+                    || j.progress
+                        .as_ref()
+                        .is_some_and(|p| p.rows > 0 || p.phase == "data")
+                {
+                    break;
+                }
+            }
+            store
+                .request_cancel(&id, Timestamp::now())
+                .await
+                .expect("cancel");
+        });
+        let started = std::time::Instant::now();
+        let outcome = worker::run(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        canceller.await.expect("canceller");
+        assert_eq!(outcome, Outcome::Cancelled);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(j.status, JobStatus::Cancelled);
+        assert_eq!(j.error.map(|e| e.code), Some("cancelled".into()));
+        // It stopped midway rather than finishing the copy.
+        let copied: i64 = dst
+            .psql("big", "SELECT count(*) FROM wide")
+            .parse()
+            .unwrap_or(0);
+        assert!(
+            copied < 1_500_000,
+            "copied {copied} rows in {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_stop_signal_fails_the_job_as_worker_stopped() {
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("big");
+    src.psql(
+        "big",
+        "CREATE TABLE wide (id bigint, payload text);
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 1000000) g;",
+    );
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("big"),
+            &dst.url("big"),
+            Options {
+                jobs: Some(1),
+                ..Options::default()
+            },
+            "local-1",
+        )
+        .await;
+        let stop = tokio::time::sleep(Duration::from_millis(1500));
+        let outcome = worker::run(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            stop,
+        )
+        .await
+        .expect("run");
+        assert_eq!(outcome, Outcome::Stopped);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(
+            (j.status, j.error.map(|e| e.code)),
+            (JobStatus::Failed, Some("worker_stopped".into()))
+        );
+    });
+}
