@@ -66,3 +66,47 @@ stop_cluster() {
     local bin; bin=$(pg_bindir)
     as_server_user "$bin/pg_ctl" stop -m fast -D "$1/data" >/dev/null 2>&1 || true
 }
+
+# compare_databases SRC_PORT SRC_DB DST_PORT DST_DB: every ordinary table's row count and content
+# hash, source against target. Prints each difference; returns 1 when there is one.
+compare_databases() {
+    local sp=$1 sdb=$2 dp=$3 ddb=$4 t a b mismatch=0 tables=0
+    local q="SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+    while read -r t; do
+        a=$(psql -X -q -At -h 127.0.0.1 -p "$sp" -U postgres -d "$sdb" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x")
+        b=$(psql -X -q -At -h 127.0.0.1 -p "$dp" -U postgres -d "$ddb" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x" 2>&1)
+        tables=$((tables + 1))
+        if [ "$a" != "$b" ]; then echo "DIFFERENT: $t source=$a target=$b"; mismatch=1; fi
+    done < <(psql -X -q -At -h 127.0.0.1 -p "$sp" -U postgres -d "$sdb" -c "$q")
+    # shellcheck disable=SC2034 # read by the caller
+    COMPARED_TABLES=$tables
+    return "$mismatch"
+}
+
+# start_local_stack DIR: the control plane on this machine (seren-coordinator with a SQLite job
+# store, a key-file sealer and seren-worker processes), on a free port, with a fresh API key.
+# Sets STACK_URL, STACK_KEY and STACK_PID. Extra SEREN_* settings pass through the environment
+# (the workers inherit them). Binaries come from $CARGO_TARGET_DIR/debug.
+start_local_stack() {
+    local dir=$1 port
+    mkdir -p "$dir"
+    port=$(free_port)
+    STACK_KEY="sk-local-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    STACK_URL="http://127.0.0.1:$port"
+    local bin="$CARGO_TARGET_DIR/debug"
+    (cd "$dir" && SEREN_API_KEY_SHA256=$(echo "$STACK_KEY" | "$bin/seren-coordinator" hash-key) \
+        SEREN_LISTEN="127.0.0.1:$port" SEREN_WORKER_PROGRAM="$bin/seren-worker" \
+        SEREN_WORKER_LOG_DIR="$dir/workers" SEREN_PG_BINDIR="$(pg_bindir)" \
+        exec "$bin/seren-coordinator" >>"$dir/coordinator.log" 2>&1) &
+    # shellcheck disable=SC2034 # read by the caller
+    STACK_PID=$!
+    local _
+    for _ in $(seq 1 100); do
+        curl -sf "$STACK_URL/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "the coordinator did not start; its log:" >&2
+    cat "$dir/coordinator.log" >&2
+    return 1
+}

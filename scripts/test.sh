@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need when it is missing (PostgreSQL
 # server and client tools; moto's AWS server in .venv-moto), then runs the format check,
-# clippy and every test.
+# clippy, every test, and the end-to-end test of the remote path (test-integration.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -18,3 +18,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-features
+echo "== test-integration.sh"
+./test-integration.sh

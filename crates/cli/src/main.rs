@@ -3,6 +3,7 @@
 //! All the work happens in `replicator-core`.
 
 mod progress;
+mod remote;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -33,7 +34,73 @@ struct Cli {
 enum Command {
     /// Copy the source database into the target database under one consistent snapshot:
     /// schema, rows, indexes and constraints, sequences, large objects, then ANALYZE.
-    Init(InitArgs),
+    /// With --remote the copy runs on a worker started by the control plane.
+    Init(Box<InitArgs>),
+    /// Remote jobs: list, show, watch or cancel them.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// Where the control plane is.
+#[derive(Debug, Clone, Args)]
+struct RemoteArgs {
+    /// The control plane's API endpoint (the deployment's api_endpoint output).
+    #[arg(long, env = "SEREN_REMOTE_API", global = true)]
+    remote_api: Option<String>,
+    /// Your API key. Prefer the environment variable: it stays out of the process list.
+    #[arg(long, env = "SEREN_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+}
+
+impl RemoteArgs {
+    fn api(&self) -> anyhow::Result<remote::Api> {
+        let base = self.remote_api.as_deref().context(
+            "no API endpoint: set SEREN_REMOTE_API (or --remote-api) to the control plane's URL",
+        )?;
+        remote::Api::new(base, self.api_key.as_deref().unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Your jobs, newest first.
+    List {
+        /// Only jobs in this status (pending, provisioning, running, completed, failed,
+        /// cancelled, timed_out).
+        #[arg(long)]
+        status: Option<job_model::JobStatus>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: status, progress, error.
+    Show {
+        /// The job id.
+        job_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job until it ends; exits 0 only when it completed.
+    Watch {
+        /// The job id.
+        job_id: String,
+    },
+    /// Ask a job to stop.
+    Cancel {
+        /// The job id.
+        job_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,6 +188,23 @@ struct InitArgs {
     /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// Run the copy on a worker of the control plane at SEREN_REMOTE_API instead of here.
+    #[arg(long)]
+    remote: bool,
+    #[command(flatten)]
+    remote_args: RemoteArgs,
+    /// With --remote: the worker's EC2 instance type (default: chosen by the source's size).
+    #[arg(long, requires = "remote")]
+    instance_type: Option<String>,
+    /// With --remote: stop the job (timed_out) after this many seconds (default 24 h).
+    #[arg(long, requires = "remote")]
+    timeout_secs: Option<u64>,
+    /// With --remote: submit, print the job id and return without waiting.
+    #[arg(long, requires = "remote")]
+    detach: bool,
+    /// With --remote: print the final job record as JSON on standard output.
+    #[arg(long, requires = "remote")]
+    json: bool,
 }
 
 /// `1GB` → bytes. Plain numbers are bytes.
@@ -165,7 +249,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A local copy stops on Ctrl-C; a remote watch handles Ctrl-C itself (it detaches).
+    let local = matches!(&cli.command, Command::Init(a) if !a.remote);
     let result = runtime.block_on(async {
+        if !local {
+            return run(cli.command).await;
+        }
         tokio::select! {
             r = run(cli.command) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(Error::Cancelled)),
@@ -173,6 +262,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<remote::Detached>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             let cancelled = matches!(e.downcast_ref::<Error>(), Some(Error::Cancelled));
             eprintln!("error: {}", one_line(&e));
@@ -195,7 +288,174 @@ fn one_line(e: &anyhow::Error) -> String {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Init(args) => init(args).await,
+        Command::Init(args) if args.remote => remote_init(*args).await,
+        Command::Init(args) => init(*args).await,
+        Command::Jobs { command, remote } => jobs(command, &remote).await,
+    }
+}
+
+/// The source's size, for sizing the worker; `None` when it cannot be read quickly from here
+/// (the worker may reach databases this machine cannot).
+async fn source_size(source: &ConnUrl) -> Option<u64> {
+    let mut url = source.clone();
+    url.connect_timeout = std::time::Duration::from_secs(3);
+    let attempt = async {
+        let client = replicator_core::connect::connect(&url, Side::Source)
+            .await
+            .ok()?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .ok()?;
+        u64::try_from(row.get::<_, i64>(0)).ok()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
+    let api = args.remote_args.api()?;
+    if args.resume {
+        bail!("--resume is for local runs; a remote job that failed midway is rerun with --drop-existing");
+    }
+    // Checked here as the coordinator will, so a typo fails before anything is sent.
+    let source =
+        ConnUrl::parse_with_env(&args.source, &|_| None).map_err(|reason| Error::InvalidUrl {
+            side: Side::Source,
+            reason: format!(
+                "{reason} (remote jobs take everything from the URL, not from PG* variables)"
+            ),
+        })?;
+    ConnUrl::parse_with_env(&args.target, &|_| None).map_err(|reason| Error::InvalidUrl {
+        side: Side::Target,
+        reason,
+    })?;
+    Filter::from_args(
+        &args.include_tables,
+        &args.exclude_tables,
+        &args.schema_only_tables,
+        &args.table_filters,
+    )?;
+    if args.drop_existing && !args.yes {
+        bail!("--drop-existing with --remote needs --yes: the worker cannot ask you to confirm");
+    }
+    let request = job_model::api::SubmitRequest {
+        command: job_model::Command::Init,
+        source_url: args.source.clone(),
+        target_url: args.target.clone(),
+        options: job_model::Options {
+            jobs: args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX)),
+            drop_existing: args.drop_existing,
+            no_owner: args.no_owner,
+            no_privileges: args.no_privileges,
+            instance_type: args.instance_type.clone(),
+            source_size_bytes: source_size(&source).await,
+            timeout_seconds: args.timeout_secs,
+        },
+        filter: job_model::FilterSpec {
+            include_tables: args.include_tables.clone(),
+            exclude_tables: args.exclude_tables.clone(),
+            table_filters: args.table_filters.clone(),
+            schema_only_tables: args.schema_only_tables.clone(),
+        },
+    };
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    let submitted = api.submit(&request, &idempotency_key).await?;
+    drop(request);
+    eprintln!(
+        "submitted job {} ({}): copying {} into {}",
+        submitted.job_id,
+        submitted.status,
+        source.redacted(),
+        ConnUrl::parse_with_env(&args.target, &|_| None)
+            .map(|t| t.redacted())
+            .unwrap_or_default()
+    );
+    if args.detach {
+        println!("{}", submitted.job_id);
+        return Ok(());
+    }
+    finish_watch(&api, &submitted.job_id, args.json).await
+}
+
+async fn finish_watch(api: &remote::Api, id: &str, json: bool) -> anyhow::Result<()> {
+    match remote::watch(api, id, std::time::Duration::from_secs(2)).await? {
+        remote::Watched::Detached(id) => Err(anyhow::Error::new(remote::Detached(id))),
+        remote::Watched::Finished(j) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            }
+            if j.status == job_model::JobStatus::Completed {
+                // Without a terminal the watch has printed this line already.
+                if std::io::stderr().is_terminal() {
+                    eprintln!("{}", remote::status_line(&j));
+                }
+                Ok(())
+            } else {
+                Err(remote::failure(&j))
+            }
+        }
+    }
+}
+
+async fn jobs(command: JobsCommand, remote: &RemoteArgs) -> anyhow::Result<()> {
+    let api = remote.api()?;
+    match command {
+        JobsCommand::List {
+            status,
+            limit,
+            json,
+        } => {
+            let page = api.list(status, limit.clamp(1, 100), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                println!(
+                    "{:<36}  {:<12}  {:<8}  {:<24}  TARGET",
+                    "JOB", "STATUS", "COMMAND", "CREATED"
+                );
+                for j in &page.jobs {
+                    println!(
+                        "{:<36}  {:<12}  {:<8}  {:<24}  {}",
+                        j.job_id, j.status, j.command, j.created_at, j.target_display
+                    );
+                }
+            }
+            Ok(())
+        }
+        JobsCommand::Show { job_id, json } => {
+            let j = api.job(&job_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                println!("{}", remote::status_line(&j));
+                println!("source  {}", j.source_display);
+                println!("target  {}", j.target_display);
+                println!("created {}", j.created_at);
+                if let Some(t) = j.started_at {
+                    println!("started {t}");
+                }
+                if let Some(t) = j.finished_at {
+                    println!("ended   {t}");
+                }
+                if let Some(i) = &j.instance_id {
+                    println!("worker  {i}");
+                }
+            }
+            Ok(())
+        }
+        JobsCommand::Watch { job_id } => finish_watch(&api, &job_id, false).await,
+        JobsCommand::Cancel { job_id, json } => {
+            let j = api.cancel(&job_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                println!("{}", remote::status_line(&j));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -287,3 +287,108 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn remote_runs_say_what_is_missing_in_one_line() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = cli();
+        cmd.env_remove("SEREN_REMOTE_API")
+            .env_remove("SEREN_API_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.args(args).output().expect("run the CLI");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("Sup3rSecret"));
+        out
+    };
+    let src = [
+        "--source",
+        "postgresql://app:Sup3rSecret@db.example.com/shop",
+    ];
+    let out = run(
+        &[],
+        &[
+            "init",
+            "--remote",
+            src[0],
+            src[1],
+            "--target",
+            "postgresql://app@t.example.com/shop",
+        ],
+    );
+    assert!(
+        error_line(&out).contains("SEREN_REMOTE_API"),
+        "{}",
+        error_line(&out)
+    );
+    let out = run(
+        &[("SEREN_REMOTE_API", "https://api.example.com")],
+        &[
+            "init",
+            "--remote",
+            src[0],
+            src[1],
+            "--target",
+            "postgresql://app@t.example.com/shop",
+        ],
+    );
+    assert!(
+        error_line(&out).contains("SEREN_API_KEY"),
+        "{}",
+        error_line(&out)
+    );
+    let out = run(
+        &[
+            ("SEREN_REMOTE_API", "https://api.example.com"),
+            ("SEREN_API_KEY", "k"),
+        ],
+        &[
+            "init",
+            "--remote",
+            "--source",
+            "postgresql://db.example.com/shop",
+            "--target",
+            "postgresql://app@t.example.com/shop",
+        ],
+    );
+    assert!(
+        error_line(&out).contains("no user name"),
+        "{}",
+        error_line(&out)
+    );
+    let out = run(
+        &[
+            ("SEREN_REMOTE_API", "https://api.example.com"),
+            ("SEREN_API_KEY", "k"),
+        ],
+        &[
+            "init",
+            "--remote",
+            src[0],
+            src[1],
+            "--target",
+            "postgresql://app@t.example.com/shop",
+            "--drop-existing",
+        ],
+    );
+    assert!(error_line(&out).contains("--yes"), "{}", error_line(&out));
+    let out = run(&[], &["jobs", "list"]);
+    assert!(
+        error_line(&out).contains("SEREN_REMOTE_API"),
+        "{}",
+        error_line(&out)
+    );
+    // Flags that only mean something remotely need --remote.
+    let out = run(
+        &[],
+        &[
+            "init",
+            src[0],
+            src[1],
+            "--target",
+            "postgresql://app@t/shop",
+            "--detach",
+        ],
+    );
+    assert!(!out.status.success());
+}

@@ -244,6 +244,9 @@ pub async fn run(
     };
     // The engine future is dropped here when it did not finish: its connections close and the
     // target keeps every table finished so far.
+    if matches!(ended, Stop::Done(Ok(_))) {
+        tracker.set_phase("done");
+    }
     let progress = tracker.snapshot();
     let now = Timestamp::now();
     let outcome = match ended {

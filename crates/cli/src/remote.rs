@@ -1,0 +1,310 @@
+//! The remote client: submits jobs to the control plane's API, watches them, lists and cancels
+//! them. Wire types come from `job-model`; transient HTTP failures (connection errors, 429,
+//! 502–504) are retried with backoff, honouring `Retry-After`.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use indicatif::{ProgressBar, ProgressStyle};
+use job_model::api::{ErrorResponse, JobView, ListResponse, SubmitRequest, SubmitResponse};
+use job_model::JobStatus;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// Where the API is and who we are.
+pub struct Api {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+/// How many times a request is tried before giving up on transient failures.
+const ATTEMPTS: u32 = 6;
+
+impl Api {
+    /// A client for `base` (`SEREN_REMOTE_API`) with `key` (`SEREN_API_KEY`).
+    ///
+    /// # Errors
+    /// When the URL is not http(s) or the client cannot be built.
+    pub fn new(base: &str, key: &str) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            bail!("SEREN_REMOTE_API '{base}' is not an http(s) URL; use the api_endpoint output of the deployment");
+        }
+        if key.is_empty() {
+            bail!("no API key: set SEREN_API_KEY (or --api-key) to the key the operator gave you");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!(
+                "postgres-seren-replicator/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .context("build the HTTP client")?;
+        Ok(Self {
+            base,
+            key: key.to_owned(),
+            http,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&SubmitRequest>,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.key);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            let transient = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_str(&text).with_context(|| {
+                            format!("the API answered {method} {path} with an unexpected body")
+                        });
+                    }
+                    let message = serde_json::from_str::<ErrorResponse>(&text)
+                        .map(|e| format!("{} ({})", e.error.message, e.error.code))
+                        .unwrap_or_else(|_| format!("HTTP {status}"));
+                    let retry = matches!(
+                        status,
+                        StatusCode::TOO_MANY_REQUESTS
+                            | StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    if !retry {
+                        bail!("{message}");
+                    }
+                    if let Some(ra) = retry_after {
+                        delay = ra.min(Duration::from_secs(60));
+                    }
+                    message
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    format!("cannot reach {}: {e}", self.base)
+                }
+                Err(e) => return Err(anyhow!(e).context(format!("{method} {path}"))),
+            };
+            if attempt >= ATTEMPTS {
+                bail!("{transient} (after {ATTEMPTS} attempts)");
+            }
+            tracing::warn!(attempt, error = %transient, "retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+            attempt += 1;
+        }
+    }
+
+    /// `POST /jobs` with an idempotency key, so a retried submit makes no second job.
+    ///
+    /// # Errors
+    /// When the API refuses the job or cannot be reached.
+    pub async fn submit(&self, req: &SubmitRequest, key: &str) -> anyhow::Result<SubmitResponse> {
+        self.call(Method::POST, "/jobs", Some(req), Some(key)).await
+    }
+
+    /// `GET /jobs/{id}`.
+    ///
+    /// # Errors
+    /// When the job is unknown (to this key) or the API cannot be reached.
+    pub async fn job(&self, id: &str) -> anyhow::Result<JobView> {
+        self.call(Method::GET, &format!("/jobs/{id}"), None, None)
+            .await
+    }
+
+    /// `GET /jobs`.
+    ///
+    /// # Errors
+    /// When the API cannot be reached.
+    pub async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> anyhow::Result<ListResponse> {
+        let mut q = vec![format!("limit={limit}")];
+        if let Some(s) = status {
+            q.push(format!("status={s}"));
+        }
+        if let Some(c) = cursor {
+            q.push(format!("cursor={c}"));
+        }
+        self.call(Method::GET, &format!("/jobs?{}", q.join("&")), None, None)
+            .await
+    }
+
+    /// `POST /jobs/{id}/cancel`.
+    ///
+    /// # Errors
+    /// When the job is unknown, finished, or the API cannot be reached.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<JobView> {
+        self.call(Method::POST, &format!("/jobs/{id}/cancel"), None, None)
+            .await
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// One line describing where a job is.
+pub fn status_line(j: &JobView) -> String {
+    let mut s = format!("{} {}", j.job_id, j.status);
+    if let Some(p) = &j.progress {
+        s.push_str(&format!(
+            " | {} | tables {}/{} | {} of ~{} | {} rows",
+            if p.phase.is_empty() { "-" } else { &p.phase },
+            p.tables_done,
+            p.tables_total,
+            human_bytes(p.bytes),
+            human_bytes(p.bytes_total),
+            p.rows
+        ));
+        if let Some(eta) = p.eta_seconds {
+            s.push_str(&format!(" | ETA {eta} s"));
+        }
+    }
+    if let Some(e) = &j.error {
+        s.push_str(&format!(" | {}: {}", e.code, e.message));
+    }
+    s
+}
+
+/// The user detached from a remote job with Ctrl-C; the job goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("detached from job {0}; it goes on. Follow it with `postgres-seren-replicator jobs watch {0}`, stop it with `postgres-seren-replicator jobs cancel {0}`")]
+pub struct Detached(pub String);
+
+/// How a watched job ended.
+pub enum Watched {
+    /// It reached this terminal status.
+    Finished(Box<JobView>),
+    /// The user pressed Ctrl-C; the job runs on.
+    Detached(String),
+}
+
+/// Follow a job until it reaches a terminal status, drawing progress from its record: a bar
+/// on a terminal, a line per change otherwise. Ctrl-C detaches without touching the job.
+///
+/// # Errors
+/// When the API stays unreachable.
+pub async fn watch(api: &Api, id: &str, every: Duration) -> anyhow::Result<Watched> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg:40!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    });
+    let mut last = String::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let j = tokio::select! {
+            j = api.job(id) => j?,
+            _ = &mut ctrl_c => {
+                if let Some(b) = &bar { b.abandon(); }
+                return Ok(Watched::Detached(id.to_owned()));
+            }
+        };
+        match &bar {
+            Some(b) => {
+                let p = j.progress.clone().unwrap_or_default();
+                b.set_length(p.bytes_total.max(p.bytes));
+                b.set_position(p.bytes);
+                b.set_message(format!(
+                    "{} {} tables {}/{}",
+                    j.status, p.phase, p.tables_done, p.tables_total
+                ));
+            }
+            None => {
+                let line = status_line(&j);
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+            }
+        }
+        if j.status.is_terminal() {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(Watched::Finished(Box::new(j)));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = &mut ctrl_c => {
+                if let Some(b) = &bar { b.abandon(); }
+                return Ok(Watched::Detached(id.to_owned()));
+            }
+        }
+    }
+}
+
+/// The message for a job that ended any other way than `completed`.
+pub fn failure(j: &JobView) -> anyhow::Error {
+    match &j.error {
+        Some(e) => anyhow!("job {} {}: {} ({})", j.job_id, j.status, e.message, e.code),
+        None => anyhow!("job {} {}", j.job_id, j.status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500), "1.5 kB");
+        assert_eq!(human_bytes(776_000_000), "776.0 MB");
+    }
+
+    #[test]
+    fn api_urls_and_keys_are_checked() {
+        assert!(Api::new("ftp://x", "k").is_err());
+        assert!(Api::new("https://x.example.com/", "").is_err());
+        assert!(Api::new("https://x.example.com/", "k").is_ok());
+    }
+}

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# End to end, without AWS and without Docker: throwaway source and target clusters (pagila plus a
+# table big enough to interrupt), the control plane on this machine (seren-coordinator with its
+# SQLite store, key-file sealer and seren-worker processes), and then:
+#   1. init --remote copies pagila; every table of the target equals the source;
+#   2. a bad source host: the job fails with source_unreachable, and the CLI says so;
+#   3. cancel mid-copy: the job ends cancelled and its worker is gone;
+#   4. a worker killed with SIGKILL mid-copy: the reaper fails the job (heartbeat_lost);
+#   5. the coordinator restarted while a job runs: the CLI re-attaches and sees it complete;
+#   6. two submits with one Idempotency-Key: one job, one worker.
+# Exits 0 only when every check holds; removes everything it started.
+#
+# Against a deployed stack (SEREN_REMOTE_API and SEREN_API_KEY set) the remote checks need
+# databases that both this machine and the workers reach: see docs/control-plane.md. This
+# script runs the local stack; the AWS path is exercised against moto by `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_postgres
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
+
+datasets=${SEREN_DATASETS:-../shared/datasets}
+[ -f "$datasets/pagila/pagila-schema.sql" ] || { echo "pagila not found under $datasets: set SEREN_DATASETS" >&2; exit 1; }
+
+echo "== building"
+cargo build -q -p postgres-seren-replicator -p coordinator -p worker
+cli="$CARGO_TARGET_DIR/debug/postgres-seren-replicator"
+
+work=$(mktemp -d /tmp/seren-it.XXXXXX)
+chmod 755 "$work"
+STACK_PID=""
+cleanup() {
+    if [ -n "$STACK_PID" ]; then kill "$STACK_PID" 2>/dev/null || true; wait "$STACK_PID" 2>/dev/null || true; fi
+    pkill -f "$work/stack" 2>/dev/null || true
+    stop_cluster "$work/source"; stop_cluster "$work/target"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+failures=0
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+
+src_port=$(free_port); dst_port=$(free_port)
+start_cluster "$work/source" "$src_port" wal_level=logical
+start_cluster "$work/target" "$dst_port"
+psql_src() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$src_port" -U postgres "$@"; }
+psql_dst() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$dst_port" -U postgres "$@"; }
+psql_src -d postgres -c "CREATE DATABASE pagila" -c "CREATE DATABASE big"
+psql_src -d pagila -f "$datasets/pagila/pagila-schema.sql" -f "$datasets/pagila/pagila-data.sql" >/dev/null
+# About 700 MB of rows: a copy that lasts long enough to be interrupted.
+psql_src -d big -c "CREATE TABLE wide (id bigint PRIMARY KEY, payload text)" \
+    -c "INSERT INTO wide SELECT g, repeat(md5(g::text), 12) FROM generate_series(1, 1500000) g"
+src() { echo "postgresql://postgres@127.0.0.1:$src_port/$1?sslmode=disable"; }
+dst() { echo "postgresql://postgres@127.0.0.1:$dst_port/$1?sslmode=disable"; }
+
+# Short timeouts so that the reaper acts within the test: workers heartbeat every second and
+# the reaper fails a job after 5 s of silence, checking every second.
+export SEREN_HEARTBEAT_SECS=1 SEREN_HEARTBEAT_TIMEOUT_SECS=5 SEREN_REAP_INTERVAL_SECS=1
+start_local_stack "$work/stack"
+export SEREN_REMOTE_API="$STACK_URL" SEREN_API_KEY="$STACK_KEY"
+echo "== local stack at $STACK_URL"
+
+job_field() { "$cli" jobs show "$1" --json | python3 -c "import json,sys; j=json.load(sys.stdin); print(eval(sys.argv[1], {}, {'j': j}))" "$2"; }
+wait_for() { # JOB PYTHON-CONDITION SECONDS
+    local _
+    for _ in $(seq 1 $(($3 * 5))); do
+        [ "$(job_field "$1" "$2")" = "True" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+echo "== 1. init --remote copies pagila"
+if SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst pagila) "$cli" init --remote --yes >"$work/1.out" 2>&1 \
+    && compare_databases "$src_port" pagila "$dst_port" pagila; then
+    pass "remote init: $COMPARED_TABLES tables identical"
+else
+    fail "remote init"; cat "$work/1.out"
+fi
+
+echo "== 2. a bad source host"
+if SEREN_SOURCE_URL="postgresql://app:s3cr3t-pw@db.nonexistent.invalid:5432/shop?connect_timeout=3" \
+    SEREN_TARGET_URL=$(dst shop) "$cli" init --remote --yes >"$work/2.out" 2>&1; then
+    fail "a bad source host completed"
+elif grep -q "source_unreachable" "$work/2.out" && grep -q "db.nonexistent.invalid" "$work/2.out" \
+    && ! grep -q "s3cr3t-pw" "$work/2.out"; then
+    pass "bad source host: $(grep -o 'job [0-9a-f-]* failed[^(]*' "$work/2.out" | head -1 | cut -c1-90)…"
+else
+    fail "bad source host message"; cat "$work/2.out"
+fi
+
+echo "== 3. cancel mid-copy"
+id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_cancel) "$cli" init --remote --yes --detach 2>/dev/null)
+if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" 60; then
+    worker_pid=$(job_field "$id" "j['instance_id'].split('-')[1]")
+    "$cli" jobs cancel "$id" >/dev/null
+    gone() { local _; for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; return 1; }
+    if wait_for "$id" "j['status'] == 'cancelled'" 30 && gone "$worker_pid"; then
+        pass "cancel: job cancelled, worker $worker_pid gone"
+    else
+        fail "cancel: $(job_field "$id" "j['status']")"
+    fi
+else
+    fail "cancel: the job never reached the data phase ($(job_field "$id" "j['status']"))"
+fi
+
+echo "== 4. a worker killed mid-copy"
+id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_killed) "$cli" init --remote --yes --detach 2>/dev/null)
+if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" 60; then
+    worker_pid=$(job_field "$id" "j['instance_id'].split('-')[1]")
+    kill -9 "$worker_pid"
+    if wait_for "$id" "j['status'] == 'failed' and j['error']['code'] == 'heartbeat_lost'" 30; then
+        pass "SIGKILL: the reaper failed the job ($(job_field "$id" "j['error']['code']"))"
+    else
+        fail "SIGKILL: $(job_field "$id" "j['status']")"
+    fi
+else
+    fail "SIGKILL: the job never reached the data phase"
+fi
+
+echo "== 5. the coordinator restarted while a job runs"
+id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_restart) "$cli" init --remote --yes --detach 2>/dev/null)
+wait_for "$id" "j['status'] == 'running'" 60 || true
+"$cli" jobs watch "$id" >"$work/5.out" 2>&1 &
+watcher=$!
+sleep 1
+kill "$STACK_PID"; wait "$STACK_PID" 2>/dev/null || true
+sleep 2
+stack_url_before=$STACK_URL
+# The same store and key file, on the same port.
+port=${STACK_URL##*:}
+(cd "$work/stack" && SEREN_API_KEY_SHA256=$(echo "$STACK_KEY" | "$CARGO_TARGET_DIR/debug/seren-coordinator" hash-key) \
+    SEREN_LISTEN="127.0.0.1:$port" SEREN_WORKER_PROGRAM="$CARGO_TARGET_DIR/debug/seren-worker" \
+    SEREN_WORKER_LOG_DIR="$work/stack/workers" exec "$CARGO_TARGET_DIR/debug/seren-coordinator" >>"$work/stack/coordinator.log" 2>&1) &
+STACK_PID=$!
+if wait "$watcher" && [ "$(job_field "$id" "j['status']")" = "completed" ] \
+    && compare_databases "$src_port" big "$dst_port" big_restart; then
+    pass "restart: the watch re-attached to $stack_url_before and saw the job complete"
+else
+    fail "restart: $(job_field "$id" "j['status']")"; cat "$work/5.out"
+fi
+
+echo "== 6. one Idempotency-Key, two submits"
+body=$(python3 -c "import json,sys; print(json.dumps({'command':'init','source_url':sys.argv[1],'target_url':sys.argv[2]}))" "$(src pagila)" "$(dst pagila_idem)")
+a=$(curl -sf -X POST "$STACK_URL/jobs" -H "x-api-key: $STACK_KEY" -H "Idempotency-Key: it-$$" -d "$body")
+b=$(curl -sf -X POST "$STACK_URL/jobs" -H "x-api-key: $STACK_KEY" -H "Idempotency-Key: it-$$" -d "$body")
+ida=$(echo "$a" | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])")
+idb=$(echo "$b" | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])")
+logs=$(find "$work/stack/workers" -name "$ida.log" | wc -l)
+if [ "$ida" = "$idb" ] && [ "$logs" = 1 ] && wait_for "$ida" "j['status'] == 'completed'" 60; then
+    pass "idempotency: one job ($ida), one worker"
+else
+    fail "idempotency: $ida vs $idb, $logs worker logs"
+fi
+
+if [ "$failures" -ne 0 ]; then
+    echo "test-integration FAILED: $failures check(s)"; tail -20 "$work/stack/coordinator.log"; exit 1
+fi
+echo "test-integration OK: 6 checks"
