@@ -18,6 +18,7 @@ cd "$(dirname "$0")"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ensure_postgres
+ensure_tools
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 
 datasets=${SEREN_DATASETS:-../shared/datasets}

@@ -15,6 +15,20 @@ ensure_postgres() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
 }
 
+# curl (the scripts talk to the API with it) and openssl (the TLS test makes its certificates).
+ensure_tools() {
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing: ${missing[*]}; install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 # moto's AWS server in .venv-moto (the tests find it there): DynamoDB, EC2, KMS and IAM on
 # loopback, so the AWS adapters are tested against real API semantics without an account.
 ensure_moto() {

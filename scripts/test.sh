@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_postgres
+ensure_tools
 ensure_moto
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

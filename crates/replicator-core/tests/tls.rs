@@ -1,0 +1,221 @@
+//! TLS against a real server with a certificate from a throwaway CA: each `sslmode` does what
+//! libpq's does. `require` encrypts without checking; `verify-ca` checks the chain only;
+//! `verify-full` checks the chain and the host name; a wrong CA or a wrong name is refused
+//! with a line that says why.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pg_harness::{Cluster, Options};
+use replicator_core::{connect::connect, ConnUrl, Side};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    other_ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A CA, a server certificate for `localhost` only (no IP address), and an unrelated CA.
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=seren test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=another CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost\n").expect("ext");
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    // The server reads its key and certificate as the postgres user, and wants the key private.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod key");
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+    {
+        let ok = Command::new("chown")
+            .args(["postgres:postgres", "server.key", "server.crt"])
+            .current_dir(d)
+            .status()
+            .expect("chown");
+        assert!(ok.success());
+    }
+    Pki {
+        ca: d.join("ca.pem"),
+        other_ca: d.join("other.pem"),
+        cert: d.join("server.crt"),
+        key: d.join("server.key"),
+        _dir: dir,
+    }
+}
+
+fn url(host: &str, port: u16, mode: &str, root: Option<&Path>) -> ConnUrl {
+    let mut s =
+        format!("postgresql://postgres@{host}:{port}/postgres?sslmode={mode}&connect_timeout=5");
+    if let Some(r) = root {
+        s.push_str(&format!("&sslrootcert={}", r.display()));
+    }
+    ConnUrl::parse_with_env(&s, &|_| None).expect("url")
+}
+
+/// Whether the session is encrypted, or the connect error.
+async fn try_connect(u: &ConnUrl) -> Result<bool, String> {
+    let client = connect(u, Side::Source).await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+#[test]
+fn each_sslmode_checks_what_libpq_checks() {
+    let pki = pki();
+    let cluster = Cluster::start(&Options {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), pki.cert.display().to_string()),
+            ("ssl_key_file".into(), pki.key.display().to_string()),
+        ],
+        ..Options::target()
+    });
+    let port = cluster.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // Encrypted, nothing checked.
+        assert_eq!(
+            try_connect(&url("127.0.0.1", port, "require", None)).await,
+            Ok(true)
+        );
+        assert_eq!(
+            try_connect(&url("127.0.0.1", port, "prefer", None)).await,
+            Ok(true)
+        );
+        assert_eq!(
+            try_connect(&url("127.0.0.1", port, "disable", None)).await,
+            Ok(false)
+        );
+        // The chain: our CA yes, another CA no, whatever the host name.
+        assert_eq!(
+            try_connect(&url("127.0.0.1", port, "verify-ca", Some(&pki.ca))).await,
+            Ok(true)
+        );
+        let err = try_connect(&url("127.0.0.1", port, "verify-ca", Some(&pki.other_ca)))
+            .await
+            .expect_err("unknown issuer");
+        assert!(err.contains("certificate"), "{err}");
+        // `require` with a root certificate checks the chain, as libpq does.
+        assert!(
+            try_connect(&url("127.0.0.1", port, "require", Some(&pki.other_ca)))
+                .await
+                .is_err()
+        );
+        // The chain and the name: localhost is in the certificate, 127.0.0.1 is not.
+        assert_eq!(
+            try_connect(&url("localhost", port, "verify-full", Some(&pki.ca))).await,
+            Ok(true)
+        );
+        let err = try_connect(&url("127.0.0.1", port, "verify-full", Some(&pki.ca)))
+            .await
+            .expect_err("name mismatch");
+        assert!(err.contains("certificate"), "{err}");
+        assert!(
+            err.contains("127.0.0.1"),
+            "the error names the server: {err}"
+        );
+        // Without a root certificate, verify-full trusts only the public web PKI.
+        assert!(try_connect(&url("localhost", port, "verify-full", None))
+            .await
+            .is_err());
+    });
+}
