@@ -10,9 +10,11 @@
 #   6. two submits with one Idempotency-Key: one job, one worker.
 # Exits 0 only when every check holds; removes everything it started.
 #
-# Against a deployed stack (SEREN_REMOTE_API and SEREN_API_KEY set) the remote checks need
-# databases that both this machine and the workers reach: see docs/control-plane.md. This
-# script runs the local stack; the AWS path is exercised against moto by `cargo test`.
+# Against a deployed stack: set SEREN_REMOTE_API and SEREN_API_KEY, and SEREN_IT_SOURCE_URL and
+# SEREN_IT_TARGET_URL to two PostgreSQL servers that both this machine and the workers reach, as
+# a role that may create databases (the database part of the URLs is ignored). The script then
+# creates seren_it_* databases there, runs checks 1, 2, 3 and 6 through the deployed API (4 and
+# 5 need the local processes), and drops the databases afterwards.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/lib.sh
@@ -31,10 +33,28 @@ cli="$CARGO_TARGET_DIR/debug/postgres-seren-replicator"
 work=$(mktemp -d /tmp/seren-it.XXXXXX)
 chmod 755 "$work"
 STACK_PID=""
+remote=false
+if [ -n "${SEREN_REMOTE_API:-}" ]; then
+    remote=true
+    : "${SEREN_API_KEY:?set SEREN_API_KEY to an API key of the deployed stack}"
+    : "${SEREN_IT_SOURCE_URL:?set SEREN_IT_SOURCE_URL to a source server the workers reach (a role that may create databases)}"
+    : "${SEREN_IT_TARGET_URL:?set SEREN_IT_TARGET_URL to a target server the workers reach (a role that may create databases)}"
+fi
+prefix=""; $remote && prefix="seren_it_"
+# Seconds to wait for a job to reach a state: an EC2 worker needs a minute or two to boot.
+T=60; $remote && T=600
+dbs=(pagila big pagila_idem shop big_cancel big_killed big_restart)
 cleanup() {
     if [ -n "$STACK_PID" ]; then kill "$STACK_PID" 2>/dev/null || true; wait "$STACK_PID" 2>/dev/null || true; fi
     pkill -f "$work/stack" 2>/dev/null || true
-    stop_cluster "$work/source"; stop_cluster "$work/target"
+    if $remote; then
+        for db in "${dbs[@]}"; do
+            psql -X -q -d "$(db_url "$SRC_BASE" postgres)" -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" 2>/dev/null || true
+            psql -X -q -d "$(db_url "$DST_BASE" postgres)" -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" 2>/dev/null || true
+        done
+    else
+        stop_cluster "$work/source"; stop_cluster "$work/target"
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -42,25 +62,37 @@ failures=0
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-src_port=$(free_port); dst_port=$(free_port)
-start_cluster "$work/source" "$src_port" wal_level=logical
-start_cluster "$work/target" "$dst_port"
-psql_src() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$src_port" -U postgres "$@"; }
-psql_dst() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$dst_port" -U postgres "$@"; }
-psql_src -d postgres -c "CREATE DATABASE pagila" -c "CREATE DATABASE big"
-psql_src -d pagila -f "$datasets/pagila/pagila-schema.sql" -f "$datasets/pagila/pagila-data.sql" >/dev/null
+if $remote; then
+    SRC_BASE=$SEREN_IT_SOURCE_URL; DST_BASE=$SEREN_IT_TARGET_URL
+    echo "== deployed stack at $SEREN_REMOTE_API"
+else
+    src_port=$(free_port); dst_port=$(free_port)
+    start_cluster "$work/source" "$src_port" wal_level=logical
+    start_cluster "$work/target" "$dst_port"
+    SRC_BASE="postgresql://postgres@127.0.0.1:$src_port/postgres?sslmode=disable"
+    DST_BASE="postgresql://postgres@127.0.0.1:$dst_port/postgres?sslmode=disable"
+fi
+src() { db_url "$SRC_BASE" "${prefix}$1"; }
+dst() { db_url "$DST_BASE" "${prefix}$1"; }
+psql_src() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$(src "$1")" "${@:2}"; }
+for db in "${dbs[@]}"; do
+    psql -X -q -d "$(db_url "$SRC_BASE" postgres)" -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" >/dev/null
+    psql -X -q -d "$(db_url "$DST_BASE" postgres)" -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" >/dev/null
+done
+psql -X -q -v ON_ERROR_STOP=1 -d "$(db_url "$SRC_BASE" postgres)" -c "CREATE DATABASE ${prefix}pagila" -c "CREATE DATABASE ${prefix}big"
+psql_src pagila -f "$datasets/pagila/pagila-schema.sql" -f "$datasets/pagila/pagila-data.sql" >/dev/null
 # About 700 MB of rows: a copy that lasts long enough to be interrupted.
-psql_src -d big -c "CREATE TABLE wide (id bigint PRIMARY KEY, payload text)" \
+psql_src big -c "CREATE TABLE wide (id bigint PRIMARY KEY, payload text)" \
     -c "INSERT INTO wide SELECT g, repeat(md5(g::text), 12) FROM generate_series(1, 1500000) g"
-src() { echo "postgresql://postgres@127.0.0.1:$src_port/$1?sslmode=disable"; }
-dst() { echo "postgresql://postgres@127.0.0.1:$dst_port/$1?sslmode=disable"; }
 
-# Short timeouts so that the reaper acts within the test: workers heartbeat every second and
-# the reaper fails a job after 5 s of silence, checking every second.
-export SEREN_HEARTBEAT_SECS=1 SEREN_HEARTBEAT_TIMEOUT_SECS=5 SEREN_REAP_INTERVAL_SECS=1
-start_local_stack "$work/stack"
-export SEREN_REMOTE_API="$STACK_URL" SEREN_API_KEY="$STACK_KEY"
-echo "== local stack at $STACK_URL"
+if ! $remote; then
+    # Short timeouts so that the reaper acts within the test: workers heartbeat every second and
+    # the reaper fails a job after 5 s of silence, checking every second.
+    export SEREN_HEARTBEAT_SECS=1 SEREN_HEARTBEAT_TIMEOUT_SECS=5 SEREN_REAP_INTERVAL_SECS=1
+    start_local_stack "$work/stack"
+    export SEREN_REMOTE_API="$STACK_URL" SEREN_API_KEY="$STACK_KEY"
+    echo "== local stack at $STACK_URL"
+fi
 
 job_field() { "$cli" jobs show "$1" --json | python3 -c "import json,sys; j=json.load(sys.stdin); print(eval(sys.argv[1], {}, {'j': j}))" "$2"; }
 wait_for() { # JOB PYTHON-CONDITION SECONDS
@@ -74,7 +106,7 @@ wait_for() { # JOB PYTHON-CONDITION SECONDS
 
 echo "== 1. init --remote copies pagila"
 if SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst pagila) "$cli" init --remote --yes >"$work/1.out" 2>&1 \
-    && compare_databases "$src_port" pagila "$dst_port" pagila; then
+    && compare_databases "$(src pagila)" "$(dst pagila)"; then
     pass "remote init: $COMPARED_TABLES tables identical"
 else
     fail "remote init"; cat "$work/1.out"
@@ -93,12 +125,12 @@ fi
 
 echo "== 3. cancel mid-copy"
 id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_cancel) "$cli" init --remote --yes --detach 2>/dev/null)
-if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" 60; then
-    worker_pid=$(job_field "$id" "j['instance_id'].split('-')[1]")
+if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" "$T"; then
+    worker=$(job_field "$id" "j['instance_id']")
     "$cli" jobs cancel "$id" >/dev/null
-    gone() { local _; for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; return 1; }
-    if wait_for "$id" "j['status'] == 'cancelled'" 30 && gone "$worker_pid"; then
-        pass "cancel: job cancelled, worker $worker_pid gone"
+    gone() { $remote && return 0; local _; for _ in $(seq 1 50); do kill -0 "${1#local-}" 2>/dev/null || return 0; sleep 0.1; done; return 1; }
+    if wait_for "$id" "j['status'] == 'cancelled'" "$T" && gone "$worker"; then
+        pass "cancel: job cancelled, worker $worker gone"
     else
         fail "cancel: $(job_field "$id" "j['status']")"
     fi
@@ -106,6 +138,9 @@ else
     fail "cancel: the job never reached the data phase ($(job_field "$id" "j['status']"))"
 fi
 
+if $remote; then
+    echo "== 4 and 5 need the local stack's processes: skipped against a deployed stack"
+else
 echo "== 4. a worker killed mid-copy"
 id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_killed) "$cli" init --remote --yes --detach 2>/dev/null)
 if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" 60; then
@@ -136,26 +171,34 @@ port=${STACK_URL##*:}
     SEREN_WORKER_LOG_DIR="$work/stack/workers" exec "$CARGO_TARGET_DIR/debug/seren-coordinator" >>"$work/stack/coordinator.log" 2>&1) &
 STACK_PID=$!
 if wait "$watcher" && [ "$(job_field "$id" "j['status']")" = "completed" ] \
-    && compare_databases "$src_port" big "$dst_port" big_restart; then
+    && compare_databases "$(src big)" "$(dst big_restart)"; then
     pass "restart: the watch re-attached to $stack_url_before and saw the job complete"
 else
     fail "restart: $(job_field "$id" "j['status']")"; cat "$work/5.out"
 fi
 
+fi
+
 echo "== 6. one Idempotency-Key, two submits"
 body=$(python3 -c "import json,sys; print(json.dumps({'command':'init','source_url':sys.argv[1],'target_url':sys.argv[2]}))" "$(src pagila)" "$(dst pagila_idem)")
-a=$(curl -sf -X POST "$STACK_URL/jobs" -H "x-api-key: $STACK_KEY" -H "Idempotency-Key: it-$$" -d "$body")
-b=$(curl -sf -X POST "$STACK_URL/jobs" -H "x-api-key: $STACK_KEY" -H "Idempotency-Key: it-$$" -d "$body")
+api=${SEREN_REMOTE_API%/}
+key="it-$$-$RANDOM"
+# The key goes to curl in a private file, not on its command line.
+(umask 077; printf 'x-api-key: %s\n' "$SEREN_API_KEY" >"$work/auth.header")
+a=$(curl -sf -X POST "$api/jobs" -H @"$work/auth.header" -H "Idempotency-Key: $key" -d "$body")
+b=$(curl -sf -X POST "$api/jobs" -H @"$work/auth.header" -H "Idempotency-Key: $key" -d "$body")
 ida=$(echo "$a" | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])")
 idb=$(echo "$b" | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])")
-logs=$(find "$work/stack/workers" -name "$ida.log" | wc -l)
-if [ "$ida" = "$idb" ] && [ "$logs" = 1 ] && wait_for "$ida" "j['status'] == 'completed'" 60; then
+if $remote; then logs=1; else logs=$(find "$work/stack/workers" -name "$ida.log" | wc -l); fi
+if [ "$ida" = "$idb" ] && [ "$logs" = 1 ] && wait_for "$ida" "j['status'] == 'completed'" "$T"; then
     pass "idempotency: one job ($ida), one worker"
 else
     fail "idempotency: $ida vs $idb, $logs worker logs"
 fi
 
 if [ "$failures" -ne 0 ]; then
-    echo "test-integration FAILED: $failures check(s)"; tail -20 "$work/stack/coordinator.log"; exit 1
+    echo "test-integration FAILED: $failures check(s)"
+    $remote || tail -20 "$work/stack/coordinator.log"
+    exit 1
 fi
-echo "test-integration OK: 6 checks"
+if $remote; then echo "test-integration OK: 4 checks against $SEREN_REMOTE_API"; else echo "test-integration OK: 6 checks"; fi

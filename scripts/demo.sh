@@ -42,7 +42,7 @@ SEREN_TARGET_URL="postgresql://postgres@127.0.0.1:$dst_port/pagila_copy?sslmode=
     "$bin" init --progress log
 
 echo "== checking every table"
-if ! compare_databases "$src_port" pagila "$dst_port" pagila_copy; then
+if ! compare_databases "postgresql://postgres@127.0.0.1:$src_port/pagila" "postgresql://postgres@127.0.0.1:$dst_port/pagila_copy"; then
     echo "demo FAILED: the target differs from the source" >&2; exit 1
 fi
 echo "local copy OK: $COMPARED_TABLES tables identical in source and target"
@@ -53,7 +53,7 @@ SEREN_REMOTE_API="$STACK_URL" SEREN_API_KEY="$STACK_KEY" \
 SEREN_SOURCE_URL="postgresql://postgres@127.0.0.1:$src_port/pagila?sslmode=disable" \
 SEREN_TARGET_URL="postgresql://postgres@127.0.0.1:$dst_port/pagila_remote?sslmode=disable" \
     "$bin" init --remote --yes
-if ! compare_databases "$src_port" pagila "$dst_port" pagila_remote; then
+if ! compare_databases "postgresql://postgres@127.0.0.1:$src_port/pagila" "postgresql://postgres@127.0.0.1:$dst_port/pagila_remote"; then
     echo "demo FAILED: the remote job's target differs from the source" >&2; exit 1
 fi
 echo "demo OK: $COMPARED_TABLES tables identical after the local copy and after the remote job"

@@ -81,18 +81,23 @@ stop_cluster() {
     as_server_user "$bin/pg_ctl" stop -m fast -D "$1/data" >/dev/null 2>&1 || true
 }
 
-# compare_databases SRC_PORT SRC_DB DST_PORT DST_DB: every ordinary table's row count and content
-# hash, source against target. Prints each difference; returns 1 when there is one.
+# db_url URL DB: URL with its database replaced by DB.
+db_url() {
+    python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$1" "$2"
+}
+
+# compare_databases SOURCE_URL TARGET_URL: every ordinary table's row count and content hash,
+# source against target. Prints each difference; returns 1 when there is one.
 compare_databases() {
-    local sp=$1 sdb=$2 dp=$3 ddb=$4 t a b mismatch=0 tables=0
+    local s=$1 d=$2 t a b mismatch=0 tables=0
     local q="SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
     while read -r t; do
-        a=$(psql -X -q -At -h 127.0.0.1 -p "$sp" -U postgres -d "$sdb" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x")
-        b=$(psql -X -q -At -h 127.0.0.1 -p "$dp" -U postgres -d "$ddb" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x" 2>&1)
+        a=$(psql -X -q -At -d "$s" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x")
+        b=$(psql -X -q -At -d "$d" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x" 2>&1)
         tables=$((tables + 1))
         if [ "$a" != "$b" ]; then echo "DIFFERENT: $t source=$a target=$b"; mismatch=1; fi
-    done < <(psql -X -q -At -h 127.0.0.1 -p "$sp" -U postgres -d "$sdb" -c "$q")
+    done < <(psql -X -q -At -d "$s" -c "$q")
     # shellcheck disable=SC2034 # read by the caller
     COMPARED_TABLES=$tables
     return "$mismatch"
