@@ -377,21 +377,42 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
         println!("{}", submitted.job_id);
         return Ok(());
     }
-    finish_watch(&api, &submitted.job_id, args.json).await
+    finish_watch(&api, &submitted.job_id, args.json, args.progress).await
 }
 
-async fn finish_watch(api: &remote::Api, id: &str, json: bool) -> anyhow::Result<()> {
-    match remote::watch(api, id, std::time::Duration::from_secs(2)).await? {
+fn progress_mode(p: ProgressMode) -> progress::Mode {
+    match p {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => progress::Mode::Bars,
+        ProgressMode::Auto | ProgressMode::Log => progress::Mode::Log,
+        ProgressMode::Bars => progress::Mode::Bars,
+        ProgressMode::None => progress::Mode::Quiet,
+    }
+}
+
+async fn finish_watch(
+    api: &remote::Api,
+    id: &str,
+    json: bool,
+    mode: ProgressMode,
+) -> anyhow::Result<()> {
+    let ui = progress::Ui::new(progress_mode(mode));
+    let watched = remote::watch(
+        api,
+        id,
+        std::time::Duration::from_secs(2),
+        &ui.observer(),
+        &|line| ui.note(line),
+    )
+    .await;
+    ui.finish();
+    match watched? {
         remote::Watched::Detached(id) => Err(anyhow::Error::new(remote::Detached(id))),
         remote::Watched::Finished(j) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&j)?);
             }
             if j.status == job_model::JobStatus::Completed {
-                // Without a terminal the watch has printed this line already.
-                if std::io::stderr().is_terminal() {
-                    eprintln!("{}", remote::status_line(&j));
-                }
+                eprintln!("{}", remote::status_line(&j));
                 Ok(())
             } else {
                 Err(remote::failure(&j))
@@ -446,7 +467,9 @@ async fn jobs(command: JobsCommand, remote: &RemoteArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        JobsCommand::Watch { job_id } => finish_watch(&api, &job_id, false).await,
+        JobsCommand::Watch { job_id } => {
+            finish_watch(&api, &job_id, false, ProgressMode::Auto).await
+        }
         JobsCommand::Cancel { job_id, json } => {
             let j = api.cancel(&job_id).await?;
             if json {
@@ -503,13 +526,7 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
         confirm_drop(&opts.target).await?;
     }
 
-    let mode = match args.progress {
-        ProgressMode::Auto if std::io::stderr().is_terminal() => progress::Mode::Bars,
-        ProgressMode::Auto | ProgressMode::Log => progress::Mode::Log,
-        ProgressMode::Bars => progress::Mode::Bars,
-        ProgressMode::None => progress::Mode::Quiet,
-    };
-    let ui = progress::Ui::new(mode);
+    let ui = progress::Ui::new(progress_mode(args.progress));
     eprintln!(
         "copying {} into {}",
         opts.source.redacted(),

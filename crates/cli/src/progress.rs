@@ -73,6 +73,14 @@ impl Ui {
         })
     }
 
+    /// A line above the bars (or on its own without them).
+    pub fn note(&self, line: &str) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.mode != Mode::Quiet {
+            s.println(line);
+        }
+    }
+
     /// Clear the bars.
     pub fn finish(&self) {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());

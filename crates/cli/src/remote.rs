@@ -2,13 +2,12 @@
 //! them. Wire types come from `job-model`; transient HTTP failures (connection errors, 429,
 //! 502–504) are retried with backoff, honouring `Retry-After`.
 
-use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use indicatif::{ProgressBar, ProgressStyle};
 use job_model::api::{ErrorResponse, JobView, ListResponse, SubmitRequest, SubmitResponse};
 use job_model::JobStatus;
+use replicator_core::progress::{DataProgress, Event, Observer, Phase, PlanSummary};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -219,65 +218,97 @@ pub enum Watched {
     Detached(String),
 }
 
-/// Follow a job until it reaches a terminal status, drawing progress from its record: a bar
-/// on a terminal, a line per change otherwise. Ctrl-C detaches without touching the job.
+/// Turns successive job records into the engine's events, so that a remote job is drawn by the
+/// same display as a local run.
+#[derive(Debug, Default)]
+pub struct Replay {
+    phase: String,
+    planned: bool,
+}
+
+impl Replay {
+    /// The events that lead from the previous record to `j`.
+    pub fn events(&mut self, j: &JobView) -> Vec<Event> {
+        let mut out = Vec::new();
+        let Some(p) = &j.progress else { return out };
+        if p.phase != self.phase {
+            p.phase.clone_into(&mut self.phase);
+            if let Some(phase) = Phase::from_name(&p.phase) {
+                out.push(Event::PhaseStarted(phase));
+            }
+        }
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        if !self.planned && p.units_total > 0 {
+            self.planned = true;
+            out.push(Event::Planned(PlanSummary {
+                tables: n(p.tables_total),
+                units: n(p.units_total),
+                units_done: 0,
+                bytes_estimate: p.bytes_total,
+                rows_estimate: 0,
+                post_data_items: n(p.post_items_total),
+            }));
+        }
+        if self.planned {
+            out.push(Event::Progress(DataProgress {
+                bytes_copied: p.bytes,
+                rows_copied: p.rows,
+                estimate_done: p.bytes.min(p.bytes_total),
+                estimate_total: p.bytes_total,
+                units_done: n(p.units_done),
+                units_total: n(p.units_total),
+                post_items_done: n(p.post_items_done),
+                active: p.current_tables.clone(),
+                bytes_per_sec: p.bytes_per_sec,
+                eta_secs: p.eta_seconds,
+            }));
+        }
+        out
+    }
+}
+
+/// Follow a job until it reaches a terminal status, feeding its progress to `observer` (the
+/// same display as a local run) and telling `note` when its status changes. Ctrl-C detaches
+/// without touching the job.
 ///
 /// # Errors
 /// When the API stays unreachable.
-pub async fn watch(api: &Api, id: &str, every: Duration) -> anyhow::Result<Watched> {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg:40!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.enable_steady_tick(Duration::from_millis(200));
-        b
-    });
-    let mut last = String::new();
+pub async fn watch(
+    api: &Api,
+    id: &str,
+    every: Duration,
+    observer: &Observer,
+    note: &dyn Fn(&str),
+) -> anyhow::Result<Watched> {
+    let mut replay = Replay::default();
+    let mut status = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         let j = tokio::select! {
             j = api.job(id) => j?,
-            _ = &mut ctrl_c => {
-                if let Some(b) = &bar { b.abandon(); }
-                return Ok(Watched::Detached(id.to_owned()));
-            }
+            _ = &mut ctrl_c => return Ok(Watched::Detached(id.to_owned())),
         };
-        match &bar {
-            Some(b) => {
-                let p = j.progress.clone().unwrap_or_default();
-                b.set_length(p.bytes_total.max(p.bytes));
-                b.set_position(p.bytes);
-                b.set_message(format!(
-                    "{} {} tables {}/{}",
-                    j.status, p.phase, p.tables_done, p.tables_total
-                ));
-            }
-            None => {
-                let line = status_line(&j);
-                if line != last {
-                    eprintln!("{line}");
-                    last = line;
-                }
+        if status != Some(j.status) {
+            status = Some(j.status);
+            if !j.status.is_terminal() {
+                let on = j
+                    .instance_id
+                    .as_deref()
+                    .map(|i| format!(" on {i}"))
+                    .unwrap_or_default();
+                note(&format!("job {} is {}{on}", j.job_id, j.status));
             }
         }
+        for e in replay.events(&j) {
+            observer(&e);
+        }
         if j.status.is_terminal() {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
-            }
             return Ok(Watched::Finished(Box::new(j)));
         }
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            _ = &mut ctrl_c => {
-                if let Some(b) = &bar { b.abandon(); }
-                return Ok(Watched::Detached(id.to_owned()));
-            }
+            _ = &mut ctrl_c => return Ok(Watched::Detached(id.to_owned())),
         }
     }
 }
@@ -299,6 +330,35 @@ mod tests {
         assert_eq!(human_bytes(999), "999 B");
         assert_eq!(human_bytes(1_500), "1.5 kB");
         assert_eq!(human_bytes(776_000_000), "776.0 MB");
+    }
+
+    #[test]
+    fn job_records_replay_as_engine_events() {
+        let mut view: JobView = serde_json::from_str(
+            r#"{"job_id":"0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11","status":"running","command":"init",
+                "source_display":"s","target_display":"t","created_at":"2026-11-27T10:00:00Z",
+                "updated_at":"2026-11-27T10:00:00Z","progress":{"phase":"pre-data"}}"#,
+        )
+        .expect("view");
+        let mut r = Replay::default();
+        assert_eq!(r.events(&view), vec![Event::PhaseStarted(Phase::PreData)]);
+        assert!(r.events(&view).is_empty(), "nothing new");
+        if let Some(p) = view.progress.as_mut() {
+            "data".clone_into(&mut p.phase);
+            p.units_total = 4;
+            p.units_done = 1;
+            p.tables_total = 3;
+            p.bytes_total = 1000;
+            p.bytes = 250;
+        }
+        let events = r.events(&view);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0], Event::PhaseStarted(Phase::Data));
+        assert!(matches!(&events[1], Event::Planned(s) if s.units == 4 && s.tables == 3));
+        assert!(
+            matches!(&events[2], Event::Progress(d) if d.units_done == 1 && d.estimate_done == 250)
+        );
+        assert_eq!(r.events(&view).len(), 1, "progress again, no second plan");
     }
 
     #[test]

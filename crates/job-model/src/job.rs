@@ -286,6 +286,16 @@ pub struct Progress {
     pub bytes: u64,
     /// Estimated bytes in all.
     pub bytes_total: u64,
+    /// Units of work done (a table, or one block range of a split table).
+    pub units_done: u64,
+    /// Units of work planned.
+    pub units_total: u64,
+    /// Indexes, constraints and other post-data items built.
+    pub post_items_done: u64,
+    /// Post-data items planned.
+    pub post_items_total: u64,
+    /// Recent COPY rate.
+    pub bytes_per_sec: u64,
     /// Seconds left at the current rate, when there is a rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,

@@ -24,6 +24,22 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in run order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Preflight,
+        Phase::Snapshot,
+        Phase::PreData,
+        Phase::Data,
+        Phase::PostData,
+        Phase::Finish,
+        Phase::Analyze,
+    ];
+
+    /// The phase with this [`Phase::name`].
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// A short lower-case name.
     pub fn name(self) -> &'static str {
         match self {

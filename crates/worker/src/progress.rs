@@ -35,12 +35,19 @@ impl Tracker {
             Event::Planned(s) => {
                 p.tables_total = s.tables as u64;
                 p.bytes_total = s.bytes_estimate;
+                p.units_total = s.units as u64;
+                p.units_done = s.units_done as u64;
+                p.post_items_total = s.post_data_items as u64;
             }
             Event::Progress(d) => {
                 p.bytes = d.bytes_copied;
                 p.rows = d.rows_copied;
                 p.eta_seconds = d.eta_secs;
                 p.current_tables.clone_from(&d.active);
+                p.units_done = d.units_done as u64;
+                p.units_total = d.units_total as u64;
+                p.post_items_done = d.post_items_done as u64;
+                p.bytes_per_sec = d.bytes_per_sec;
             }
             Event::TableCopied { table, .. } => {
                 p.tables_done += 1;
@@ -116,5 +123,7 @@ mod tests {
         assert_eq!((p.bytes, p.bytes_total, p.rows), (400, 1000, 4));
         assert_eq!(p.eta_seconds, Some(6));
         assert_eq!(p.current_tables, vec!["public.b".to_owned()]);
+        assert_eq!((p.units_done, p.units_total, p.post_items_total), (1, 4, 2));
+        assert_eq!(p.bytes_per_sec, 100);
     }
 }

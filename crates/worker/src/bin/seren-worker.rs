@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, env = "SEREN_USE_IMDS")]
     imds: bool,
     /// Seconds between heartbeats (each also looks for a cancel request).
-    #[arg(long, env = "SEREN_HEARTBEAT_SECS", default_value_t = 10)]
+    #[arg(long, env = "SEREN_HEARTBEAT_SECS", default_value_t = 5)]
     heartbeat_secs: u64,
     /// DynamoDB table holding jobs; when unset, the SQLite file of --sqlite-path.
     #[arg(long, env = "SEREN_JOBS_TABLE")]
