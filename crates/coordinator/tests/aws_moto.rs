@@ -5,12 +5,8 @@ mod common;
 
 use std::sync::Arc;
 
-use aws_sdk_ec2::types::{
-    Filter, InstanceAttributeName, LaunchTemplateHttpTokensState,
-    LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ShutdownBehavior,
-};
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use axum::http::StatusCode;
-use base64::Engine as _;
 use common::*;
 use coordinator::provision::ec2::{parse_user_data, Ec2Config, Ec2Provisioner};
 use coordinator::provision::Provisioner;
@@ -29,35 +25,7 @@ async fn aws() -> Aws {
     let moto = moto_harness::Moto::shared();
     let cfg = moto.sdk_config().await;
     let ec2 = aws_sdk_ec2::Client::new(&cfg);
-    let images = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("describe images");
-    let ami = images
-        .images()
-        .iter()
-        .find_map(|i| i.image_id())
-        .expect("moto has AMIs")
-        .to_owned();
-    let template = moto_harness::unique("seren-worker");
-    ec2.create_launch_template()
-        .launch_template_name(&template)
-        .launch_template_data(
-            RequestLaunchTemplateData::builder()
-                .image_id(ami)
-                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-                .metadata_options(
-                    LaunchTemplateInstanceMetadataOptionsRequest::builder()
-                        .http_tokens(LaunchTemplateHttpTokensState::Required)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .expect("create launch template");
+    let template = moto_harness::ec2::worker_launch_template(&ec2).await;
     Aws { ec2, cfg, template }
 }
 
@@ -143,18 +111,7 @@ async fn ec2_launch_is_tagged_idempotent_and_terminates_only_its_own() {
         Some("seren-replication-system")
     );
 
-    let ud = aws
-        .ec2
-        .describe_instance_attribute()
-        .instance_id(&first)
-        .attribute(InstanceAttributeName::UserData)
-        .send()
-        .await
-        .expect("user data");
-    let script = base64::engine::general_purpose::STANDARD
-        .decode(ud.user_data().and_then(|v| v.value()).unwrap_or_default())
-        .expect("base64");
-    let script = String::from_utf8(script).expect("utf8");
+    let script = moto_harness::ec2::user_data(&aws.ec2, &first).await;
     assert_eq!(
         parse_user_data(&script),
         vec![
@@ -178,18 +135,7 @@ async fn ec2_launch_is_tagged_idempotent_and_terminates_only_its_own() {
     );
 
     // An instance someone else started with the same JobId tag but not ManagedBy.
-    let images = aws
-        .ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("images");
-    let ami = images
-        .images()
-        .iter()
-        .find_map(|i| i.image_id())
-        .expect("ami");
+    let ami = moto_harness::ec2::ami(&aws.ec2).await;
     let foreign = aws
         .ec2
         .run_instances()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, RequestLaunchTemplateData, ShutdownBehavior};
+use aws_sdk_ec2::types::Filter;
 use coordinator::provision::ec2::{Ec2Config, Ec2Provisioner};
 use coordinator::provision::Provisioner;
 use coordinator::reaper::{reap, Policy};
@@ -88,28 +88,7 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
     let moto = moto_harness::Moto::shared();
     let cfg = moto.sdk_config().await;
     let ec2 = aws_sdk_ec2::Client::new(&cfg);
-    let ami = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("images")
-        .images()
-        .iter()
-        .find_map(|i| i.image_id().map(str::to_owned))
-        .expect("ami");
-    let template = moto_harness::unique("seren-worker");
-    ec2.create_launch_template()
-        .launch_template_name(&template)
-        .launch_template_data(
-            RequestLaunchTemplateData::builder()
-                .image_id(ami)
-                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("template");
+    let template = moto_harness::ec2::worker_launch_template(&ec2).await;
     let table = moto_harness::unique("replication-jobs");
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), &table);
     store.create_table().await.expect("table");

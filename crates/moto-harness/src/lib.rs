@@ -160,3 +160,64 @@ pub fn unique(prefix: &str) -> String {
         .unwrap_or_default();
     format!("{prefix}-{}-{t}-{n}", std::process::id())
 }
+
+/// Helpers for tests of the EC2 side.
+pub mod ec2 {
+    use aws_sdk_ec2::types::{
+        InstanceAttributeName, LaunchTemplateHttpTokensState,
+        LaunchTemplateInstanceMetadataOptionsRequest, RequestLaunchTemplateData, ShutdownBehavior,
+    };
+    use aws_sdk_ec2::Client;
+    use base64::Engine as _;
+
+    /// An AMI id that moto knows.
+    pub async fn ami(ec2: &Client) -> String {
+        ec2.describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .expect("describe images")
+            .images()
+            .iter()
+            .find_map(|i| i.image_id().map(str::to_owned))
+            .expect("moto has AMIs")
+    }
+
+    /// A launch template as Terraform makes it for workers (an AMI, IMDSv2 required,
+    /// `InstanceInitiatedShutdownBehavior=terminate`), under a unique name; returns the name.
+    pub async fn worker_launch_template(ec2: &Client) -> String {
+        let name = super::unique("seren-worker");
+        ec2.create_launch_template()
+            .launch_template_name(&name)
+            .launch_template_data(
+                RequestLaunchTemplateData::builder()
+                    .image_id(ami(ec2).await)
+                    .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                    .metadata_options(
+                        LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                            .http_tokens(LaunchTemplateHttpTokensState::Required)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create launch template");
+        name
+    }
+
+    /// An instance's user data, decoded.
+    pub async fn user_data(ec2: &Client, instance_id: &str) -> String {
+        let out = ec2
+            .describe_instance_attribute()
+            .instance_id(instance_id)
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .expect("describe user data");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(out.user_data().and_then(|v| v.value()).unwrap_or_default())
+            .expect("user data is base64");
+        String::from_utf8(bytes).expect("user data is text")
+    }
+}

@@ -11,12 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    Filter, InstanceAttributeName, RequestLaunchTemplateData, ShutdownBehavior,
-};
+use aws_sdk_ec2::types::Filter;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use base64::Engine as _;
 use coordinator::provision::ec2::{parse_user_data, Ec2Config, Ec2Provisioner};
 use coordinator::{app, hash_key, ApiKeys, AppState, Settings};
 use http_body_util::BodyExt as _;
@@ -81,18 +78,8 @@ impl Fleet {
             if !self.started.insert(id.clone()) {
                 continue;
             }
-            let ud = self
-                .ec2
-                .describe_instance_attribute()
-                .instance_id(&id)
-                .attribute(InstanceAttributeName::UserData)
-                .send()
-                .await
-                .expect("user data");
-            let script = base64::engine::general_purpose::STANDARD
-                .decode(ud.user_data().and_then(|v| v.value()).unwrap_or_default())
-                .expect("base64");
-            let env = parse_user_data(&String::from_utf8_lossy(&script));
+            let script = moto_harness::ec2::user_data(&self.ec2, &id).await;
+            let env = parse_user_data(&script);
             // What the AMI's unit adds: the instance id (IMDS there), AWS from the instance
             // profile (moto here), and power-off at the end (observed here as the exit).
             let child = Command::new(env!("CARGO_BIN_EXE_seren-worker"))
@@ -169,28 +156,7 @@ fn a_job_through_dynamodb_kms_and_ec2_on_moto_completes_and_leaves_nothing_runni
         let ec2 = aws_sdk_ec2::Client::new(&cfg);
         let dynamo = aws_sdk_dynamodb::Client::new(&cfg);
         let kms = aws_sdk_kms::Client::new(&cfg);
-        let ami = ec2
-            .describe_images()
-            .owners("amazon")
-            .send()
-            .await
-            .expect("images")
-            .images()
-            .iter()
-            .find_map(|i| i.image_id().map(str::to_owned))
-            .expect("ami");
-        let template = moto_harness::unique("seren-worker");
-        ec2.create_launch_template()
-            .launch_template_name(&template)
-            .launch_template_data(
-                RequestLaunchTemplateData::builder()
-                    .image_id(ami)
-                    .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("template");
+        let template = moto_harness::ec2::worker_launch_template(&ec2).await;
         let table = moto_harness::unique("replication-jobs");
         let store = DynamoStore::new(dynamo.clone(), &table);
         store.create_table().await.expect("table");

@@ -54,14 +54,7 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    config::init_logging();
     if let Some(Cmd::HashKey) = cli.command {
         let mut key = String::new();
         if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
@@ -71,23 +64,7 @@ fn main() -> ExitCode {
         println!("{}", coordinator::hash_key(key.trim()));
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(cli.serve)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    config::run_main(serve(cli.serve))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
