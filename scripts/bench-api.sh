@@ -48,12 +48,15 @@ until curl -sf "$url/health" >/dev/null 2>&1; do sleep 0.002; done
 ready_ns=$(date +%s%N)
 startup_ms=$(( (ready_ns - start_ns) / 1000000 ))
 
+# The key reaches curl and wrk through private files, never their command lines.
+(umask 077; printf 'x-api-key: %s\n' "$key" >"$work/auth.header")
+printf 'wrk.headers["x-api-key"] = "%s"\n' "$key" >"$work/auth.lua"
 body='{"command":"init","source_url":"postgresql://app:s3cr%3Bt@src.example.com:5432/shop","target_url":"postgresql://app:s3cr%3Bt@dst.example.com:5432/shop","options":{"jobs":8}}'
 # Seed jobs so that reads and listings work on a populated store.
 for _ in $(seq 1 500); do
-    curl -sf -X POST "$url/jobs" -H "x-api-key: $key" -d "$body" >/dev/null
+    curl -sf -X POST "$url/jobs" -H @"$work/auth.header" -d "$body" >/dev/null
 done
-job=$(curl -sf -X POST "$url/jobs" -H "x-api-key: $key" -d "$body" | sed 's/.*"job_id":"\([^"]*\)".*/\1/')
+job=$(curl -sf -X POST "$url/jobs" -H @"$work/auth.header" -d "$body" | sed 's/.*"job_id":"\([^"]*\)".*/\1/')
 
 cat > "$work/submit.lua" <<LUA
 wrk.method = "POST"
@@ -79,6 +82,6 @@ echo "== coordinator API on $(nproc) cores, wrk -t2 -c$CONNS -d$DURATION on loop
 echo "start-up to first answer: ${startup_ms} ms   (store: SQLite, $jobs_total jobs seeded)"
 printf '%-34s %10s %10s %10s %8s\n' case "req/s" p50 p99 non-2xx
 run "GET /health (no store)" "$url/health"
-run "GET /jobs/{id} (status read)" -H "x-api-key: $key" "$url/jobs/$job"
-run "GET /jobs?limit=20 (listing)" -H "x-api-key: $key" "$url/jobs?limit=20"
+run "GET /jobs/{id} (status read)" -s "$work/auth.lua" "$url/jobs/$job"
+run "GET /jobs?limit=20 (listing)" -s "$work/auth.lua" "$url/jobs?limit=20"
 run "POST /jobs (submit + worker spawn)" -s "$work/submit.lua" "$url/jobs"
