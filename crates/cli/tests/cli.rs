@@ -392,3 +392,44 @@ fn remote_runs_say_what_is_missing_in_one_line() {
     );
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_password_file_supplies_missing_passwords() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let opts = |o: Options| Options {
+        password: Some("pgpass-S3cret".into()),
+        ..o
+    };
+    let src = Cluster::start(&opts(Options::source()));
+    let dst = Cluster::start(&opts(Options::target()));
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3);",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pgpass");
+    std::fs::write(&file, "127.0.0.1:*:*:postgres:pgpass-S3cret\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let no_pw = |c: &Cluster, db: &str| {
+        format!(
+            "postgresql://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            c.port()
+        )
+    };
+    let out = cli()
+        .arg("init")
+        .env("SEREN_SOURCE_URL", no_pw(&src, "app"))
+        .env("SEREN_TARGET_URL", no_pw(&dst, "app"))
+        .env("PGPASSFILE", &file)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("run the CLI");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM t"), "3");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("pgpass-S3cret"));
+}

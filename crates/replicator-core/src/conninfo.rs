@@ -262,7 +262,7 @@ impl ConnUrl {
         };
         let application_name = application_name.or_else(|| env("PGAPPNAME"));
         let options = options.or_else(|| env("PGOPTIONS"));
-        Ok(Self {
+        let mut url = Self {
             host,
             port,
             user,
@@ -273,7 +273,17 @@ impl ConnUrl {
             connect_timeout,
             application_name,
             options,
-        })
+        };
+        if url.password.is_none() {
+            // As libpq: PGPASSFILE, else ~/.pgpass.
+            let file = env("PGPASSFILE")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".pgpass")));
+            if let Some(file) = file {
+                url.password = pgpass_lookup(&file, &url).map(Secret::new);
+            }
+        }
+        Ok(url)
     }
 
     /// The same server and credentials, another database.
@@ -375,6 +385,68 @@ pub const LIBPQ_VARS: &[&str] = &[
     "PGREQUIRESSL",
 ];
 
+/// The password for `url` from a libpq password file (`host:port:database:user:password` lines,
+/// `*` matching anything, `\\` escaping `:` and `\\`; the first matching line wins). A Unix
+/// socket connection matches the host `localhost`. Like libpq, a file that group or others can
+/// read is ignored, with a warning.
+pub fn pgpass_lookup(file: &std::path::Path, url: &ConnUrl) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(file).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "password file {} has group or world access and is ignored; chmod 0600 it",
+            file.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let host = if url.is_socket() {
+        "localhost"
+    } else {
+        url.host.as_str()
+    };
+    let port = url.port.to_string();
+    let wanted = [host, port.as_str(), url.dbname.as_str(), url.user.as_str()];
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .find_map(|line| {
+            let fields = split_pgpass(line);
+            if fields.len() < 5 {
+                return None;
+            }
+            let matches = wanted
+                .iter()
+                .zip(&fields)
+                .all(|(want, field)| field == "*" || field == want);
+            matches.then(|| fields[4..].join(":"))
+        })
+}
+
+/// A password file line split on unescaped `:`, with the escapes removed.
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let (Some(n), Some(f)) = (chars.next(), fields.last_mut()) {
+                    f.push(n);
+                }
+            }
+            ':' => fields.push(String::new()),
+            c => {
+                if let Some(f) = fields.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    fields
+}
+
 /// Everything but RFC 3986's unreserved characters: host names keep their dots.
 const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -420,6 +492,84 @@ impl fmt::Display for ConnUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pgpass_file(dir: &std::path::Path, text: &str, mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("pgpass");
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn passwords_come_from_the_password_file_as_libpq_reads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = pgpass_file(
+            dir.path(),
+            "# comment\n\
+             other:5432:*:app:nope\n\
+             db.example.com:5433:shop:app:first\n\
+             db.example.com:*:*:app:second\n\
+             h\\:6:*:*:*:pa\\:ss:with:colons\n\
+             localhost:5432:*:sock:via-socket\n",
+            0o600,
+        );
+        let path = file.display().to_string();
+        let env = |k: &str| (k == "PGPASSFILE").then(|| path.clone());
+        let pw = |u: &str| {
+            ConnUrl::parse_with_env(u, &env)
+                .expect("url")
+                .password
+                .map(|p| p.expose().to_owned())
+        };
+        assert_eq!(
+            pw("postgresql://app@db.example.com:5433/shop").as_deref(),
+            Some("first")
+        );
+        assert_eq!(
+            pw("postgresql://app@db.example.com:5432/shop").as_deref(),
+            Some("second")
+        );
+        assert_eq!(
+            pw("postgresql://app@db.example.com:5433/other").as_deref(),
+            Some("second")
+        );
+        assert_eq!(pw("postgresql://bob@db.example.com/shop"), None);
+        // The URL's own password wins.
+        assert_eq!(
+            pw("postgresql://app:mine@db.example.com:5433/shop").as_deref(),
+            Some("mine")
+        );
+        // Escaped colons; a password that itself holds colons.
+        let u = ConnUrl {
+            host: "h:6".into(),
+            ..ConnUrl::parse_with_env("postgresql://x@h/d", &|_| None).expect("url")
+        };
+        assert_eq!(
+            pgpass_lookup(&file, &u).as_deref(),
+            Some("pa:ss:with:colons")
+        );
+        // A Unix socket matches localhost.
+        assert_eq!(
+            pw("postgresql://sock@/d?host=/var/run/postgresql").as_deref(),
+            Some("via-socket")
+        );
+        // No file, no password; an empty environment never reads one (remote jobs).
+        assert_eq!(
+            ConnUrl::parse_with_env("postgresql://app@db.example.com:5433/shop", &|_| None)
+                .expect("url")
+                .password,
+            None
+        );
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = pgpass_file(dir.path(), "*:*:*:*:leaked\n", 0o644);
+        let u = ConnUrl::parse_with_env("postgresql://app@h/d", &|_| None).expect("url");
+        assert_eq!(pgpass_lookup(&file, &u), None);
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None
