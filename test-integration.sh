@@ -76,8 +76,10 @@ src() { db_url "$SRC_BASE" "${prefix}$1"; }
 dst() { db_url "$DST_BASE" "${prefix}$1"; }
 psql_src() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$(src "$1")" "${@:2}"; }
 for db in "${dbs[@]}"; do
-    psql -X -q -d "$(db_url "$SRC_BASE" postgres)" -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" >/dev/null
-    psql -X -q -d "$(db_url "$DST_BASE" postgres)" -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" >/dev/null
+    for base in "$SRC_BASE" "$DST_BASE"; do
+        PGOPTIONS="-c client_min_messages=warning" psql -X -q -d "$(db_url "$base" postgres)" \
+            -c "DROP DATABASE IF EXISTS ${prefix}$db WITH (FORCE)" >/dev/null
+    done
 done
 psql -X -q -v ON_ERROR_STOP=1 -d "$(db_url "$SRC_BASE" postgres)" -c "CREATE DATABASE ${prefix}pagila" -c "CREATE DATABASE ${prefix}big"
 psql_src pagila -f "$datasets/pagila/pagila-schema.sql" -f "$datasets/pagila/pagila-data.sql" >/dev/null
