@@ -3,8 +3,9 @@
 //! Every crate's tests use this one harness so that they all start servers the same way: on a
 //! free loopback port, with a private socket directory, as the `postgres` user when the test runs
 //! as root (PostgreSQL refuses to run as root), and removed when the [`Cluster`] is dropped.
-//! `initdb` runs once per test process; each cluster is a copy of that template, which makes a
-//! new cluster cost about as much as `pg_ctl start` (~0.2 s).
+//! `initdb` runs once per machine (the template is shared under the temporary directory); each
+//! cluster is a copy of that template, which makes a new cluster cost about as much as
+//! `pg_ctl start` (~0.2 s).
 //!
 //! This crate must not depend on the engine: it is the ground the engine's tests stand on.
 
@@ -129,35 +130,59 @@ fn check(what: &str, out: Output) -> Output {
 }
 
 /// The data directory every cluster of this process is copied from.
+/// The template cluster every test cluster is copied from: made once per machine (per user
+/// and PostgreSQL installation) under the temporary directory and shared by every test process,
+/// so that no process leaves one behind. It is built in a private directory and renamed into
+/// place, so concurrent first users never see half of one.
 fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            let root = tempfile::Builder::new()
-                .prefix("seren-pg-template-")
-                .tempdir()
-                .expect("create template dir");
-            give_to_server_user(root.path());
-            let data = root.path().join("data");
-            let out = server_command("initdb")
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-U",
-                    SUPERUSER,
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ])
-                .output()
-                .expect("run initdb");
-            check("initdb", out);
-            root
-        })
-        .path()
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bindir().hash(&mut h);
+        fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0)
+            .hash(&mut h);
+        let shared = std::env::temp_dir().join(format!("seren-pg-template-{:016x}", h.finish()));
+        let done =
+            |p: &Path| p.join("data").join("PG_VERSION").exists() && p.join(".complete").exists();
+        if done(&shared) {
+            return shared;
+        }
+        let build = tempfile::Builder::new()
+            .prefix("seren-pg-template-build-")
+            .tempdir()
+            .expect("create template dir");
+        give_to_server_user(build.path());
+        let out = server_command("initdb")
+            .arg("-D")
+            .arg(build.path().join("data"))
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .expect("run initdb");
+        check("initdb", out);
+        fs::write(build.path().join(".complete"), b"").expect("mark the template complete");
+        let built = build.keep();
+        match fs::rename(&built, &shared) {
+            Ok(()) => shared,
+            // Another process got there first: use its template.
+            Err(_) if done(&shared) => {
+                let _ = fs::remove_dir_all(&built);
+                shared
+            }
+            Err(e) => panic!("install the template cluster at {}: {e}", shared.display()),
+        }
+    })
 }
 
 fn free_port() -> u16 {
