@@ -10,7 +10,11 @@ use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
 async fn feed(f: &Fixture, event_file: &str) -> Answer {
-    let path = format!("{}/tests/events/{event_file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/events/{event_file}",
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+    );
     let text = std::fs::read_to_string(&path).expect("event file");
     let req = lambda_http::request::from_str(&text).expect("a valid API Gateway event");
     let resp = f

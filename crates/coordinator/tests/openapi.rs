@@ -13,7 +13,11 @@ use job_model::{Command, ErrorBody, FilterSpec, Job, JobStatus, Options, Progres
 use serde_json::Value;
 
 fn doc() -> Value {
-    let path = format!("{}/../../docs/openapi.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../docs/openapi.json",
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("docs/openapi.json"))
         .expect("docs/openapi.json is JSON")
 }

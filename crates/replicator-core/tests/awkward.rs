@@ -17,7 +17,11 @@ fn awkward_source() -> Cluster {
     src.create_db("awkward");
     src.psql_file(
         "awkward",
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/awkward.sql"),
+        &Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("tests/fixtures/awkward.sql"),
     );
     src
 }

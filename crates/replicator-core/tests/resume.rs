@@ -18,7 +18,11 @@ fn interrupted_run_resumes_without_duplicates_or_losses() {
     src.create_db("awkward");
     src.psql_file(
         "awkward",
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/awkward.sql"),
+        &Path::new(
+            &std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
+        )
+        .join("tests/fixtures/awkward.sql"),
     );
     let dst = Cluster::start(&Options::target());
     dst.psql("postgres", "CREATE ROLE reader_role_for_test NOLOGIN");
