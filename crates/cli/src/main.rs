@@ -321,14 +321,13 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
         bail!("--resume is for local runs; a remote job that failed midway is rerun with --drop-existing");
     }
     // Checked here as the coordinator will, so a typo fails before anything is sent.
-    let source =
-        ConnUrl::parse_with_env(&args.source, &|_| None).map_err(|reason| Error::InvalidUrl {
-            side: Side::Source,
-            reason: format!(
-                "{reason} (remote jobs take everything from the URL, not from PG* variables)"
-            ),
-        })?;
-    ConnUrl::parse_with_env(&args.target, &|_| None).map_err(|reason| Error::InvalidUrl {
+    let source = ConnUrl::parse_remote(&args.source).map_err(|reason| Error::InvalidUrl {
+        side: Side::Source,
+        reason: format!(
+            "{reason} (remote jobs take everything from the URL, not from PG* variables)"
+        ),
+    })?;
+    let target = ConnUrl::parse_remote(&args.target).map_err(|reason| Error::InvalidUrl {
         side: Side::Target,
         reason,
     })?;
@@ -369,9 +368,7 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
         submitted.job_id,
         submitted.status,
         source.redacted(),
-        ConnUrl::parse_with_env(&args.target, &|_| None)
-            .map(|t| t.redacted())
-            .unwrap_or_default()
+        target.redacted()
     );
     if args.detach {
         println!("{}", submitted.job_id);

@@ -1,8 +1,8 @@
 //! Checks on a submitted job before anything is stored, each failing with one line that says
 //! what is wrong and what to do.
 //!
-//! URLs go through the engine's own parser with an empty environment: the worker parses them
-//! the same way, so what passes here is what the worker will connect with. Passwords are
+//! URLs go through the engine's own parser as remote URLs ([`ConnUrl::parse_remote`]): the
+//! worker parses them the same way, so what passes here is what the worker will connect with. Passwords are
 //! opaque: `;`, `&&` or `$(` in one is a password, not an attack, because nothing here or in
 //! the worker hands a URL to a shell.
 
@@ -30,18 +30,13 @@ pub struct Valid {
     pub target: ConnUrl,
 }
 
-fn no_env(_: &str) -> Option<String> {
-    None
-}
-
 fn url(field: &str, text: &str) -> Result<ConnUrl, ApiError> {
     if text.len() > MAX_URL_LEN {
         return Err(ApiError::invalid(format!(
             "{field} is longer than {MAX_URL_LEN} characters"
         )));
     }
-    let u = ConnUrl::parse_with_env(text, &no_env)
-        .map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+    let u = ConnUrl::parse_remote(text).map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
     if u.is_socket() {
         return Err(ApiError::invalid(format!(
             "{field} names a Unix socket directory; a remote worker needs a host name or address"

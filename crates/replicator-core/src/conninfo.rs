@@ -134,6 +134,16 @@ impl ConnUrl {
         Self::parse_with_env(input, &process_env)
     }
 
+    /// Parse a URL that must carry everything itself: no `PG*` variables, no password file.
+    /// This is how a remote job's URLs are read, by the CLI that submits it, the coordinator
+    /// that checks it and the worker that runs it, so that all three agree.
+    ///
+    /// # Errors
+    /// As [`ConnUrl::parse`].
+    pub fn parse_remote(input: &str) -> Result<Self, String> {
+        Self::parse_with_env(input, &|_| None)
+    }
+
     /// [`ConnUrl::parse`] with an explicit environment.
     ///
     /// # Errors

@@ -60,10 +60,6 @@ pub enum WorkerError {
     Store(#[from] StoreError),
 }
 
-fn no_env(_: &str) -> Option<String> {
-    None
-}
-
 /// The engine's options for a job, or the error to fail it with.
 fn engine_options(
     job: &Job,
@@ -81,7 +77,7 @@ fn engine_options(
         ));
     }
     let url = |side: &str, text: &str| {
-        ConnUrl::parse_with_env(text, &no_env)
+        ConnUrl::parse_remote(text)
             .map_err(|e| ErrorBody::new("invalid_url", format!("{side} URL: {e}")))
     };
     let mut opts = InitOptions::new(url("source", source)?, url("target", target)?);
