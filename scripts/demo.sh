@@ -12,8 +12,7 @@ ensure_postgres
 ensure_tools
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 
-datasets=${SEREN_DATASETS:-../shared/datasets}
-[ -f "$datasets/pagila/pagila-schema.sql" ] || { echo "pagila not found under $datasets: set SEREN_DATASETS" >&2; exit 1; }
+datasets=$(datasets_dir)
 
 echo "== building"
 cargo build -q -p postgres-seren-replicator -p coordinator -p worker

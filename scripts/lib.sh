@@ -49,6 +49,17 @@ ensure_moto() {
     .venv-moto/bin/pip install -q 'moto[server]>=5,<6'
 }
 
+# The folder holding pagila/ (SEREN_DATASETS, else ../shared/datasets); exits saying so when
+# pagila is not there.
+datasets_dir() {
+    local d=${SEREN_DATASETS:-../shared/datasets}
+    if [ ! -f "$d/pagila/pagila-schema.sql" ]; then
+        echo "pagila not found under $d: set SEREN_DATASETS to the folder holding pagila/" >&2
+        exit 1
+    fi
+    echo "$d"
+}
+
 # The newest PostgreSQL bin directory.
 pg_bindir() {
     if [ -n "${PG_BINDIR:-}" ]; then echo "$PG_BINDIR"; return; fi
