@@ -14,6 +14,7 @@ use job_model::backends::BackendConfig;
 use job_model::{JobStore, Sealer};
 
 use crate::provision::ec2::{Ec2Config, Ec2Provisioner};
+use crate::provision::grant::WorkerGrants;
 use crate::provision::local::{LocalConfig, LocalProvisioner};
 use crate::provision::Provisioner;
 use crate::reaper::Policy;
@@ -69,6 +70,10 @@ pub struct ProvisionArgs {
     /// EC2: ask for spot capacity first, falling back to on-demand.
     #[arg(long, env = "SEREN_USE_SPOT")]
     pub use_spot: bool,
+    /// EC2 with KMS: the workers' IAM role ARN. Each worker then gets a KMS grant to decrypt
+    /// only its own job's URLs, and the role needs no kms:Decrypt of its own.
+    #[arg(long, env = "SEREN_WORKER_ROLE_ARN")]
+    pub worker_role_arn: Option<String>,
     /// Local: the worker program (default: seren-worker beside this binary, else on PATH).
     #[arg(long, env = "SEREN_WORKER_PROGRAM")]
     pub worker_program: Option<PathBuf>,
@@ -197,6 +202,20 @@ pub fn provisioner(
                 .clone()
                 .context("SEREN_PROVISIONER=ec2 needs SEREN_JOBS_TABLE: workers on EC2 read their job from DynamoDB")?;
             let cfg = aws.context("EC2 needs AWS configuration")?;
+            let grants = match (&args.worker_role_arn, &store.kms_key_id) {
+                (Some(role), Some(key)) => Some(WorkerGrants::new(
+                    aws_sdk_kms::Client::new(cfg),
+                    key.clone(),
+                    role,
+                )?),
+                (Some(_), None) => anyhow::bail!(
+                    "SEREN_WORKER_ROLE_ARN is for KMS grants: set SEREN_KMS_KEY_ID too"
+                ),
+                (None, _) => {
+                    tracing::warn!("no SEREN_WORKER_ROLE_ARN: workers get no per-job KMS grant, so their role needs kms:Decrypt of its own");
+                    None
+                }
+            };
             Ok(Arc::new(Ec2Provisioner::new(
                 aws_sdk_ec2::Client::new(cfg),
                 Ec2Config {
@@ -206,6 +225,7 @@ pub fn provisioner(
                     default_instance_type: args.worker_instance_type.clone(),
                     use_spot: args.use_spot,
                     jobs_table: table,
+                    grants,
                 },
             )))
         }

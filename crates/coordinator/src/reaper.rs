@@ -52,6 +52,9 @@ pub struct Report {
     pub cancelled: Vec<String>,
     /// Worker instances terminated.
     pub terminated: Vec<String>,
+    /// Jobs whose finished workers' KMS grants were revoked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants_revoked: Vec<String>,
 }
 
 /// What the reaper can fail with.
@@ -221,6 +224,7 @@ pub async fn reap(
             report.terminated.push(w.instance_id);
         }
     }
+    report.grants_revoked = provisioner.sweep(now).await?;
     Ok(report)
 }
 

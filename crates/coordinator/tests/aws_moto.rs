@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
 use axum::http::StatusCode;
 use common::*;
 use coordinator::provision::ec2::{parse_user_data, Ec2Config, Ec2Provisioner};
+use coordinator::provision::grant::WorkerGrants;
 use coordinator::provision::Provisioner;
 use coordinator::{app, hash_key, ApiKeys, AppState, Settings};
 use job_model::seal::KmsSealer;
@@ -39,6 +40,7 @@ fn provisioner(aws: &Aws) -> Ec2Provisioner {
             default_instance_type: None,
             use_spot: false,
             jobs_table: "replication-jobs".into(),
+            grants: None,
         },
     )
 }
@@ -184,6 +186,105 @@ async fn ec2_launch_is_tagged_idempotent_and_terminates_only_its_own() {
 }
 
 #[tokio::test]
+async fn each_worker_gets_a_kms_grant_for_its_own_job_only_until_it_is_gone() {
+    let aws = aws().await;
+    let kms = aws_sdk_kms::Client::new(&aws.cfg);
+    let key = kms
+        .create_key()
+        .description("seren grants test")
+        .send()
+        .await
+        .expect("key")
+        .key_metadata()
+        .expect("metadata")
+        .key_id()
+        .to_owned();
+    let role = "arn:aws:iam::123456789012:role/seren-worker";
+    let grants = WorkerGrants::new(kms.clone(), key.clone(), role).expect("grants");
+    let mut p = provisioner(&aws);
+    p = Ec2Provisioner::new(
+        aws.ec2.clone(),
+        Ec2Config {
+            grants: Some(grants.clone()),
+            ..p.config().clone()
+        },
+    );
+    let (a, b) = (job(Some("c5.large")), job(Some("c5.large")));
+    let ia = p.launch(&a).await.expect("launch a");
+    let ib = p.launch(&b).await.expect("launch b");
+    assert_eq!(p.launch(&a).await.expect("relaunch a"), ia);
+
+    let listed = |kms: aws_sdk_kms::Client, key: String| async move {
+        kms.list_grants()
+            .key_id(key)
+            .send()
+            .await
+            .expect("list grants")
+            .grants()
+            .to_vec()
+    };
+    let all = listed(kms.clone(), key.clone()).await;
+    for (job, instance) in [(&a, &ia), (&b, &ib)] {
+        let mine: Vec<_> = all
+            .iter()
+            .filter(|g| g.name() == Some(format!("seren-job-{}", job.job_id).as_str()))
+            .collect();
+        assert!(!mine.is_empty(), "no grant for {}", job.job_id);
+        for g in mine {
+            assert_eq!(
+                g.grantee_principal(),
+                Some(
+                    format!("arn:aws:sts::123456789012:assumed-role/seren-worker/{instance}")
+                        .as_str()
+                ),
+                "the grant is for that instance's session only"
+            );
+            assert_eq!(
+                g.operations(),
+                &[aws_sdk_kms::types::GrantOperation::Decrypt]
+            );
+            let ctx = g
+                .constraints()
+                .and_then(|c| c.encryption_context_equals())
+                .expect("an encryption context constraint");
+            assert_eq!(ctx.len(), 1);
+            assert_eq!(ctx.get("job_id"), Some(&job.job_id));
+        }
+    }
+
+    // Terminating a job's workers revokes its grant and leaves the other job's.
+    p.terminate(&a.job_id).await.expect("terminate a");
+    let names: Vec<String> = listed(kms.clone(), key.clone())
+        .await
+        .iter()
+        .filter_map(|g| g.name().map(str::to_owned))
+        .collect();
+    assert!(!names.contains(&format!("seren-job-{}", a.job_id)));
+    assert!(names.contains(&format!("seren-job-{}", b.job_id)));
+
+    // A worker that powered itself off: the sweep revokes what it held; live ones keep theirs.
+    let c = job(Some("c5.large"));
+    let ic = p.launch(&c).await.expect("launch c");
+    aws.ec2
+        .terminate_instances()
+        .instance_ids(&ib)
+        .send()
+        .await
+        .expect("b powers off");
+    let swept = p.sweep(Timestamp::now()).await.expect("sweep");
+    assert_eq!(swept, vec![b.job_id.clone()]);
+    let names: Vec<String> = listed(kms.clone(), key.clone())
+        .await
+        .iter()
+        .filter_map(|g| g.name().map(str::to_owned))
+        .collect();
+    assert_eq!(names, vec![format!("seren-job-{}", c.job_id)]);
+    assert!(p.sweep(Timestamp::now()).await.expect("again").is_empty());
+    p.terminate(&c.job_id).await.expect("cleanup");
+    assert!(!ic.is_empty());
+}
+
+#[tokio::test]
 async fn the_api_on_dynamodb_kms_and_ec2_keeps_operator_queries_working_and_no_password() {
     let aws = aws().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&aws.cfg);
@@ -208,6 +309,7 @@ async fn the_api_on_dynamodb_kms_and_ec2_keeps_operator_queries_working_and_no_p
                 default_instance_type: Some("c5.xlarge".into()),
                 use_spot: false,
                 jobs_table: table.clone(),
+                grants: None,
             },
         )),
         keys: ApiKeys::from_hashes(&hash_key(KEY_A)).expect("keys"),

@@ -101,6 +101,7 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
             default_instance_type: Some("t3.micro".into()),
             use_spot: false,
             jobs_table: table,
+            grants: None,
         },
     );
 

@@ -243,6 +243,8 @@ mod kms {
                         "ThrottlingException"
                             | "KMSInternalException"
                             | "DependencyTimeoutException"
+                            // A grant just made can take a moment to apply.
+                            | "AccessDeniedException"
                     )
                 });
         SealError::Backend {

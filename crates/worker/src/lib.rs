@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use job_model::{
-    Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Sealer, StoreError, Timestamp,
+    Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Sealer, SecretString, StoreError,
+    Timestamp,
 };
 use replicator_core::{ConnUrl, Filter, InitOptions};
 
@@ -157,6 +158,32 @@ enum Stop {
     Signal,
 }
 
+/// How long a worker keeps trying to open its job's URLs while the sealer says trying again
+/// may help: on EC2 the worker's KMS grant is made as it boots and can take a moment to apply.
+const OPEN_PATIENCE: Duration = Duration::from_secs(120);
+
+async fn open_patiently(
+    sealer: &dyn Sealer,
+    job_id: &str,
+    sealed: &[u8],
+) -> Result<SecretString, job_model::SealError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match sealer.open(job_id, sealed).await {
+            Err(job_model::SealError::Backend {
+                message,
+                retryable: true,
+            }) if started.elapsed() + pause < OPEN_PATIENCE => {
+                tracing::warn!(%job_id, error = %message, retry_in_secs = pause.as_secs(), "cannot open the job's URLs yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Run the job named in `cfg` to its end. `stop` resolves when the worker must stop (SIGTERM);
 /// the job is then failed with `worker_stopped` unless its owner asked for a cancel.
 ///
@@ -178,8 +205,8 @@ pub async fn run(
     tracing::info!(job_id = %job.job_id, instance_id = %cfg.instance_id, resumed, "claimed the job");
 
     let opened = async {
-        let s = sealer.open(&job.job_id, &job.source_secret).await?;
-        let t = sealer.open(&job.job_id, &job.target_secret).await?;
+        let s = open_patiently(&*sealer, &job.job_id, &job.source_secret).await?;
+        let t = open_patiently(&*sealer, &job.job_id, &job.target_secret).await?;
         Ok::<_, job_model::SealError>((s, t))
     }
     .await;
@@ -327,4 +354,68 @@ pub async fn run(
         }
     };
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Refuses the first `refusals` opens with `err`, then opens.
+    #[derive(Debug)]
+    struct Flaky {
+        refusals: usize,
+        retryable: bool,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Sealer for Flaky {
+        async fn seal(&self, _: &str, _: &SecretString) -> Result<Vec<u8>, job_model::SealError> {
+            unreachable!("workers never seal")
+        }
+        async fn open(&self, _: &str, _: &[u8]) -> Result<SecretString, job_model::SealError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.refusals {
+                return Err(job_model::SealError::Backend {
+                    message: "KMS Decrypt: AccessDeniedException".into(),
+                    retryable: self.retryable,
+                });
+            }
+            Ok(SecretString::new("postgresql://u@h/db"))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_not_yet_applied_is_waited_for_and_a_refusal_is_not() {
+        let flaky = Flaky {
+            refusals: 3,
+            retryable: true,
+            calls: AtomicUsize::new(0),
+        };
+        let opened = open_patiently(&flaky, "j", b"x")
+            .await
+            .expect("opens at last");
+        assert_eq!(opened.expose(), "postgresql://u@h/db");
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+
+        let never = Flaky {
+            refusals: usize::MAX,
+            retryable: true,
+            calls: AtomicUsize::new(0),
+        };
+        let start = tokio::time::Instant::now();
+        assert!(open_patiently(&never, "j", b"x").await.is_err());
+        assert!(
+            start.elapsed() <= OPEN_PATIENCE,
+            "gives up within its patience"
+        );
+
+        let refused = Flaky {
+            refusals: 1,
+            retryable: false,
+            calls: AtomicUsize::new(0),
+        };
+        assert!(open_patiently(&refused, "j", b"x").await.is_err());
+        assert_eq!(refused.calls.load(Ordering::SeqCst), 1, "no retry");
+    }
 }

@@ -180,6 +180,7 @@ fn a_job_through_dynamodb_kms_and_ec2_on_moto_completes_and_leaves_nothing_runni
                     default_instance_type: Some("t3.micro".into()),
                     use_spot: false,
                     jobs_table: table.clone(),
+                    grants: None,
                 },
             )),
             keys: ApiKeys::from_hashes(&hash_key(KEY)).expect("keys"),

@@ -18,6 +18,7 @@ use aws_sdk_ec2::Client;
 use base64::Engine as _;
 use job_model::{Job, Timestamp};
 
+use super::grant::WorkerGrants;
 use super::{
     instance_type_for, ProvisionError, Provisioner, Worker, JOB_ID_TAG, MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
@@ -38,6 +39,9 @@ pub struct Ec2Config {
     pub use_spot: bool,
     /// The DynamoDB table the worker reads its job from (written into the user data).
     pub jobs_table: String,
+    /// Per-worker KMS grants (see [`super::grant`]); without them the worker role needs a
+    /// standing `kms:Decrypt` on the sealing key.
+    pub grants: Option<WorkerGrants>,
 }
 
 /// Launches, finds and terminates worker instances.
@@ -123,6 +127,11 @@ impl Ec2Provisioner {
     /// A provisioner using `client`.
     pub fn new(client: Client, config: Ec2Config) -> Self {
         Self { client, config }
+    }
+
+    /// How it launches.
+    pub fn config(&self) -> &Ec2Config {
+        &self.config
     }
 
     async fn describe(&self, job_id: Option<&str>) -> Result<Vec<Worker>, ProvisionError> {
@@ -274,6 +283,11 @@ impl Provisioner for Ec2Provisioner {
         // AWS makes a repeated ClientToken idempotent; look first anyway, so that a retried
         // launch never makes a second worker even where the token is not honoured.
         if let Some(w) = self.describe(Some(&job.job_id)).await?.into_iter().next() {
+            // Its grant may not have been made (the earlier launch stopped in between); a
+            // grant of the same name and parameters is not made twice.
+            if let Some(g) = &self.config.grants {
+                g.create(&job.job_id, &w.instance_id).await?;
+            }
             return Ok(w.instance_id);
         }
         let instance_type = instance_type_for(job, self.config.default_instance_type.as_deref());
@@ -298,6 +312,13 @@ impl Provisioner for Ec2Provisioner {
                 match self.run(job, &instance_type, *subnet, spot, attempt).await {
                     Ok(id) if !id.is_empty() => {
                         tracing::info!(job_id = %job.job_id, instance_id = %id, %instance_type, spot, "launched worker");
+                        if let Some(g) = &self.config.grants {
+                            if let Err(e) = g.create(&job.job_id, &id).await {
+                                // A worker that cannot open its job is no use: take it back.
+                                let _ = self.terminate_instance(&id).await;
+                                return Err(e);
+                            }
+                        }
                         return Ok(id);
                     }
                     Ok(_) => {
@@ -351,6 +372,9 @@ impl Provisioner for Ec2Provisioner {
                 .map_err(|e| backend("TerminateInstances", &e))?;
             tracing::info!(%job_id, instances = ?ids, "terminated workers");
         }
+        if let Some(g) = &self.config.grants {
+            g.revoke_job(job_id).await?;
+        }
         Ok(ids)
     }
 
@@ -374,6 +398,26 @@ impl Provisioner for Ec2Provisioner {
 
     async fn list(&self) -> Result<Vec<Worker>, ProvisionError> {
         self.describe(None).await
+    }
+
+    async fn sweep(&self, now: Timestamp) -> Result<Vec<String>, ProvisionError> {
+        let Some(g) = &self.config.grants else {
+            return Ok(Vec::new());
+        };
+        // Grants first, instances second: a grant made in between belongs to an instance
+        // the second listing already holds.
+        let grants = g.list().await?;
+        if grants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live: Vec<String> = self
+            .describe(None)
+            .await?
+            .into_iter()
+            .map(|w| w.instance_id)
+            .collect();
+        g.sweep(grants, &live, now, std::time::Duration::from_secs(10 * 60))
+            .await
     }
 }
 

@@ -5,6 +5,7 @@
 //! machine.
 
 pub mod ec2;
+pub mod grant;
 pub mod local;
 
 use async_trait::async_trait;
@@ -76,6 +77,16 @@ pub trait Provisioner: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When the backend fails.
     async fn list(&self) -> Result<Vec<Worker>, ProvisionError>;
+
+    /// Release what workers that are gone still hold (EC2: their KMS grants); returns the job
+    /// ids released. Called by the reaper after it terminated what it had to.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn sweep(&self, now: Timestamp) -> Result<Vec<String>, ProvisionError> {
+        let _ = now;
+        Ok(Vec::new())
+    }
 }
 
 /// The instance type for a job: the one asked for, else the operator's default, else a tier
