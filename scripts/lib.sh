@@ -140,3 +140,20 @@ start_local_stack() {
     cat "$dir/coordinator.log" >&2
     return 1
 }
+
+# A Python tool in its own venv, .venv-NAME (checkov and python-hcl2 both ship a module named
+# hcl2, so each gets its own). Installs it when missing; exits saying why when it cannot.
+ensure_venv() {
+    local name="$1"
+    shift
+    if [ -x ".venv-$name/bin/python" ] && [ -f ".venv-$name/.installed" ]; then
+        return 0
+    fi
+    echo "== installing $* into .venv-$name"
+    python3 -m venv ".venv-$name" || {
+        echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2
+        exit 1
+    }
+    ".venv-$name/bin/pip" install -q "$@"
+    touch ".venv-$name/.installed"
+}

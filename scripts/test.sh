@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need when it is missing (PostgreSQL
 # server and client tools; moto's AWS server in .venv-moto), then runs the format check,
-# clippy, every test, and the end-to-end test of the remote path (test-integration.sh).
+# clippy, every test, the end-to-end test of the remote path (test-integration.sh), and the
+# static checks of the AWS packaging (scripts/check-packaging.sh: HCL, checkov, deploy.sh's dry
+# run, the Lambda zips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -21,3 +23,5 @@ echo "== cargo test"
 cargo test --workspace --all-features
 echo "== test-integration.sh"
 ./test-integration.sh
+echo "== check-packaging.sh"
+./scripts/check-packaging.sh

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs on the Packer build instance (Amazon Linux 2023) as root: installs the PostgreSQL client
+# tools, seren-worker, its systemd unit and the CloudWatch agent's configuration. The files it
+# installs were copied to /tmp by ami/worker.pkr.hcl.
+set -euo pipefail
+
+PG_MAJOR="${PG_MAJOR:-17}"
+WORKER_LOG_GROUP="${WORKER_LOG_GROUP:-/seren-replication/workers}"
+EXPECTED_ARCH="${EXPECTED_ARCH:-}"
+
+say() { printf '== %s\n' "$*"; }
+die() { printf 'setup-worker.sh: %s\n' "$*" >&2; exit 1; }
+
+machine="$(uname -m)"
+case "$EXPECTED_ARCH:$machine" in
+    x86_64:x86_64 | arm64:aarch64 | :*) ;;
+    *) die "this build instance is $machine but the AMI is for $EXPECTED_ARCH" ;;
+esac
+
+say "packages: postgresql${PG_MAJOR} client, CloudWatch agent"
+dnf -y -q upgrade --refresh
+if ! dnf -y -q install "postgresql${PG_MAJOR}"; then
+    die "Amazon Linux 2023 has no postgresql${PG_MAJOR} package here; pass -var pg_major=N with one it has (dnf list 'postgresql1*')"
+fi
+dnf -y -q install amazon-cloudwatch-agent
+dnf clean all
+
+have_major="$(pg_dump --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)*.*/\1/')"
+[ "$have_major" = "$PG_MAJOR" ] || die "pg_dump reports major $have_major, expected $PG_MAJOR"
+psql --version >/dev/null
+
+say "seren-worker"
+install -m 0755 -o root -g root /tmp/seren-worker /usr/local/bin/seren-worker
+# It must run here: a binary linked against a newer glibc than this image's fails now, not
+# when the first job starts.
+/usr/local/bin/seren-worker --version
+useradd --system --no-create-home --home-dir /nonexistent --shell /sbin/nologin seren-worker 2>/dev/null || true
+
+say "systemd unit (started by each instance's user data, never at boot by itself)"
+install -m 0644 /tmp/seren-worker.service /etc/systemd/system/seren-worker.service
+install -d -m 0755 /etc/systemd/system/seren-worker.service.d
+install -m 0644 /tmp/seren-worker-logs.conf /etc/systemd/system/seren-worker.service.d/logs.conf
+install -d -m 0755 /var/log/seren-worker /etc/seren-worker
+systemctl daemon-reload
+systemd-analyze verify /etc/systemd/system/seren-worker.service
+
+say "CloudWatch agent: worker log and boot log to ${WORKER_LOG_GROUP}"
+sed "s|@WORKER_LOG_GROUP@|${WORKER_LOG_GROUP}|g" /tmp/cloudwatch-agent.json \
+    > /opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json
+/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 \
+    -c file:/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json
+systemctl enable amazon-cloudwatch-agent
+
+say "clean up"
+rm -f /tmp/seren-worker /tmp/seren-worker.service /tmp/seren-worker-logs.conf /tmp/cloudwatch-agent.json
+rm -f /etc/seren-worker/job.env
+# Each instance gets its own identity and logs.
+cloud-init clean --logs
+say "done: seren-worker $(/usr/local/bin/seren-worker --version | awk '{print $2}'), pg_dump ${have_major}"

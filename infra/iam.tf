@@ -1,0 +1,298 @@
+# Three roles, each with only what its program calls (see docs/security.md):
+# - the coordinator Lambda: jobs table, seal with the jobs key, grant a worker its job,
+#   launch from the one launch template, pass only the worker role, terminate only our workers;
+# - the reaper Lambda: jobs table, terminate only our workers, revoke workers' grants;
+# - the worker instances: read and update job items; no EC2 and no standing KMS permission.
+
+locals {
+  table_arns = [
+    aws_dynamodb_table.jobs.arn,
+    "${aws_dynamodb_table.jobs.arn}/index/*",
+  ]
+  launch_template_arn = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:launch-template/${aws_launch_template.worker.id}"
+  worker_session_arns = "arn:${local.partition}:sts::${local.account_id}:assumed-role/${aws_iam_role.worker.name}/i-*"
+}
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+# ---------------------------------------------------------------- shared statement blocks
+
+data "aws_iam_policy_document" "lambda_common" {
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/aws/lambda/*-replication-*:*"]
+  }
+
+  statement {
+    sid       = "ReadOwnEnvironment"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.platform.arn]
+    condition {
+      test     = "StringLike"
+      variable = "kms:EncryptionContext:LambdaFunctionName"
+      values   = [local.coordinator_name, local.reaper_name]
+    }
+  }
+
+  statement {
+    sid       = "Tracing"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "ListOurWorkers"
+    # DescribeInstances has no resource-level permissions; it only reads.
+    actions   = ["ec2:DescribeInstances"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "TerminateOnlyOurWorkers"
+    actions   = ["ec2:TerminateInstances"]
+    resources = [local.instance_arn_pattern]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/ManagedBy"
+      values   = [local.managed_by_tag]
+    }
+  }
+
+  statement {
+    sid       = "RevokeWorkerGrants"
+    actions   = ["kms:ListGrants", "kms:RevokeGrant"]
+    resources = [aws_kms_key.jobs.arn]
+  }
+}
+
+data "aws_iam_policy_document" "lambda_vpc" {
+  #checkov:skip=CKV_AWS_111:Lambda's own network-interface management in a VPC (AWSLambdaVPCAccessExecutionRole's actions) has no resource-level scoping; used only with lambda_subnet_ids.
+  #checkov:skip=CKV_AWS_356:Lambda's own network-interface management in a VPC (AWSLambdaVPCAccessExecutionRole's actions) has no resource-level scoping; used only with lambda_subnet_ids.
+  statement {
+    sid = "LambdaNetworkInterfaces"
+    # Only when the Lambdas run in a VPC (lambda_subnet_ids). Describe/Create/Delete of
+    # network interfaces have no resource-level scoping for Lambda's own use.
+    actions = [
+      "ec2:CreateNetworkInterface",
+      "ec2:DescribeNetworkInterfaces",
+      "ec2:DeleteNetworkInterface",
+      "ec2:AssignPrivateIpAddresses",
+      "ec2:UnassignPrivateIpAddresses",
+    ]
+    resources = ["*"]
+  }
+}
+
+# ---------------------------------------------------------------- coordinator
+
+data "aws_iam_policy_document" "coordinator" {
+  source_policy_documents = concat(
+    [data.aws_iam_policy_document.lambda_common.json],
+    length(var.lambda_subnet_ids) > 0 ? [data.aws_iam_policy_document.lambda_vpc.json] : [],
+  )
+
+  statement {
+    sid       = "JobsTable"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"]
+    resources = local.table_arns
+  }
+
+  statement {
+    sid       = "SealUrlsUnderTheirJobId"
+    actions   = ["kms:Encrypt"]
+    resources = [aws_kms_key.jobs.arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "kms:EncryptionContextKeys"
+      values   = ["job_id"]
+    }
+    condition {
+      test     = "Null"
+      variable = "kms:EncryptionContextKeys"
+      values   = ["false"]
+    }
+  }
+
+  statement {
+    sid       = "GrantAWorkerInstanceDecryptOfItsJobOnly"
+    actions   = ["kms:CreateGrant"]
+    resources = [aws_kms_key.jobs.arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "kms:GrantOperations"
+      values   = ["Decrypt"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "kms:GrantConstraintType"
+      values   = ["EncryptionContextEquals"]
+    }
+    condition {
+      test     = "StringLike"
+      variable = "kms:GranteePrincipal"
+      values   = [local.worker_session_arns]
+    }
+  }
+
+  statement {
+    sid       = "LaunchOnlyFromOurTemplate"
+    actions   = ["ec2:RunInstances"]
+    resources = [local.launch_template_arn]
+  }
+
+  statement {
+    sid     = "LaunchResourcesOnlyThroughOurTemplate"
+    actions = ["ec2:RunInstances"]
+    resources = [
+      local.instance_arn_pattern,
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:volume/*",
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:network-interface/*",
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:subnet/*",
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:security-group/*",
+      "arn:${local.partition}:ec2:${local.region}::image/*",
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:spot-instances-request/*",
+    ]
+    condition {
+      test     = "ArnLike"
+      variable = "ec2:LaunchTemplate"
+      values   = [local.launch_template_arn]
+    }
+  }
+
+  statement {
+    sid       = "TagOnlyWorkersAsTheyLaunch"
+    actions   = ["ec2:CreateTags"]
+    resources = [local.instance_arn_pattern, "arn:${local.partition}:ec2:${local.region}:${local.account_id}:volume/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["RunInstances"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/ManagedBy"
+      values   = [local.managed_by_tag]
+    }
+  }
+
+  statement {
+    sid       = "PassOnlyTheWorkerRole"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.worker.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ec2.amazonaws.com"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.use_spot ? [1] : []
+    content {
+      sid       = "SpotServiceLinkedRoleOnce"
+      actions   = ["iam:CreateServiceLinkedRole"]
+      resources = ["arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"]
+      condition {
+        test     = "StringEquals"
+        variable = "iam:AWSServiceName"
+        values   = ["spot.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role" "coordinator" {
+  name               = "${var.name_prefix}-replication-coordinator"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy" "coordinator" {
+  name   = "coordinator"
+  role   = aws_iam_role.coordinator.id
+  policy = data.aws_iam_policy_document.coordinator.json
+}
+
+# ---------------------------------------------------------------- reaper
+
+data "aws_iam_policy_document" "reaper" {
+  source_policy_documents = concat(
+    [data.aws_iam_policy_document.lambda_common.json],
+    length(var.lambda_subnet_ids) > 0 ? [data.aws_iam_policy_document.lambda_vpc.json] : [],
+  )
+
+  statement {
+    sid       = "JobsTable"
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"]
+    resources = local.table_arns
+  }
+}
+
+resource "aws_iam_role" "reaper" {
+  name               = "${var.name_prefix}-replication-reaper"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role_policy" "reaper" {
+  name   = "reaper"
+  role   = aws_iam_role.reaper.id
+  policy = data.aws_iam_policy_document.reaper.json
+}
+
+# ---------------------------------------------------------------- worker instances
+
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "worker" {
+  statement {
+    sid = "ReadAndUpdateJobItems"
+    # Claim, heartbeat, finish. No Query, Scan, Put or Delete; no index.
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  statement {
+    sid       = "ShipOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = ["${aws_cloudwatch_log_group.workers.arn}:*"]
+  }
+  # No kms: statement: each instance gets a grant for its own job's URLs from the coordinator.
+  # No ec2: statement: a worker ends itself by powering off.
+}
+
+resource "aws_iam_role" "worker" {
+  name               = local.worker_role_name
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+}
+
+resource "aws_iam_role_policy" "worker" {
+  name   = "worker"
+  role   = aws_iam_role.worker.id
+  policy = data.aws_iam_policy_document.worker.json
+}
+
+resource "aws_iam_instance_profile" "worker" {
+  name = local.worker_role_name
+  role = aws_iam_role.worker.name
+}
