@@ -107,7 +107,7 @@ fi
 step "build the Lambdas ($arch): seren-coordinator, seren-reaper"
 coordinator_zip="$target_dir/lambda/seren-coordinator/bootstrap.zip"
 reaper_zip="$target_dir/lambda/seren-reaper/bootstrap.zip"
-(cd "$root" && run cargo lambda build --profile lambda "$lambda_flag" \
+(cd "$root" && run cargo lambda build --profile dist "$lambda_flag" \
     --bin seren-coordinator --bin seren-reaper --output-format zip)
 if ! $dry_run; then
     for z in "$coordinator_zip" "$reaper_zip"; do

@@ -103,7 +103,7 @@ if [ -z "$binary" ]; then
             die "cargo-lambda is missing: pip install cargo-lambda (it brings zig), or pass --binary PATH"
     fi
     echo "== build seren-worker for $arch (glibc <= $max_glibc)"
-    (cd "$root" && run cargo lambda build --profile lambda --bin seren-worker "$lambda_arch")
+    (cd "$root" && run cargo lambda build --profile dist --bin seren-worker "$lambda_arch")
 fi
 
 if $dry_run; then

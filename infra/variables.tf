@@ -33,13 +33,13 @@ variable "lambda_architecture" {
 }
 
 variable "coordinator_zip" {
-  description = "Path of the coordinator's Lambda zip (bootstrap inside), from `cargo lambda build --profile lambda --bin seren-coordinator --output-format zip`."
+  description = "Path of the coordinator's Lambda zip (bootstrap inside), from `cargo lambda build --profile dist --bin seren-coordinator --output-format zip`."
   type        = string
   default     = "../target/lambda/seren-coordinator/bootstrap.zip"
 }
 
 variable "reaper_zip" {
-  description = "Path of the reaper's Lambda zip (bootstrap inside), from `cargo lambda build --profile lambda --bin seren-reaper --output-format zip`."
+  description = "Path of the reaper's Lambda zip (bootstrap inside), from `cargo lambda build --profile dist --bin seren-reaper --output-format zip`."
   type        = string
   default     = "../target/lambda/seren-reaper/bootstrap.zip"
 }

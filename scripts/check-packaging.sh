@@ -98,7 +98,7 @@ grep -q '^deploy.sh: cargo-lambda is missing: pip install cargo-lambda' "$tmp/re
 echo "  without --dry-run: $(grep '^deploy.sh:' "$tmp/real")"
 
 echo "== Lambda zips (cargo lambda build, x86_64)"
-PATH="$PWD/.venv-lambda/bin:$PATH" cargo lambda build --profile lambda --x86-64 \
+PATH="$PWD/.venv-lambda/bin:$PATH" cargo lambda build --profile dist --x86-64 \
     --bin seren-coordinator --bin seren-reaper --output-format zip
 for bin in seren-coordinator seren-reaper; do
     zip="$CARGO_TARGET_DIR/lambda/$bin/bootstrap.zip"

@@ -112,6 +112,15 @@ fn check_for(url: &ConnUrl) -> Check {
 }
 
 fn tls_connector(url: &ConnUrl) -> Result<MakeRustlsConnect, String> {
+    Ok(MakeRustlsConnect::new(rustls_config(url)?))
+}
+
+/// The TLS client configuration `url`'s `sslmode` and `sslrootcert` call for (also used by the
+/// replication protocol client).
+///
+/// # Errors
+/// When the root certificates cannot be read.
+pub(crate) fn rustls_config(url: &ConnUrl) -> Result<rustls::ClientConfig, String> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match check_for(url) {
         Check::Nothing => Arc::new(AcceptAnyCertificate(provider.clone())),
@@ -133,7 +142,7 @@ fn tls_connector(url: &ConnUrl) -> Result<MakeRustlsConnect, String> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    Ok(config)
 }
 
 /// The CAs to trust: `sslrootcert` (or `~/.postgresql/root.crt` as libpq), else the web PKI.

@@ -15,9 +15,11 @@ pub mod filter;
 pub mod init;
 pub mod plan;
 pub mod progress;
+pub mod replication;
 pub mod schema;
 pub mod snapshot;
 pub mod sql;
+pub mod sync;
 pub mod target;
 
 pub use conninfo::{ConnUrl, Secret, SslMode};

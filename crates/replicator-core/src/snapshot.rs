@@ -1,7 +1,7 @@
 //! One consistent snapshot shared by every connection of a run.
 //!
-//! Today the snapshot comes from `pg_export_snapshot()` in a transaction that stays open for
-//! the whole run. When sync follows a copy, the logical replication slot's exported snapshot
+//! A copy alone takes it from `pg_export_snapshot()` in a transaction that stays open for the
+//! whole run. When sync follows the copy, the logical replication slot's exported snapshot
 //! (`CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`) takes its place: the engine needs only the
 //! name and that the session holding it stays alive and idle, which is all [`Snapshot`] offers.
 
@@ -10,13 +10,22 @@ use tokio_postgres::Client;
 use crate::connect::connect;
 use crate::conninfo::ConnUrl;
 use crate::error::{Error, Result, Side};
+use crate::replication::HeldSession;
 use crate::sql::literal;
 
 /// An exported snapshot and the session keeping it alive. Dropping it ends the snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
     name: String,
-    holder: Client,
+    holder: Holder,
+}
+
+#[derive(Debug)]
+enum Holder {
+    /// A transaction that called `pg_export_snapshot()`.
+    Transaction(Client),
+    /// The replication session that created a slot exporting it.
+    Replication(HeldSession),
 }
 
 impl Snapshot {
@@ -39,7 +48,18 @@ impl Snapshot {
             .await
             .map_err(|e| Error::sql(Side::Source, "export a snapshot", e))?
             .get(0);
-        Ok(Self { name, holder })
+        Ok(Self {
+            name,
+            holder: Holder::Transaction(holder),
+        })
+    }
+
+    /// The snapshot a replication slot exported, kept alive by its idle session.
+    pub fn held(name: String, session: HeldSession) -> Self {
+        Self {
+            name,
+            holder: Holder::Replication(session),
+        }
     }
 
     /// The snapshot's name, for `SET TRANSACTION SNAPSHOT` and `pg_dump --snapshot`.
@@ -49,7 +69,10 @@ impl Snapshot {
 
     /// Whether the holding session is still up (the snapshot is usable only while it is).
     pub fn is_alive(&self) -> bool {
-        !self.holder.is_closed()
+        match &self.holder {
+            Holder::Transaction(c) => !c.is_closed(),
+            Holder::Replication(s) => s.is_alive(),
+        }
     }
 }
 

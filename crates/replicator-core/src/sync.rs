@@ -1,0 +1,424 @@
+//! Continuous replication after a copy, without a gap and without an overlap.
+//!
+//! The order is what makes it exact:
+//! 1. `CREATE PUBLICATION` on the source for the tables the copy will fill (before the slot:
+//!    pgoutput reads publication membership as of each change's position in the WAL);
+//! 2. `CREATE_REPLICATION_SLOT … LOGICAL pgoutput (SNAPSHOT 'export')` on a replication
+//!    connection: the slot streams every change after its consistent point, and the exported
+//!    snapshot sees every change before it;
+//! 3. the copy runs under that snapshot;
+//! 4. `CREATE SUBSCRIPTION … WITH (create_slot = false, slot_name = …, copy_data = false)` on
+//!    the target starts applying from the slot's consistent point.
+//!
+//! Names are derived from the target (server and database), so `status`, `sync --stop` and
+//! `cutover` find them from the same two URLs.
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use crate::conninfo::{ConnUrl, SslMode};
+use crate::error::{Error, Result, Side};
+use crate::filter::QualName;
+use crate::replication::{CreatedSlot, ReplicationSession};
+use crate::snapshot::Snapshot;
+use crate::sql::{ident, literal};
+
+/// Whether `init` sets up replication after the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// When the source and target allow it; otherwise say why in one line and copy only.
+    Auto,
+    /// Always; refuse to start when it cannot be done.
+    Required,
+    /// Copy only.
+    Off,
+}
+
+/// The names of one replication: slot and publication on the source, subscription on the
+/// target (all the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncNames {
+    /// Replication slot on the source.
+    pub slot: String,
+    /// Publication on the source.
+    pub publication: String,
+    /// Subscription on the target.
+    pub subscription: String,
+}
+
+impl SyncNames {
+    /// The names for replicating into `target` (its server and database).
+    pub fn for_target(target: &ConnUrl) -> Self {
+        let mut h = Sha256::new();
+        h.update(target.host.as_bytes());
+        h.update([0]);
+        h.update(target.port.to_string().as_bytes());
+        h.update([0]);
+        h.update(target.dbname.as_bytes());
+        let digest = h.finalize();
+        let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let name = format!("seren_{tag}");
+        Self {
+            slot: name.clone(),
+            publication: name.clone(),
+            subscription: name,
+        }
+    }
+}
+
+/// What stops the source from feeding a subscription, one line each (empty: nothing).
+///
+/// # Errors
+/// [`Error::Sql`] when the checks themselves fail.
+pub async fn source_problems(source: &Client) -> Result<Vec<String>> {
+    let row = source
+        .query_one(
+            "SELECT current_setting('wal_level'), \
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    current_setting('max_replication_slots')::int \
+                      - (SELECT count(*) FROM pg_replication_slots)::int, \
+                    current_setting('max_wal_senders')::int \
+                      - (SELECT count(*) FROM pg_stat_replication)::int",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "check replication settings", e))?;
+    let wal_level: String = row.get(0);
+    let may_replicate: Option<bool> = row.get(1);
+    let free_slots: i32 = row.get(2);
+    let free_senders: i32 = row.get(3);
+    let mut problems = Vec::new();
+    if wal_level != "logical" {
+        problems.push(format!(
+            "the source's wal_level is {wal_level}, not logical (set wal_level = logical and restart it)"
+        ));
+    }
+    if may_replicate != Some(true) {
+        problems.push(
+            "the source role has no REPLICATION privilege (ALTER ROLE … REPLICATION, or use a role that has it)"
+                .into(),
+        );
+    }
+    if free_slots < 1 {
+        problems.push(
+            "the source has no free replication slot (raise max_replication_slots or drop an unused slot)"
+                .into(),
+        );
+    }
+    if free_senders < 1 {
+        problems.push("the source has no free WAL sender (raise max_wal_senders)".into());
+    }
+    Ok(problems)
+}
+
+/// What stops the target from holding a subscription (empty: nothing).
+///
+/// # Errors
+/// [`Error::Sql`] when the check fails.
+pub async fn target_problems(target: &Client) -> Result<Vec<String>> {
+    let row = target
+        .query_one(
+            "SELECT rolsuper OR (current_setting('server_version_num')::int >= 160000 \
+                    AND pg_has_role(current_user, 'pg_create_subscription', 'MEMBER')), \
+                    current_setting('max_logical_replication_workers')::int \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "check subscription privileges", e))?;
+    let mut problems = Vec::new();
+    if !row.get::<_, bool>(0) {
+        problems.push(
+            "the target role may not create subscriptions (a superuser, or on PostgreSQL 16+ a member of pg_create_subscription)"
+                .into(),
+        );
+    }
+    if row.get::<_, i32>(1) < 1 {
+        problems.push("the target has max_logical_replication_workers = 0".into());
+    }
+    Ok(problems)
+}
+
+/// Which of `tables` logical replication can carry (permanent tables), and the rest.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn replicable(
+    source: &Client,
+    tables: &[QualName],
+) -> Result<(Vec<QualName>, Vec<QualName>)> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let unlogged: Vec<(String, String)> = source
+        .query(
+            "SELECT n.nspname, c.relname FROM unnest($1::text[], $2::text[]) AS t(s, r) \
+             JOIN pg_namespace n ON n.nspname = t.s \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r \
+             WHERE c.relpersistence <> 'p'",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "check table persistence", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(tables
+        .iter()
+        .cloned()
+        .partition(|t| !unlogged.iter().any(|(s, n)| *s == t.schema && *n == t.name)))
+}
+
+/// Create the publication of `tables` on the source, replacing one of ours left by an earlier
+/// failed run.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn create_publication(
+    source: &Client,
+    names: &SyncNames,
+    tables: &[QualName],
+) -> Result<()> {
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
+        .collect();
+    let sql = format!(
+        "DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p}{tables}",
+        p = ident(&names.publication),
+        tables = if list.is_empty() {
+            String::new()
+        } else {
+            format!(" FOR TABLE {}", list.join(", "))
+        }
+    );
+    source.batch_execute(&sql).await.map_err(|e| {
+        Error::sql(
+            Side::Source,
+            format!("create the publication {}", names.publication),
+            e,
+        )
+    })
+}
+
+/// Create the slot on a replication connection and return the snapshot it exported (held
+/// open) with what the server answered. An inactive slot of ours left by an earlier failed run
+/// is dropped first.
+///
+/// # Errors
+/// [`Error::Connect`] / [`Error::Sql`].
+pub async fn create_slot(
+    source_url: &ConnUrl,
+    source: &Client,
+    names: &SyncNames,
+) -> Result<(Snapshot, CreatedSlot)> {
+    drop_slot(source, &names.slot).await?;
+    let mut session = ReplicationSession::connect(source_url).await?;
+    let created = session.create_logical_slot(&names.slot).await?;
+    tracing::info!(slot = %created.slot_name, lsn = %created.consistent_point, "replication slot created");
+    let snapshot = Snapshot::held(created.snapshot_name.clone(), session.hold());
+    Ok((snapshot, created))
+}
+
+/// Drop the slot if it exists, ending a walsender that still uses it.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool> {
+    for _ in 0..50 {
+        let row = source
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Source, "look up the replication slot", e))?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        match row.get::<_, Option<i32>>(0) {
+            Some(pid) => {
+                source
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| Error::sql(Side::Source, "end the slot's WAL sender", e))?;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            None => {
+                match source
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                {
+                    Ok(_) => return Ok(true),
+                    // Became active again meanwhile (55006): go round.
+                    Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {}
+                    Err(e) => {
+                        return Err(Error::sql(
+                            Side::Source,
+                            format!("drop the replication slot {slot}"),
+                            e,
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Err(Error::Preflight(format!(
+        "the replication slot {slot} stays in use; stop what uses it and try again"
+    )))
+}
+
+/// A libpq connection string for the target server to reach the source with.
+pub fn subscription_conninfo(source: &ConnUrl) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = vec![
+        format!("host={}", quote(&source.host)),
+        format!("port={}", source.port),
+        format!("user={}", quote(&source.user)),
+        format!("dbname={}", quote(&source.dbname)),
+    ];
+    if source.sslmode != SslMode::Prefer {
+        parts.push(format!("sslmode={}", source.sslmode.as_str()));
+    }
+    if let Some(root) = &source.sslrootcert {
+        parts.push(format!(
+            "sslrootcert={}",
+            quote(&root.display().to_string())
+        ));
+    }
+    if let Some(pw) = &source.password {
+        parts.push(format!("password={}", quote(pw.expose())));
+    }
+    parts.join(" ")
+}
+
+/// Create the subscription on the target, starting at the slot's consistent point.
+///
+/// # Errors
+/// [`Error::Sql`] (the target cannot reach the source, no privilege, …).
+pub async fn create_subscription(
+    target: &Client,
+    names: &SyncNames,
+    source: &ConnUrl,
+) -> Result<()> {
+    let sql = format!(
+        "CREATE SUBSCRIPTION {s} CONNECTION {c} PUBLICATION {p} \
+         WITH (create_slot = false, slot_name = {slot}, copy_data = false, enabled = true)",
+        s = ident(&names.subscription),
+        c = literal(&subscription_conninfo(source)),
+        p = ident(&names.publication),
+        slot = literal(&names.slot),
+    );
+    target.batch_execute(&sql).await.map_err(|e| {
+        // The statement holds the connection string; the error never does.
+        Error::sql(
+            Side::Target,
+            format!(
+                "create the subscription {} (from the target to the source)",
+                names.subscription
+            ),
+            e,
+        )
+    })
+}
+
+/// Whether the target has our subscription.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn subscription_exists(target: &Client, names: &SyncNames) -> Result<bool> {
+    Ok(target
+        .query_opt(
+            "SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&names.subscription],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "look up the subscription", e))?
+        .is_some())
+}
+
+/// Whether the source has our slot and publication.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn source_objects(source: &Client, names: &SyncNames) -> Result<(bool, bool)> {
+    let row = source
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+                    EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2)",
+            &[&names.slot, &names.publication],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "look up the slot and publication", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Drop the subscription (target), then the slot and publication (source); whatever of them
+/// exists. Returns what was dropped, for the user.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn stop(
+    source: &Client,
+    target: Option<&Client>,
+    names: &SyncNames,
+) -> Result<Vec<String>> {
+    let mut dropped = Vec::new();
+    if let Some(target) = target {
+        if subscription_exists(target, names).await? {
+            let s = ident(&names.subscription);
+            // Detach it from the slot first, so dropping it does not need to reach the source.
+            target
+                .batch_execute(&format!(
+                    "ALTER SUBSCRIPTION {s} DISABLE; ALTER SUBSCRIPTION {s} SET (slot_name = NONE); \
+                     DROP SUBSCRIPTION {s}"
+                ))
+                .await
+                .map_err(|e| Error::sql(Side::Target, "drop the subscription", e))?;
+            dropped.push(format!("subscription {} (target)", names.subscription));
+        }
+    }
+    if drop_slot(source, &names.slot).await? {
+        dropped.push(format!("replication slot {} (source)", names.slot));
+    }
+    let (_, publication) = source_objects(source, names).await?;
+    if publication {
+        source
+            .batch_execute(&format!("DROP PUBLICATION {}", ident(&names.publication)))
+            .await
+            .map_err(|e| Error::sql(Side::Source, "drop the publication", e))?;
+        dropped.push(format!("publication {} (source)", names.publication));
+    }
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_target_and_fit_postgres_limits() {
+        let a = ConnUrl::parse("postgresql://u@db1:5432/shop").expect("url");
+        let b = ConnUrl::parse("postgresql://u@db2:5432/shop").expect("url");
+        let na = SyncNames::for_target(&a);
+        assert_eq!(na, SyncNames::for_target(&a));
+        assert_ne!(na.slot, SyncNames::for_target(&b).slot);
+        assert!(na.slot.len() <= 63);
+        assert!(na
+            .slot
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    }
+
+    #[test]
+    fn conninfo_quotes_values_and_keeps_tls_settings() {
+        let u =
+            ConnUrl::parse("postgresql://app:pa%27ss@src.example:6432/shop?sslmode=verify-full")
+                .expect("url");
+        let c = subscription_conninfo(&u);
+        assert_eq!(
+            c,
+            "host='src.example' port=6432 user='app' dbname='shop' sslmode=verify-full password='pa\\'ss'"
+        );
+    }
+}
