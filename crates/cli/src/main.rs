@@ -4,6 +4,7 @@
 
 mod progress;
 mod remote;
+mod replication;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replicator_core::plan::SplitPolicy;
+use replicator_core::sync::SyncMode;
 use replicator_core::{ConnUrl, Error, Filter, FormatChoice, InitOptions, Side, TargetState};
 
 /// Copy a live PostgreSQL database to another server, exactly and fast.
@@ -36,6 +38,17 @@ enum Command {
     /// schema, rows, indexes and constraints, sequences, large objects, then ANALYZE.
     /// With --remote the copy runs on a worker started by the control plane.
     Init(Box<InitArgs>),
+    /// Start replication into a target that holds a copy (from the slot its init left), stop
+    /// it (--stop), or copy again and replicate (--force).
+    Sync(Box<replication::SyncArgs>),
+    /// Replication's state: the source slot's lag and health, the target subscription's tables.
+    Status(replication::StatusArgs),
+    /// Compare source and target row by row (counts and checksums over primary-key ranges);
+    /// exits non-zero when anything differs.
+    Verify(replication::VerifyArgs),
+    /// Check everything a copy with replication needs, each with pass, warn or fail and the fix;
+    /// exits non-zero when a check fails.
+    Validate(replication::ValidateArgs),
     /// Remote jobs: list, show, watch or cancel them.
     Jobs {
         #[command(subcommand)]
@@ -205,6 +218,19 @@ struct InitArgs {
     /// With --remote: print the final job record as JSON on standard output.
     #[arg(long, requires = "remote")]
     json: bool,
+    /// Require replication after the copy: refuse to start when the source or target cannot
+    /// (by default it follows the copy when both allow it, and is skipped with a warning
+    /// otherwise).
+    #[arg(long, conflicts_with = "no_sync")]
+    sync: bool,
+    /// Copy only: no publication, slot or subscription.
+    #[arg(long)]
+    no_sync: bool,
+    /// The URL the target server uses to reach the source for replication, when not --source
+    /// (another address, a replication role; without a password the target server's own
+    /// pgpass file is used).
+    #[arg(long, env = "SEREN_SYNC_SOURCE_URL", hide_env_values = true)]
+    sync_source_url: Option<String>,
 }
 
 /// `1GB` → bytes. Plain numbers are bytes.
@@ -250,7 +276,8 @@ fn main() -> ExitCode {
         }
     };
     // A local copy stops on Ctrl-C; a remote watch handles Ctrl-C itself (it detaches).
-    let local = matches!(&cli.command, Command::Init(a) if !a.remote);
+    let local = matches!(&cli.command, Command::Init(a) if !a.remote)
+        || matches!(&cli.command, Command::Sync(a) if a.force);
     let result = runtime.block_on(async {
         if !local {
             return run(cli.command).await;
@@ -290,6 +317,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Init(args) if args.remote => remote_init(*args).await,
         Command::Init(args) => init(*args).await,
+        Command::Sync(args) if args.force => sync_force(*args).await,
+        Command::Sync(args) => replication::sync_cmd(&args).await,
+        Command::Status(args) => replication::status_cmd(&args).await,
+        Command::Verify(args) => replication::verify_cmd(&args).await,
+        Command::Validate(args) => replication::validate_cmd(&args).await,
         Command::Jobs { command, remote } => jobs(command, &remote).await,
     }
 }
@@ -319,6 +351,9 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     let api = args.remote_args.api()?;
     if args.resume {
         bail!("--resume is for local runs; a remote job that failed midway is rerun with --drop-existing");
+    }
+    if args.sync || args.sync_source_url.is_some() {
+        bail!("--sync is for local runs: a remote job copies only; for a copy followed by replication run init (or `sync --force`) without --remote");
     }
     // Checked here as the coordinator will, so a typo fails before anything is sent.
     let source = ConnUrl::parse_remote(&args.source).map_err(|reason| Error::InvalidUrl {
@@ -518,12 +553,68 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
     opts.pg_bindir = args.pg_bindir;
     opts.maintenance_work_mem = args.maintenance_work_mem;
     opts.retries = args.retries;
+    opts.sync = if args.sync {
+        SyncMode::Required
+    } else if args.no_sync {
+        SyncMode::Off
+    } else {
+        SyncMode::Auto
+    };
+    opts.sync_source = args
+        .sync_source_url
+        .as_deref()
+        .map(|u| {
+            ConnUrl::parse(u).map_err(|reason| Error::InvalidUrl {
+                side: Side::Source,
+                reason,
+            })
+        })
+        .transpose()?;
+    run_local_init(opts, args.yes, args.progress).await
+}
 
-    if opts.drop_existing && !args.yes {
+/// `sync --force`: stop any replication into the target, copy again into a new database and
+/// replicate from that copy's snapshot.
+async fn sync_force(args: replication::SyncArgs) -> anyhow::Result<()> {
+    let (source, target) = args.db.parse()?;
+    let mut opts = InitOptions::new(source, target);
+    opts.filter = Filter::from_args(
+        &args.include_tables,
+        &args.exclude_tables,
+        &args.schema_only_tables,
+        &[],
+    )?;
+    if let Some(j) = args.jobs {
+        if j == 0 {
+            bail!("--jobs must be at least 1");
+        }
+        opts.jobs = j;
+    }
+    opts.drop_existing = true;
+    opts.sync = SyncMode::Required;
+    opts.sync_source = args
+        .sync_source_url
+        .as_deref()
+        .map(|u| {
+            ConnUrl::parse(u).map_err(|reason| Error::InvalidUrl {
+                side: Side::Source,
+                reason,
+            })
+        })
+        .transpose()?;
+    run_local_init(opts, args.yes, ProgressMode::Auto).await
+}
+
+async fn run_local_init(
+    opts: InitOptions,
+    yes: bool,
+    progress: ProgressMode,
+) -> anyhow::Result<()> {
+    if opts.drop_existing && !yes {
         confirm_drop(&opts.target).await?;
     }
 
-    let ui = progress::Ui::new(progress_mode(args.progress));
+    let ui = progress::Ui::new(progress_mode(progress));
     eprintln!(
         "copying {} into {}",
         opts.source.redacted(),

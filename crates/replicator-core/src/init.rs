@@ -26,6 +26,7 @@ use crate::plan::{self, SplitPolicy, Unit};
 use crate::progress::{DataProgress, Event, Observer, Phase, PlanSummary};
 use crate::schema::{self, DumpOptions, ParsedDump};
 use crate::snapshot::{self, Snapshot};
+use crate::sync::{self, SyncMode, SyncNames, SyncReport};
 use crate::target::{self, TargetState};
 
 /// Which COPY format to use.
@@ -66,6 +67,10 @@ pub struct InitOptions {
     pub maintenance_work_mem: String,
     /// Attempts per unit or item after a retryable error.
     pub retries: u32,
+    /// Whether replication follows the copy (see [`crate::sync`]).
+    pub sync: SyncMode,
+    /// How the target server reaches the source for replication, when not as `source`.
+    pub sync_source: Option<ConnUrl>,
 }
 
 impl InitOptions {
@@ -89,6 +94,8 @@ impl InitOptions {
             pg_bindir: None,
             maintenance_work_mem: "256MB".into(),
             retries: 3,
+            sync: SyncMode::Off,
+            sync_source: None,
         }
     }
 }
@@ -118,6 +125,8 @@ pub struct InitReport {
     pub warnings: Vec<String>,
     /// Whether this run finished an interrupted one.
     pub resumed: bool,
+    /// The replication that now keeps the target in step, when one was started.
+    pub sync: Option<SyncReport>,
 }
 
 /// Inspect the target without changing it (for the CLI's confirmation prompt).
@@ -180,11 +189,99 @@ pub async fn init(opts: InitOptions, observer: Observer) -> Result<InitReport> {
         report: Mutex::new(InitReport::default()),
     });
     let pre = ctx.phase(Phase::Preflight, preflight(&ctx)).await?;
-    let snap = ctx.phase(Phase::Snapshot, take_snapshot(&ctx)).await?;
-    prepare_target(&ctx, &pre).await?;
-    run(&ctx, pre, snap).await?;
+    let sync_names = pre.sync.then(|| SyncNames::for_target(&ctx.opts.target));
+    let snap = match ctx
+        .phase(Phase::Snapshot, take_snapshot(&ctx, sync_names.as_ref()))
+        .await
+    {
+        Ok(snap) => snap,
+        Err(e) => {
+            abandon_sync(&ctx, sync_names.as_ref()).await;
+            return Err(e);
+        }
+    };
+    let slot = snap.slot.clone();
+    let copied = async {
+        prepare_target(&ctx, &pre).await?;
+        run(&ctx, pre, snap).await
+    }
+    .await;
+    if let Err(e) = copied {
+        abandon_sync(&ctx, sync_names.as_ref()).await;
+        return Err(e);
+    }
+    if let (Some(names), Some((created, published))) = (sync_names, slot) {
+        let report = ctx
+            .phase(
+                Phase::Replication,
+                start_replication(&ctx, names, created, published),
+            )
+            .await?;
+        lock(&ctx.report).sync = Some(report);
+    }
     let report = lock(&ctx.report).clone();
     Ok(report)
+}
+
+/// After a failed copy, drop the slot and publication made for it: a slot left behind makes
+/// the source keep WAL for ever. Best effort; a failure here is logged, not returned.
+async fn abandon_sync(ctx: &Ctx, names: Option<&SyncNames>) {
+    let Some(names) = names else { return };
+    let cleanup = async {
+        let source = connect(&ctx.opts.source, Side::Source).await?;
+        sync::drop_source_objects(&source, names).await
+    };
+    match cleanup.await {
+        Ok(dropped) if !dropped.is_empty() => {
+            tracing::info!(
+                ?dropped,
+                "dropped the replication set up for the failed copy"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => ctx.warn(format!(
+            "the copy failed and its replication slot {} could not be dropped ({e}); drop it \
+             with `postgres-seren-replicator sync --stop` or SELECT pg_drop_replication_slot('{}') \
+             on the source, or the source keeps WAL for it",
+            names.slot, names.slot
+        )),
+    }
+}
+
+/// The copy is complete: subscribe the target to the slot, so that replication starts exactly
+/// where the copy's snapshot ended. When the target cannot subscribe, the slot and publication
+/// are kept so that `sync` can start it later from the same point.
+async fn start_replication(
+    ctx: &Ctx,
+    names: SyncNames,
+    created: crate::replication::CreatedSlot,
+    published: usize,
+) -> Result<SyncReport> {
+    let o = &ctx.opts;
+    let via = o.sync_source.as_ref().unwrap_or(&o.source);
+    if via.password.is_some() {
+        ctx.warn(
+            "the subscription's connection string holds the source password, which the target \
+             keeps in pg_subscription (readable by its superusers); prefer a replication role \
+             of its own, or --sync-source-url without a password and a pgpass file on the \
+             target server"
+                .into(),
+        );
+    }
+    let target = connect(&o.target, Side::Target).await?;
+    if let Err(e) = sync::create_subscription(&target, &names, via).await {
+        return Err(Error::Preflight(format!(
+            "the copy is complete, but replication did not start: {e}. The slot {} keeps the \
+             source's changes since the copy; fix the cause and run `postgres-seren-replicator \
+             sync` to start from there, or `sync --stop` to drop the slot",
+            names.slot
+        )));
+    }
+    Ok(SyncReport {
+        names,
+        consistent_point: created.consistent_point,
+        published_tables: published,
+    })
 }
 
 struct Preflight {
@@ -196,6 +293,8 @@ struct Preflight {
     maintenance: Client,
     /// The locale to create the target database with, when it is to be (re)created.
     create_with: Option<target::DatabaseLocale>,
+    /// Whether replication follows the copy.
+    sync: bool,
 }
 
 /// Drop and/or create the target database. Runs only after every check has passed, so a
@@ -206,6 +305,10 @@ async fn prepare_target(ctx: &Ctx, pre: &Preflight) -> Result<()> {
         return Ok(());
     };
     if pre.state != TargetState::Missing {
+        // A subscription of ours in it (an earlier sync) would stop DROP DATABASE.
+        if let Ok(old) = connect(&o.target, Side::Target).await {
+            sync::drop_subscription(&old, &SyncNames::for_target(&o.target)).await?;
+        }
         target::drop_database(&pre.maintenance, &o.target).await?;
     }
     if let Some(w) = target::create_database(&pre.maintenance, &o.target, locale).await? {
@@ -308,6 +411,43 @@ async fn preflight(ctx: &Ctx) -> Result<Preflight> {
     } else {
         None
     };
+    let sync = match o.sync {
+        SyncMode::Off => false,
+        mode => {
+            let mut problems = sync::source_problems(&source).await?;
+            problems.extend(sync::target_problems(&maintenance).await?);
+            if resumed {
+                problems.push(
+                    "--resume finishes a copy made from an older snapshot, so replication could \
+                     not start where it ends"
+                        .into(),
+                );
+            }
+            if !o.filter.row_filters.is_empty() {
+                problems.push(
+                    "--table-filter copies part of a table while replication would carry all of \
+                     its changes"
+                        .into(),
+                );
+            }
+            match (problems.is_empty(), mode) {
+                (true, _) => true,
+                (false, SyncMode::Required) => {
+                    return Err(Error::Preflight(format!(
+                        "--sync: replication cannot follow this copy: {}",
+                        problems.join("; ")
+                    )))
+                }
+                (false, _) => {
+                    ctx.warn(format!(
+                        "copying only, without replication afterwards: {} (--no-sync skips this check)",
+                        problems.join("; ")
+                    ));
+                    false
+                }
+            }
+        }
+    };
     Ok(Preflight {
         tools,
         source_major,
@@ -315,6 +455,7 @@ async fn preflight(ctx: &Ctx) -> Result<Preflight> {
         state,
         maintenance,
         create_with,
+        sync,
     })
 }
 
@@ -362,10 +503,51 @@ struct Snap {
     catalog: Catalog,
     copy: Vec<bool>,
     excluded: Vec<QualName>,
+    /// With sync: the slot whose snapshot this is, and how many tables it publishes.
+    slot: Option<(crate::replication::CreatedSlot, usize)>,
 }
 
-async fn take_snapshot(ctx: &Ctx) -> Result<Snap> {
-    let snapshot = Snapshot::export(&ctx.opts.source).await?;
+/// The tables whose rows a run copies.
+fn tables_to_copy(catalog: &Catalog, filter: &Filter) -> Vec<QualName> {
+    catalog
+        .tables
+        .iter()
+        .filter(|t| filter.selects(&t.name) && !filter.is_schema_only(&t.name))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// With sync: publish the tables the copy will fill, then create the slot whose exported
+/// snapshot the copy uses. The publication comes first because pgoutput decides what a change
+/// belongs to by the catalog as of that change.
+async fn snapshot_with_slot(
+    ctx: &Ctx,
+    names: &SyncNames,
+) -> Result<(Snapshot, crate::replication::CreatedSlot, Vec<QualName>)> {
+    let o = &ctx.opts;
+    let plain = connect(&o.source, Side::Source).await?;
+    let now = catalog::read(&plain).await?;
+    let (published, skipped) = sync::replicable(&plain, &tables_to_copy(&now, &o.filter)).await?;
+    if !skipped.is_empty() {
+        let list: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        ctx.warn(format!(
+            "copied but not replicated (logical replication carries permanent tables only): {}",
+            list.join(", ")
+        ));
+    }
+    sync::create_publication(&plain, names, &published).await?;
+    let (snapshot, created) = sync::create_slot(&o.source, &plain, names).await?;
+    Ok((snapshot, created, published))
+}
+
+async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap> {
+    let (snapshot, slot) = match sync_names {
+        Some(names) => {
+            let (snapshot, created, published) = snapshot_with_slot(ctx, names).await?;
+            (snapshot, Some((created, published)))
+        }
+        None => (Snapshot::export(&ctx.opts.source).await?, None),
+    };
     let client = connect(&ctx.opts.source, Side::Source).await?;
     snapshot::import(&client, snapshot.name()).await?;
     let catalog = catalog::read(&client).await?;
@@ -396,11 +578,35 @@ async fn take_snapshot(ctx: &Ctx) -> Result<Snap> {
         .iter()
         .map(|t| filter.selects(&t.name) && !filter.is_schema_only(&t.name))
         .collect();
+    let slot = match slot {
+        Some((created, published)) => {
+            // A table created between the publication and the slot would be copied and then
+            // never replicated: refuse rather than drift.
+            let published_set: HashSet<&QualName> = published.iter().collect();
+            let (persistent, _) =
+                sync::replicable(&client, &tables_to_copy(&catalog, filter)).await?;
+            let missing: Vec<String> = persistent
+                .iter()
+                .filter(|t| !published_set.contains(t))
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::Preflight(format!(
+                    "table(s) {} appeared on the source while replication was being set up; run \
+                     again",
+                    missing.join(", ")
+                )));
+            }
+            Some((created, published.len()))
+        }
+        None => None,
+    };
     Ok(Snap {
         snapshot,
         catalog,
         copy,
         excluded,
+        slot,
     })
 }
 
@@ -424,6 +630,7 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
         catalog,
         copy,
         excluded,
+        slot: _,
     } = snap;
     let snapshot = Arc::new(snapshot);
     let catalog = Arc::new(catalog);

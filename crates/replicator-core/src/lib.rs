@@ -21,6 +21,8 @@ pub mod snapshot;
 pub mod sql;
 pub mod sync;
 pub mod target;
+pub mod validate;
+pub mod verify;
 
 pub use conninfo::{ConnUrl, Secret, SslMode};
 pub use error::{Error, Result, Side};

@@ -21,11 +21,13 @@ pub enum Phase {
     Finish,
     /// `ANALYZE` of the copied tables.
     Analyze,
+    /// The subscription that starts replication where the copy ended (with sync).
+    Replication,
 }
 
 impl Phase {
     /// Every phase, in run order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Preflight,
         Phase::Snapshot,
         Phase::PreData,
@@ -33,6 +35,7 @@ impl Phase {
         Phase::PostData,
         Phase::Finish,
         Phase::Analyze,
+        Phase::Replication,
     ];
 
     /// The phase with this [`Phase::name`].
@@ -50,6 +53,7 @@ impl Phase {
             Phase::PostData => "post-data",
             Phase::Finish => "sequences+large objects",
             Phase::Analyze => "analyze",
+            Phase::Replication => "replication",
         }
     }
 }

@@ -353,6 +353,37 @@ pub async fn source_objects(source: &Client, names: &SyncNames) -> Result<(bool,
     Ok((row.get(0), row.get(1)))
 }
 
+/// What one replication consists of, as `init` started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Slot, publication and subscription names.
+    pub names: SyncNames,
+    /// Where replication starts: the copy's snapshot saw everything before this LSN.
+    pub consistent_point: String,
+    /// Tables in the publication.
+    pub published_tables: usize,
+}
+
+/// Drop our subscription from the target database if it is there (detached from its slot
+/// first, so that dropping it does not need to reach the source). Returns whether it was.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn drop_subscription(target: &Client, names: &SyncNames) -> Result<bool> {
+    if !subscription_exists(target, names).await? {
+        return Ok(false);
+    }
+    let s = ident(&names.subscription);
+    target
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {s} DISABLE; ALTER SUBSCRIPTION {s} SET (slot_name = NONE); \
+             DROP SUBSCRIPTION {s}"
+        ))
+        .await
+        .map_err(|e| Error::sql(Side::Target, "drop the subscription", e))?;
+    Ok(true)
+}
+
 /// Drop the subscription (target), then the slot and publication (source); whatever of them
 /// exists. Returns what was dropped, for the user.
 ///
@@ -365,19 +396,20 @@ pub async fn stop(
 ) -> Result<Vec<String>> {
     let mut dropped = Vec::new();
     if let Some(target) = target {
-        if subscription_exists(target, names).await? {
-            let s = ident(&names.subscription);
-            // Detach it from the slot first, so dropping it does not need to reach the source.
-            target
-                .batch_execute(&format!(
-                    "ALTER SUBSCRIPTION {s} DISABLE; ALTER SUBSCRIPTION {s} SET (slot_name = NONE); \
-                     DROP SUBSCRIPTION {s}"
-                ))
-                .await
-                .map_err(|e| Error::sql(Side::Target, "drop the subscription", e))?;
+        if drop_subscription(target, names).await? {
             dropped.push(format!("subscription {} (target)", names.subscription));
         }
     }
+    dropped.extend(drop_source_objects(source, names).await?);
+    Ok(dropped)
+}
+
+/// Drop the slot and publication from the source, whichever exists.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn drop_source_objects(source: &Client, names: &SyncNames) -> Result<Vec<String>> {
+    let mut dropped = Vec::new();
     if drop_slot(source, &names.slot).await? {
         dropped.push(format!("replication slot {} (source)", names.slot));
     }
@@ -390,6 +422,227 @@ pub async fn stop(
         dropped.push(format!("publication {} (source)", names.publication));
     }
     Ok(dropped)
+}
+
+/// The source side of a replication: its slot's health and how far the target has confirmed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotStatus {
+    /// Whether a WAL sender streams from it now.
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+    /// Bytes of WAL the slot may still fall behind before it is invalidated (`None`: no limit).
+    pub safe_wal_size: Option<i64>,
+    /// WAL the source keeps for the slot, in bytes.
+    pub retained_bytes: i64,
+    /// The source's current LSN.
+    pub current_lsn: String,
+    /// The LSN the target has confirmed applying.
+    pub confirmed_lsn: Option<String>,
+    /// Source changes the target has not confirmed, in bytes.
+    pub lag_bytes: Option<i64>,
+    /// How long ago the newest change the target confirmed was made (`None` when unknown).
+    pub lag_seconds: Option<f64>,
+}
+
+/// The target side: the subscription and each table's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionStatus {
+    /// Whether it is enabled.
+    pub enabled: bool,
+    /// Whether its apply worker runs now.
+    pub worker_running: bool,
+    /// The last LSN it received.
+    pub received_lsn: Option<String>,
+    /// Each table: name and state (`ready`, `copying`, …).
+    pub tables: Vec<(QualName, String)>,
+}
+
+/// A replication's state as `status` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncStatus {
+    /// Names.
+    pub names: SyncNames,
+    /// The slot, when the source has it.
+    pub slot: Option<SlotStatus>,
+    /// The subscription, when the target has it.
+    pub subscription: Option<SubscriptionStatus>,
+}
+
+impl SyncStatus {
+    /// One-line warnings about the slot's health, for people.
+    pub fn health(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match (&self.slot, &self.subscription) {
+            (None, None) => out.push("no replication: neither the slot nor the subscription exists".into()),
+            (None, Some(_)) => out.push("the subscription has no slot on the source: it cannot receive changes".into()),
+            (Some(_), None) => out.push("the slot has no subscription: the source keeps WAL for nothing (run `sync`, or `sync --stop`)".into()),
+            _ => {}
+        }
+        if let Some(slot) = &self.slot {
+            match slot.wal_status.as_deref() {
+                Some("lost") => out.push("the slot was invalidated: WAL it needed is gone, so replication cannot resume; copy again".into()),
+                Some("unreserved") => out.push("the slot is about to be invalidated (past max_slot_wal_keep_size)".into()),
+                _ => {}
+            }
+            if slot.safe_wal_size.is_none() && !slot.active {
+                out.push("the slot is inactive and the source sets no max_slot_wal_keep_size: its WAL grows until the subscriber comes back or the disk fills".into());
+            }
+        }
+        if let Some(sub) = &self.subscription {
+            if !sub.enabled {
+                out.push("the subscription is disabled".into());
+            } else if !sub.worker_running {
+                out.push(
+                    "the subscription's apply worker is not running (see the target's log)".into(),
+                );
+            }
+        }
+        out
+    }
+}
+
+fn substate(code: &str) -> &'static str {
+    match code {
+        "i" => "initializing",
+        "d" => "copying",
+        "f" => "copied",
+        "s" => "synchronized",
+        "r" => "ready",
+        _ => "unknown",
+    }
+}
+
+/// Read both sides of the replication named `names`.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn status(source: &Client, target: &Client, names: &SyncNames) -> Result<SyncStatus> {
+    let slot = source
+        .query_opt(
+            "SELECT s.active, s.wal_status::text, s.safe_wal_size, \
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0)::bigint, \
+                    pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+                    (SELECT extract(epoch FROM r.replay_lag)::float8 FROM pg_stat_replication r \
+                      WHERE r.pid = s.active_pid) \
+             FROM pg_replication_slots s WHERE s.slot_name = $1",
+            &[&names.slot],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "read the replication slot", e))?
+        .map(|r| {
+            let lag_bytes: Option<i64> = r.get(6);
+            let replay: Option<f64> = r.get(7);
+            SlotStatus {
+                active: r.get(0),
+                wal_status: r.get(1),
+                safe_wal_size: r.get(2),
+                retained_bytes: r.get(3),
+                current_lsn: r.get(4),
+                confirmed_lsn: r.get(5),
+                lag_bytes,
+                // replay_lag is the last measured lag (NULL once idle); caught up means none.
+                lag_seconds: if lag_bytes == Some(0) {
+                    Some(0.0)
+                } else {
+                    replay
+                },
+            }
+        });
+    let sub = target
+        .query_opt(
+            "SELECT sub.oid, sub.subenabled, st.pid IS NOT NULL, st.received_lsn::text \
+             FROM pg_subscription sub \
+             LEFT JOIN pg_stat_subscription st ON st.subid = sub.oid AND st.relid IS NULL \
+             WHERE sub.subname = $1 \
+               AND sub.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&names.subscription],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "read the subscription", e))?;
+    let subscription = match sub {
+        None => None,
+        Some(r) => {
+            let oid: u32 = r.get(0);
+            let tables = target
+                .query(
+                    "SELECT n.nspname::text, c.relname::text, sr.srsubstate::text \
+                     FROM pg_subscription_rel sr JOIN pg_class c ON c.oid = sr.srrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE sr.srsubid = $1 ORDER BY 1, 2",
+                    &[&oid],
+                )
+                .await
+                .map_err(|e| Error::sql(Side::Target, "read the subscription's tables", e))?
+                .iter()
+                .map(|t| {
+                    let code: String = t.get(2);
+                    (
+                        QualName::new(t.get::<_, String>(0), t.get::<_, String>(1)),
+                        substate(&code).to_owned(),
+                    )
+                })
+                .collect();
+            Some(SubscriptionStatus {
+                enabled: r.get(1),
+                worker_running: r.get(2),
+                received_lsn: r.get(3),
+                tables,
+            })
+        }
+    };
+    Ok(SyncStatus {
+        names: names.clone(),
+        slot,
+        subscription,
+    })
+}
+
+/// Wait until the target has confirmed everything the source had written when this was called
+/// (the point `verify` and `cutover` compare at). Returns the LSN waited for.
+///
+/// # Errors
+/// [`Error::Preflight`] when the target does not get there within `timeout`, [`Error::Sql`].
+pub async fn wait_caught_up(
+    source: &Client,
+    names: &SyncNames,
+    timeout: std::time::Duration,
+) -> Result<String> {
+    let lsn: String = source
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| Error::sql(Side::Source, "read the current LSN", e))?
+        .get(0);
+    let started = std::time::Instant::now();
+    loop {
+        let behind: Option<i64> = source
+            .query_opt(
+                "SELECT pg_wal_lsn_diff($2::text::pg_lsn, confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&names.slot, &lsn],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Source, "read the replication slot", e))?
+            .and_then(|r| r.get(0));
+        match behind {
+            None => {
+                return Err(Error::Preflight(format!(
+                    "the replication slot {} does not exist on the source",
+                    names.slot
+                )))
+            }
+            Some(b) if b <= 0 => return Ok(lsn),
+            Some(b) if started.elapsed() >= timeout => {
+                return Err(Error::Preflight(format!(
+                    "the target is still {b} bytes of WAL behind {lsn} after {} s; check `status` \
+                     and try again",
+                    timeout.as_secs()
+                )))
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }
 
 #[cfg(test)]

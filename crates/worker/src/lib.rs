@@ -151,6 +151,8 @@ async fn finish(store: &dyn JobStore, cfg: &Config, change: Change) -> Result<()
     }
 }
 
+// One value per job, held briefly: the size of the report variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Stop {
     Done(replicator_core::Result<replicator_core::InitReport>),
     Cancel,

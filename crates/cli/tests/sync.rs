@@ -1,0 +1,289 @@
+//! Replication end to end, as a user runs it: `init` while pgbench writes to the source
+//! (inserts, updates, deletes), replication catching up, `verify` finding no difference and the
+//! rows hashing equal, `status` showing the lag back at zero after a burst, `verify` naming the
+//! range of a row changed behind replication's back, `sync --stop`, and `validate` failing on a
+//! source without logical WAL.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pg_harness::{bindir, Cluster, Options};
+
+fn cli(source: &str, target: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"));
+    cmd.stdin(Stdio::null())
+        .env("SEREN_SOURCE_URL", source)
+        .env("SEREN_TARGET_URL", target)
+        .env("SEREN_PG_BINDIR", bindir());
+    cmd
+}
+
+fn run(source: &str, target: &str, args: &[&str]) -> Output {
+    cli(source, target)
+        .args(args)
+        .output()
+        .expect("run the CLI")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const WRITES: &str = "\\set aid random(1, 200000)
+\\set bid random(1, 2)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid = :aid;
+DELETE FROM pgbench_accounts WHERE aid = :aid + 1;
+INSERT INTO pgbench_accounts (aid, bid, abalance, filler) VALUES (:aid + 1000000, :bid, 0, 'new') ON CONFLICT DO NOTHING;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, :bid, :aid, 7, now());
+UPDATE pgbench_branches SET bbalance = bbalance + 7 WHERE bid = :bid;
+END;
+";
+
+fn pgbench(src: &Cluster, script: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new(bindir().join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &src.port().to_string(),
+            "-U",
+            "postgres",
+            "-n",
+            "-c",
+            "2",
+        ])
+        .args(extra)
+        .arg("-f")
+        .arg(script)
+        .arg("bench")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgbench")
+}
+
+/// An order-independent hash of every row of every pgbench table.
+fn content(c: &Cluster) -> String {
+    c.psql(
+        "bench",
+        "SELECT string_agg(h, ' ' ORDER BY h) FROM ( \
+           SELECT 'a' || md5(string_agg(t::text, ',' ORDER BY t::text)) AS h FROM pgbench_accounts t \
+           UNION ALL SELECT 'b' || md5(string_agg(t::text, ',' ORDER BY t::text)) FROM pgbench_branches t \
+           UNION ALL SELECT 't' || md5(string_agg(t::text, ',' ORDER BY t::text)) FROM pgbench_tellers t \
+           UNION ALL SELECT 'h' || md5(string_agg(t::text, ',' ORDER BY t::text)) FROM pgbench_history t) x",
+    )
+}
+
+fn status_json(source: &str, target: &str) -> serde_json::Value {
+    let out = run(source, target, &["status", "--json"]);
+    assert!(out.status.success(), "status: {}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+#[test]
+fn init_under_writes_then_replication_verify_status_and_stop() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("bench");
+    let init_db = Command::new(bindir().join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &src.port().to_string(),
+            "-U",
+            "postgres",
+            "-i",
+            "-s",
+            "2",
+            "-q",
+            "bench",
+        ])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init_db.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init_db.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("writes.sql");
+    std::fs::write(&script, WRITES).expect("script");
+    let (s, t) = (src.url("bench"), dst.url("bench"));
+
+    // Writes before, during and after the copy's snapshot.
+    let mut bench = pgbench(&src, &script, &["-T", "12"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = run(
+        &s,
+        &t,
+        &["init", "--sync", "--jobs", "2", "--progress", "none"],
+    );
+    let init_text = text(&out);
+    assert!(out.status.success(), "init: {init_text}");
+    assert!(init_text.contains("replicating:"), "{init_text}");
+    let finished = bench.wait().expect("pgbench");
+    assert!(finished.success(), "pgbench failed");
+    let s_writes = src.psql("bench", "SELECT count(*) FROM pgbench_history");
+    assert_ne!(s_writes, "0", "pgbench wrote during the test");
+
+    // verify waits for replication to catch up, then compares.
+    let out = run(&s, &t, &["verify", "--chunk-rows", "50000"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert!(text(&out).contains("all 4 tables equal"), "{}", text(&out));
+    assert_eq!(content(&src), content(&dst), "row contents differ");
+    assert!(
+        !dst.log().contains("duplicate key"),
+        "the target's log shows duplicate keys: the copy and replication overlapped"
+    );
+
+    // A burst: the lag comes back to zero.
+    let burst = pgbench(&src, &script, &["-t", "300"])
+        .wait_with_output()
+        .expect("burst");
+    assert!(burst.status.success());
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let st = status_json(&s, &t);
+        let lag = st["slot"]["lag_bytes"].as_i64();
+        seen.push(lag);
+        assert_eq!(st["subscription"]["enabled"], true, "{st}");
+        if lag == Some(0) {
+            assert_eq!(st["slot"]["lag_seconds"].as_f64(), Some(0.0), "{st}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "lag never returned to zero: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(content(&src), content(&dst), "rows differ after the burst");
+
+    // A row changed behind replication's back is found, with its range.
+    let aid = dst.psql(
+        "bench",
+        "SELECT min(aid) FROM pgbench_accounts WHERE aid >= 150000",
+    );
+    dst.psql(
+        "bench",
+        &format!("UPDATE pgbench_accounts SET abalance = abalance + 999 WHERE aid = {aid}"),
+    );
+    let out = run(&s, &t, &["verify", "--chunk-rows", "50000", "--json"]);
+    assert!(!out.status.success(), "verify must fail: {}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    assert_eq!(report["equal"], false);
+    let accounts = report["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["table"] == "public.pgbench_accounts")
+        .expect("accounts")
+        .clone();
+    let mismatches = accounts["mismatches"].as_array().expect("mismatches");
+    assert_eq!(mismatches.len(), 1, "{accounts}");
+    let aid: i64 = aid.parse().expect("aid");
+    let bound = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| a[0].as_str().expect("s").parse::<i64>().expect("n"))
+    };
+    let after = bound(&mismatches[0]["after"]);
+    let up_to = bound(&mismatches[0]["up_to"]);
+    assert!(
+        after.is_none_or(|a| a < aid) && up_to.is_none_or(|u| aid <= u),
+        "{mismatches:?} for aid {aid}"
+    );
+    assert!(mismatches[0]["description"]
+        .as_str()
+        .expect("d")
+        .contains("contents differ"));
+    for other in report["tables"].as_array().expect("tables") {
+        if other["table"] != "public.pgbench_accounts" {
+            assert_eq!(other["equal"], true, "{other}");
+        }
+    }
+
+    // Stop: subscription, slot and publication go; status then finds nothing.
+    let out = run(&s, &t, &["sync", "--stop"]);
+    assert!(out.status.success(), "stop: {}", text(&out));
+    assert!(
+        text(&out).contains("dropped subscription"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        src.psql("bench", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(
+        src.psql("bench", "SELECT count(*) FROM pg_publication"),
+        "0"
+    );
+    assert_eq!(
+        dst.psql("bench", "SELECT count(*) FROM pg_subscription"),
+        "0"
+    );
+    let out = run(&s, &t, &["status"]);
+    assert!(!out.status.success());
+    // No password anywhere in what the user saw.
+    assert!(!init_text.contains("password="));
+}
+
+#[test]
+fn validate_fails_on_a_source_without_logical_wal_and_init_copies_only() {
+    let src = Cluster::start(&Options::target()); // wal_level = replica
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);",
+    );
+    let (s, t) = (src.url("app"), dst.url("app"));
+    let out = run(&s, &t, &["validate"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    let line = all
+        .lines()
+        .find(|l| l.contains("source.wal_level"))
+        .expect("a wal_level line");
+    assert!(
+        line.starts_with("fail")
+            && line.contains("wal_level = replica")
+            && line.contains("wal_level = logical"),
+        "{line}"
+    );
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("error:") && l.contains("source.wal_level")),
+        "{all}"
+    );
+
+    // --sync demands it and refuses before anything changes; the default copies with a warning.
+    let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("wal_level is replica"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'app'"
+        ),
+        "0"
+    );
+    let out = run(&s, &t, &["init", "--progress", "none"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("copying only"), "{}", text(&out));
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM t"), "100");
+    let out = run(&s, &t, &["verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("compared without replication running"));
+}
