@@ -49,6 +49,10 @@ enum Command {
     /// Check everything a copy with replication needs, each with pass, warn or fail and the fix;
     /// exits non-zero when a check fails.
     Validate(replication::ValidateArgs),
+    /// Switch to the target: wait for low lag, make the source read-only for the application's
+    /// roles, wait for zero lag, copy sequences, verify, detach replication (--dry-run shows the
+    /// plan; --undo is the way back).
+    Cutover(replication::CutoverArgs),
     /// Remote jobs: list, show, watch or cancel them.
     Jobs {
         #[command(subcommand)]
@@ -322,6 +326,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => replication::status_cmd(&args).await,
         Command::Verify(args) => replication::verify_cmd(&args).await,
         Command::Validate(args) => replication::validate_cmd(&args).await,
+        Command::Cutover(args) => replication::cutover_cmd(&args).await,
         Command::Jobs { command, remote } => jobs(command, &remote).await,
     }
 }

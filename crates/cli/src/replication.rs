@@ -146,6 +146,59 @@ pub struct ValidateArgs {
     pub json: bool,
 }
 
+/// `cutover`.
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub db: Databases,
+    /// The application's role on the source, made read-only (repeat or comma-separate).
+    #[arg(long = "role", value_delimiter = ',', required = true)]
+    pub roles: Vec<String>,
+    /// Freeze the source only once the target is at most this many bytes behind.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_lag_bytes: i64,
+    /// Seconds each wait may take (for the lag to drop, for the last changes to apply).
+    #[arg(long, default_value_t = 300)]
+    pub timeout_secs: u64,
+    /// Print the plan and the current lag; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Detach without verifying first.
+    #[arg(long)]
+    pub skip_verify: bool,
+    /// The way back: let the roles write on the source again.
+    #[arg(long, conflicts_with_all = ["dry_run", "skip_verify"])]
+    pub undo: bool,
+}
+
+/// `cutover` (and `cutover --undo`).
+pub async fn cutover_cmd(args: &CutoverArgs) -> anyhow::Result<()> {
+    use replicator_core::cutover::{self, CutoverOptions};
+    let (source, target) = args.db.parse()?;
+    if args.undo {
+        for s in cutover::undo(&source, &args.roles).await? {
+            eprintln!("{s}");
+        }
+        return Ok(());
+    }
+    let mut opts = CutoverOptions::new(source, target, args.roles.clone());
+    opts.max_lag_bytes = args.max_lag_bytes;
+    opts.timeout = Duration::from_secs(args.timeout_secs);
+    opts.dry_run = args.dry_run;
+    opts.verify = !args.skip_verify;
+    let report = cutover::cutover(opts, &|s: &str| eprintln!("{s}")).await?;
+    if report.completed {
+        eprintln!(
+            "cutover complete: point the application at the target. The source stays read-only \
+             for {} until `cutover --undo`.",
+            args.roles.join(", ")
+        );
+    } else {
+        eprintln!("dry run: nothing was changed");
+    }
+    Ok(())
+}
+
 /// `sync` (start from init's slot) and `sync --stop`.
 pub async fn sync_cmd(args: &SyncArgs) -> anyhow::Result<()> {
     let (source_url, target_url) = args.db.parse()?;

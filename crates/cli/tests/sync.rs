@@ -287,3 +287,99 @@ fn validate_fails_on_a_source_without_logical_wal_and_init_copies_only() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("compared without replication running"));
 }
+
+#[test]
+fn cutover_freezes_the_source_copies_sequences_verifies_and_detaches() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    dst.psql("postgres", "CREATE ROLE app LOGIN");
+    src.psql(
+        "app",
+        "CREATE ROLE app LOGIN; \
+         CREATE TABLE orders (id serial PRIMARY KEY, note text); \
+         GRANT ALL ON orders, orders_id_seq TO app; \
+         INSERT INTO orders (note) SELECT 'o' || g FROM generate_series(1, 500) g;",
+    );
+    let (s, t) = (src.url("app"), dst.url("app"));
+    let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
+    assert!(out.status.success(), "init: {}", text(&out));
+    // Writes after the copy: rows replicate, the sequence does not.
+    src.psql(
+        "app",
+        "INSERT INTO orders (note) SELECT 'late' FROM generate_series(1, 40)",
+    );
+    let as_app = |sql: &str| {
+        Command::new(bindir().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &src.port().to_string(),
+                "-U",
+                "app",
+                "-d",
+                "app",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql as app")
+    };
+
+    let out = run(&s, &t, &["cutover", "--role", "app", "--dry-run"]);
+    assert!(out.status.success(), "dry run: {}", text(&out));
+    assert!(
+        text(&out).contains("would make the source read-only for app"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM pg_subscription"), "1");
+    assert!(
+        as_app("INSERT INTO orders (note) VALUES ('still writable')")
+            .status
+            .success()
+    );
+
+    let out = run(&s, &t, &["cutover", "--role", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--role nobody: no such role"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(&s, &t, &["cutover", "--role", "app"]);
+    let all = text(&out);
+    assert!(out.status.success(), "cutover: {all}");
+    assert!(all.contains("verify: every table equal"), "{all}");
+    assert!(all.contains("cutover complete"), "{all}");
+    let refused = as_app("INSERT INTO orders (note) VALUES ('after cutover')");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("read-only transaction"));
+    assert_eq!(
+        src.psql("app", "SELECT last_value FROM orders_id_seq"),
+        dst.psql("app", "SELECT last_value FROM orders_id_seq"),
+        "the sequence was copied"
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM orders"), "541");
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM pg_subscription"), "0");
+    assert_eq!(
+        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    // The target takes new rows with fresh ids.
+    dst.psql("app", "INSERT INTO orders (note) VALUES ('on the target')");
+    assert_eq!(
+        dst.psql("app", "SELECT count(DISTINCT id) FROM orders"),
+        "542"
+    );
+
+    let out = run(&s, &t, &["cutover", "--role", "app", "--undo"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(as_app("INSERT INTO orders (note) VALUES ('back')")
+        .status
+        .success());
+}

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod connect;
 pub mod conninfo;
 pub mod copy;
+pub mod cutover;
 pub mod error;
 pub mod filter;
 pub mod init;
