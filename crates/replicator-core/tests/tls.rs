@@ -219,3 +219,55 @@ fn each_sslmode_checks_what_libpq_checks() {
             .is_err());
     });
 }
+
+/// The replication client (which opens its own TLS session) checks what the driver checks.
+#[test]
+fn the_replication_connection_checks_certificates_the_same_way() {
+    use replicator_core::replication::ReplicationSession;
+    let pki = pki();
+    let cluster = Cluster::start(&Options {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), pki.cert.display().to_string()),
+            ("ssl_key_file".into(), pki.key.display().to_string()),
+        ],
+        ..Options::target()
+    });
+    let port = cluster.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let encrypted = |u: ConnUrl| async move {
+            let mut s = ReplicationSession::connect(&u)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = s
+                .simple_query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(rows[0][0].as_deref() == Some("true"))
+        };
+        assert_eq!(
+            encrypted(url("localhost", port, "verify-full", Some(&pki.ca))).await,
+            Ok(true)
+        );
+        assert_eq!(
+            encrypted(url("127.0.0.1", port, "require", None)).await,
+            Ok(true)
+        );
+        assert_eq!(
+            encrypted(url("127.0.0.1", port, "disable", None)).await,
+            Ok(false)
+        );
+        let err = encrypted(url("127.0.0.1", port, "verify-full", Some(&pki.ca)))
+            .await
+            .expect_err("name mismatch");
+        assert!(err.contains("certificate"), "{err}");
+        let err = encrypted(url("localhost", port, "verify-ca", Some(&pki.other_ca)))
+            .await
+            .expect_err("unknown issuer");
+        assert!(err.contains("certificate"), "{err}");
+    });
+}
