@@ -13,9 +13,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 ensure_venv hcl2 'python-hcl2>=7,<9'
 ensure_venv checkov 'checkov>=3.2,<4'
 ensure_venv lambda 'cargo-lambda>=1.8,<2'
+hcl2_py="$(tools_dir)/hcl2/bin/python"
+checkov="$(tools_dir)/checkov/bin/checkov"
+lambda_bin="$(tools_dir)/lambda/bin"
 
 echo "== HCL: parse and check infra/*.tf and ami/*.pkr.hcl"
-.venv-hcl2/bin/python scripts/check_hcl.py
+"$hcl2_py" scripts/check_hcl.py
 
 echo "== checkov on infra/"
 # Every skip must carry its reason next to the resource.
@@ -23,7 +26,7 @@ if grep -rn 'checkov:skip=' infra | grep -vE 'checkov:skip=CKV2?_AWS_[0-9]+:.{20
     echo "a checkov skip above has no reason" >&2
     exit 1
 fi
-BC_SKIP_MAPPING=TRUE .venv-checkov/bin/checkov -d infra --framework terraform --skip-download \
+BC_SKIP_MAPPING=TRUE "$checkov" -d infra --framework terraform --skip-download \
     --compact --quiet
 
 if command -v terraform >/dev/null 2>&1; then
@@ -98,12 +101,12 @@ grep -q '^deploy.sh: cargo-lambda is missing: pip install cargo-lambda' "$tmp/re
 echo "  without --dry-run: $(grep '^deploy.sh:' "$tmp/real")"
 
 echo "== Lambda zips (cargo lambda build, x86_64)"
-PATH="$PWD/.venv-lambda/bin:$PATH" cargo lambda build --profile dist --x86-64 \
+PATH="$lambda_bin:$PATH" cargo lambda build --profile dist --x86-64 \
     --bin seren-coordinator --bin seren-reaper --output-format zip
 for bin in seren-coordinator seren-reaper; do
     zip="$CARGO_TARGET_DIR/lambda/$bin/bootstrap.zip"
     rm -rf "$tmp/unzip" && mkdir "$tmp/unzip"
-    .venv-hcl2/bin/python -m zipfile -e "$zip" "$tmp/unzip"
+    "$hcl2_py" -m zipfile -e "$zip" "$tmp/unzip"
     [ -f "$tmp/unzip/bootstrap" ] || { echo "$zip holds no bootstrap" >&2; exit 1; }
     ami/build-ami.sh --check-binary "$tmp/unzip/bootstrap" --arch x86_64 >/dev/null
     echo "  $bin: $(du -h "$zip" | cut -f1) zip, bootstrap is a Linux x86_64 executable for provided.al2023"

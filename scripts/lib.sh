@@ -141,19 +141,27 @@ start_local_stack() {
     return 1
 }
 
-# A Python tool in its own venv, .venv-NAME (checkov and python-hcl2 both ship a module named
-# hcl2, so each gets its own). Installs it when missing; exits saying why when it cannot.
+# Where the Python tools' venvs live: outside the checkout, so that every clone shares them
+# (cargo-lambda's zig must keep one path, or the Lambda build starts from scratch each time).
+tools_dir() {
+    echo "${SEREN_TOOLS_DIR:-$HOME/.cache/seren-tools}"
+}
+
+# A Python tool in its own venv, $(tools_dir)/NAME (checkov and python-hcl2 both ship a module
+# named hcl2, so each gets its own). Installs it when missing; exits saying why when it cannot.
 ensure_venv() {
-    local name="$1"
+    local name="$1" dir
     shift
-    if [ -x ".venv-$name/bin/python" ] && [ -f ".venv-$name/.installed" ]; then
+    dir="$(tools_dir)/$name"
+    if [ -x "$dir/bin/python" ] && [ -f "$dir/.installed" ]; then
         return 0
     fi
-    echo "== installing $* into .venv-$name"
-    python3 -m venv ".venv-$name" || {
+    echo "== installing $* into $dir"
+    mkdir -p "$(tools_dir)"
+    python3 -m venv "$dir" || {
         echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2
         exit 1
     }
-    ".venv-$name/bin/pip" install -q "$@"
-    touch ".venv-$name/.installed"
+    "$dir/bin/pip" install -q "$@"
+    touch "$dir/.installed"
 }
