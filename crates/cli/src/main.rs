@@ -279,18 +279,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // A local copy stops on Ctrl-C; a remote watch handles Ctrl-C itself (it detaches).
-    let local = matches!(&cli.command, Command::Init(a) if !a.remote)
-        || matches!(&cli.command, Command::Sync(a) if a.force);
-    let result = runtime.block_on(async {
-        if !local {
-            return run(cli.command).await;
-        }
-        tokio::select! {
-            r = run(cli.command) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::Error::new(Error::Cancelled)),
-        }
-    });
+    // A local copy stops on Ctrl-C (run_local_init cleans up after it); a remote watch handles
+    // Ctrl-C itself (it detaches); the other commands just end.
+    let result = runtime.block_on(run(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<remote::Detached>().is_some() => {
@@ -625,11 +616,49 @@ async fn run_local_init(
         opts.source.redacted(),
         opts.target.redacted()
     );
-    let result = replicator_core::init(opts, ui.observer()).await;
+    let syncing = (opts.sync != SyncMode::Off).then(|| (opts.source.clone(), opts.target.clone()));
+    let result = tokio::select! {
+        r = replicator_core::init(opts, ui.observer()) => r,
+        _ = tokio::signal::ctrl_c() => {
+            ui.finish();
+            if let Some((source, target)) = syncing {
+                drop_unused_slot(&source, &target).await;
+            }
+            return Err(anyhow::Error::new(Error::Cancelled));
+        }
+    };
     ui.finish();
     let report = result?;
     progress::print_summary(&report);
     Ok(())
+}
+
+/// After an interrupted copy with replication: drop the slot and publication it made, unless a
+/// subscription already uses them, so that the source does not keep WAL for a copy that never
+/// finished. Best effort; says what it could not do.
+async fn drop_unused_slot(source: &ConnUrl, target: &ConnUrl) {
+    let names = replicator_core::sync::SyncNames::for_target(target);
+    let subscribed = match replicator_core::connect::connect(target, Side::Target).await {
+        Ok(t) => replicator_core::sync::subscription_exists(&t, &names)
+            .await
+            .unwrap_or(true),
+        // No target database yet: nothing can use the slot.
+        Err(_) => false,
+    };
+    if subscribed {
+        return;
+    }
+    let dropped = async {
+        let s = replicator_core::connect::connect(source, Side::Source).await?;
+        replicator_core::sync::drop_source_objects(&s, &names).await
+    }
+    .await;
+    if let Err(e) = dropped {
+        eprintln!(
+            "warning: could not drop the replication slot {} on the source ({e}); run `sync --stop`",
+            names.slot
+        );
+    }
 }
 
 async fn confirm_drop(target: &ConnUrl) -> anyhow::Result<()> {
