@@ -511,14 +511,8 @@ async fn jobs(command: JobsCommand, remote: &RemoteArgs) -> anyhow::Result<()> {
 }
 
 async fn init(args: InitArgs) -> anyhow::Result<()> {
-    let source = ConnUrl::parse(&args.source).map_err(|reason| Error::InvalidUrl {
-        side: Side::Source,
-        reason,
-    })?;
-    let target = ConnUrl::parse(&args.target).map_err(|reason| Error::InvalidUrl {
-        side: Side::Target,
-        reason,
-    })?;
+    let source = replication::parse_url(&args.source, Side::Source)?;
+    let target = replication::parse_url(&args.target, Side::Target)?;
     let filter = Filter::from_args(
         &args.include_tables,
         &args.exclude_tables,
@@ -559,12 +553,7 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
     opts.sync_source = args
         .sync_source_url
         .as_deref()
-        .map(|u| {
-            ConnUrl::parse(u).map_err(|reason| Error::InvalidUrl {
-                side: Side::Source,
-                reason,
-            })
-        })
+        .map(|u| replication::parse_url(u, Side::Source))
         .transpose()?;
     run_local_init(opts, args.yes, args.progress).await
 }
@@ -591,12 +580,7 @@ async fn sync_force(args: replication::SyncArgs) -> anyhow::Result<()> {
     opts.sync_source = args
         .sync_source_url
         .as_deref()
-        .map(|u| {
-            ConnUrl::parse(u).map_err(|reason| Error::InvalidUrl {
-                side: Side::Source,
-                reason,
-            })
-        })
+        .map(|u| replication::parse_url(u, Side::Source))
         .transpose()?;
     run_local_init(opts, args.yes, ProgressMode::Auto).await
 }

@@ -27,17 +27,17 @@ pub struct Databases {
     pub target: String,
 }
 
+/// A URL from the command line, or the engine's error naming which one is wrong.
+pub fn parse_url(input: &str, side: Side) -> Result<ConnUrl, Error> {
+    ConnUrl::parse(input).map_err(|reason| Error::InvalidUrl { side, reason })
+}
+
 impl Databases {
     pub fn parse(&self) -> anyhow::Result<(ConnUrl, ConnUrl)> {
-        let s = ConnUrl::parse(&self.source).map_err(|reason| Error::InvalidUrl {
-            side: Side::Source,
-            reason,
-        })?;
-        let t = ConnUrl::parse(&self.target).map_err(|reason| Error::InvalidUrl {
-            side: Side::Target,
-            reason,
-        })?;
-        Ok((s, t))
+        Ok((
+            parse_url(&self.source, Side::Source)?,
+            parse_url(&self.target, Side::Target)?,
+        ))
     }
 }
 
@@ -242,10 +242,7 @@ pub async fn sync_cmd(args: &SyncArgs) -> anyhow::Result<()> {
         );
     }
     let via = match &args.sync_source_url {
-        Some(u) => ConnUrl::parse(u).map_err(|reason| Error::InvalidUrl {
-            side: Side::Source,
-            reason,
-        })?,
+        Some(u) => parse_url(u, Side::Source)?,
         None => source_url.clone(),
     };
     if via.password.is_some() {

@@ -304,6 +304,34 @@ fn cutover_freezes_the_source_copies_sequences_verifies_and_detaches() {
     let (s, t) = (src.url("app"), dst.url("app"));
     let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
     assert!(out.status.success(), "init: {}", text(&out));
+    // Replacing a replicated target retires its replication: copy-only leaves no slot behind,
+    // and a new sync leaves exactly one slot and one subscription.
+    let slots = || src.psql("app", "SELECT count(*) FROM pg_replication_slots");
+    let again = ["init", "--drop-existing", "--yes", "--progress", "none"];
+    let out = run(&s, &t, &[&again[..], &["--no-sync"]].concat());
+    assert!(
+        out.status.success(),
+        "copy over a synced target: {}",
+        text(&out)
+    );
+    assert_eq!(
+        (
+            slots(),
+            dst.psql("app", "SELECT count(*) FROM pg_subscription")
+        ),
+        ("0".into(), "0".into())
+    );
+    let out = run(&s, &t, &[&again[..], &["--sync"]].concat());
+    assert!(out.status.success(), "sync again: {}", text(&out));
+    let out = run(&s, &t, &[&again[..], &["--sync"]].concat());
+    assert!(out.status.success(), "and again: {}", text(&out));
+    assert_eq!(
+        (
+            slots(),
+            dst.psql("app", "SELECT count(*) FROM pg_subscription")
+        ),
+        ("1".into(), "1".into())
+    );
     // Writes after the copy: rows replicate, the sequence does not.
     src.psql(
         "app",

@@ -100,31 +100,6 @@ async fn writable_session(url: &ConnUrl, side: Side) -> Result<Client> {
     Ok(c)
 }
 
-/// Copy every sequence's value from the source to the target.
-async fn copy_sequences(source: &Client, target: &Client) -> Result<usize> {
-    let cat = catalog::read(source).await?;
-    let mut n = 0;
-    for seq in &cat.sequences {
-        let row = source
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}", seq.quoted()),
-                &[],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Source, format!("read sequence {seq}"), e))?;
-        let (value, called): (i64, bool) = (row.get(0), row.get(1));
-        let set = target
-            .execute(
-                "SELECT pg_catalog.setval(to_regclass($1), $2, $3) WHERE to_regclass($1) IS NOT NULL",
-                &[&seq.quoted(), &value, &called],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Target, format!("set sequence {seq}"), e))?;
-        n += usize::from(set > 0);
-    }
-    Ok(n)
-}
-
 /// Let `roles` write on the source again (the way back).
 ///
 /// # Errors
@@ -259,7 +234,8 @@ pub async fn cutover(
         &mut report,
     );
 
-    report.sequences = copy_sequences(&source, &target).await?;
+    let cat = catalog::read(&source).await?;
+    report.sequences = crate::init::copy_sequences(&source, &target, cat.sequences.iter()).await?;
     step(
         format!("{} sequence values copied to the target", report.sequences),
         &mut report,

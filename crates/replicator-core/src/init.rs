@@ -189,6 +189,7 @@ pub async fn init(opts: InitOptions, observer: Observer) -> Result<InitReport> {
         report: Mutex::new(InitReport::default()),
     });
     let pre = ctx.phase(Phase::Preflight, preflight(&ctx)).await?;
+    retire_old_replication(&ctx, &pre).await?;
     let sync_names = pre.sync.then(|| SyncNames::for_target(&ctx.opts.target));
     let snap = match ctx
         .phase(Phase::Snapshot, take_snapshot(&ctx, sync_names.as_ref()))
@@ -221,6 +222,28 @@ pub async fn init(opts: InitOptions, observer: Observer) -> Result<InitReport> {
     }
     let report = lock(&ctx.report).clone();
     Ok(report)
+}
+
+/// A target about to be replaced may still be subscribed to the source (an earlier sync). Its
+/// subscription goes first: left running, it would reattach to the slot this run creates under
+/// the same name and consume changes meant for the new copy. Without sync in this run, the old
+/// slot and publication go too, or the source would keep WAL for them.
+async fn retire_old_replication(ctx: &Ctx, pre: &Preflight) -> Result<()> {
+    let o = &ctx.opts;
+    if pre.create_with.is_none() || pre.state == TargetState::Missing {
+        return Ok(());
+    }
+    let names = SyncNames::for_target(&o.target);
+    if let Ok(old) = connect(&o.target, Side::Target).await {
+        if sync::drop_subscription(&old, &names).await? {
+            tracing::info!(subscription = %names.subscription, "dropped the replaced target's subscription");
+        }
+    }
+    if !pre.sync {
+        let source = connect(&o.source, Side::Source).await?;
+        sync::drop_source_objects(&source, &names).await?;
+    }
+    Ok(())
 }
 
 /// After a failed copy, drop the slot and publication made for it: a slot left behind makes
@@ -305,10 +328,7 @@ async fn prepare_target(ctx: &Ctx, pre: &Preflight) -> Result<()> {
         return Ok(());
     };
     if pre.state != TargetState::Missing {
-        // A subscription of ours in it (an earlier sync) would stop DROP DATABASE.
-        if let Ok(old) = connect(&o.target, Side::Target).await {
-            sync::drop_subscription(&old, &SyncNames::for_target(&o.target)).await?;
-        }
+        // Its subscription, if any, went in retire_old_replication.
         target::drop_database(&pre.maintenance, &o.target).await?;
     }
     if let Some(w) = target::create_database(&pre.maintenance, &o.target, locale).await? {
@@ -1281,6 +1301,35 @@ async fn run_task(
 }
 
 /// Sequence values and large objects, read under the snapshot.
+/// Set each of `sequences` on the target to its value on the source (read in whatever
+/// snapshot `source` is in); returns how many the target has.
+pub(crate) async fn copy_sequences(
+    source: &Client,
+    target: &Client,
+    sequences: impl Iterator<Item = &QualName>,
+) -> Result<usize> {
+    let mut n = 0;
+    for seq in sequences {
+        let row = source
+            .query_one(
+                &format!("SELECT last_value, is_called FROM {}", seq.quoted()),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Source, format!("read sequence {seq}"), e))?;
+        let (value, called): (i64, bool) = (row.get(0), row.get(1));
+        let set = target
+            .query_opt(
+                "SELECT pg_catalog.setval(to_regclass($1), $2, $3) WHERE to_regclass($1) IS NOT NULL",
+                &[&seq.quoted(), &value, &called],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Target, format!("set sequence {seq}"), e))?;
+        n += usize::from(set.is_some());
+    }
+    Ok(n)
+}
+
 async fn finish(
     ctx: &Ctx,
     snapshot: &Snapshot,
@@ -1292,25 +1341,12 @@ async fn finish(
     let source = connect(&o.source, Side::Source).await?;
     snapshot::import(&source, snapshot.name()).await?;
     let (s, t) = (Side::Source, Side::Target);
-    let mut sequences = 0;
-    for seq in catalog.sequences.iter().filter(|q| o.filter.selects(q)) {
-        let row = source
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}", seq.quoted()),
-                &[],
-            )
-            .await
-            .map_err(|e| Error::sql(s, format!("read sequence {seq}"), e))?;
-        let (value, called): (i64, bool) = (row.get(0), row.get(1));
-        let set = target_client
-            .query_opt(
-                "SELECT pg_catalog.setval(to_regclass($1), $2, $3) WHERE to_regclass($1) IS NOT NULL",
-                &[&seq.quoted(), &value, &called],
-            )
-            .await
-            .map_err(|e| Error::sql(t, format!("set sequence {seq}"), e))?;
-        sequences += usize::from(set.is_some());
-    }
+    let sequences = copy_sequences(
+        &source,
+        target_client,
+        catalog.sequences.iter().filter(|q| o.filter.selects(q)),
+    )
+    .await?;
     let mut large_objects = 0;
     const CHUNK: i32 = 1 << 20;
     for &oid in &catalog.large_objects {
