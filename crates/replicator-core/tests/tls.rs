@@ -155,17 +155,22 @@ async fn try_connect(u: &ConnUrl) -> Result<bool, String> {
     Ok(row.get(0))
 }
 
-#[test]
-fn each_sslmode_checks_what_libpq_checks() {
-    let pki = pki();
-    let cluster = Cluster::start(&Options {
+/// A server presenting the throwaway CA's certificate for localhost.
+fn tls_cluster(pki: &Pki) -> Cluster {
+    Cluster::start(&Options {
         settings: vec![
             ("ssl".into(), "on".into()),
             ("ssl_cert_file".into(), pki.cert.display().to_string()),
             ("ssl_key_file".into(), pki.key.display().to_string()),
         ],
         ..Options::target()
-    });
+    })
+}
+
+#[test]
+fn each_sslmode_checks_what_libpq_checks() {
+    let pki = pki();
+    let cluster = tls_cluster(&pki);
     let port = cluster.port();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -225,14 +230,7 @@ fn each_sslmode_checks_what_libpq_checks() {
 fn the_replication_connection_checks_certificates_the_same_way() {
     use replicator_core::replication::ReplicationSession;
     let pki = pki();
-    let cluster = Cluster::start(&Options {
-        settings: vec![
-            ("ssl".into(), "on".into()),
-            ("ssl_cert_file".into(), pki.cert.display().to_string()),
-            ("ssl_key_file".into(), pki.key.display().to_string()),
-        ],
-        ..Options::target()
-    });
+    let cluster = tls_cluster(&pki);
     let port = cluster.port();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
