@@ -411,3 +411,74 @@ fn cutover_freezes_the_source_copies_sequences_verifies_and_detaches() {
         .status
         .success());
 }
+
+#[test]
+fn a_subscription_that_cannot_start_keeps_the_slot_and_sync_starts_it_later() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+    );
+    let (s, t) = (src.url("app"), dst.url("app"));
+    // The target is told to reach the source on a port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let unreachable = format!(
+        "postgresql://postgres@127.0.0.1:{}/app?sslmode=disable&connect_timeout=2",
+        dead.local_addr().expect("addr").port()
+    );
+    drop(dead);
+    let out = cli(&s, &t)
+        .args(["init", "--sync", "--progress", "none"])
+        .env("SEREN_SYNC_SOURCE_URL", &unreachable)
+        .output()
+        .expect("init");
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("the copy is complete, but replication did not start"),
+        "{all}"
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM t"), "1000");
+    assert_eq!(
+        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
+        "1"
+    );
+
+    // Changes made meanwhile are kept by the slot and arrive once sync starts the subscription.
+    src.psql(
+        "app",
+        "INSERT INTO t VALUES (1001, 'while waiting'); DELETE FROM t WHERE id = 1",
+    );
+    let out = run(&s, &t, &["sync"]);
+    assert!(out.status.success(), "sync: {}", text(&out));
+    assert!(
+        text(&out).contains("replicating: subscription"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&s, &t, &["verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert_eq!(
+        dst.psql("app", "SELECT count(*) FROM t WHERE id = 1001"),
+        "1"
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM t WHERE id = 1"), "0");
+    let out = run(&s, &t, &["sync"]);
+    assert!(
+        out.status.success() && text(&out).contains("already replicating"),
+        "{}",
+        text(&out)
+    );
+    // Without a slot, sync refuses rather than start with a gap.
+    assert!(run(&s, &t, &["sync", "--stop"]).status.success());
+    let out = run(&s, &t, &["sync"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cannot start without a gap"),
+        "{}",
+        text(&out)
+    );
+}

@@ -609,8 +609,11 @@ pub async fn wait_caught_up(
     names: &SyncNames,
     timeout: std::time::Duration,
 ) -> Result<String> {
+    // The insert position, not pg_current_wal_lsn() (the write position): with
+    // synchronous_commit off a commit returns before its WAL is written, and waiting only for the
+    // write position could miss it.
     let lsn: String = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .map_err(|e| Error::sql(Side::Source, "read the current LSN", e))?
         .get(0);
