@@ -617,27 +617,12 @@ async fn run_local_init(
     Ok(())
 }
 
-/// After an interrupted copy with replication: drop the slot and publication it made, unless a
-/// subscription already uses them, so that the source does not keep WAL for a copy that never
+/// After an interrupted copy with replication: drop the slot and publication it made (unless a
+/// subscription already uses them), so that the source does not keep WAL for a copy that never
 /// finished. Best effort; says what it could not do.
 async fn drop_unused_slot(source: &ConnUrl, target: &ConnUrl) {
     let names = replicator_core::sync::SyncNames::for_target(target);
-    let subscribed = match replicator_core::connect::connect(target, Side::Target).await {
-        Ok(t) => replicator_core::sync::subscription_exists(&t, &names)
-            .await
-            .unwrap_or(true),
-        // No target database yet: nothing can use the slot.
-        Err(_) => false,
-    };
-    if subscribed {
-        return;
-    }
-    let dropped = async {
-        let s = replicator_core::connect::connect(source, Side::Source).await?;
-        replicator_core::sync::drop_source_objects(&s, &names).await
-    }
-    .await;
-    if let Err(e) = dropped {
+    if let Err(e) = replicator_core::sync::abandon(source, target, &names).await {
         eprintln!(
             "warning: could not drop the replication slot {} on the source ({e}); run `sync --stop`",
             names.slot

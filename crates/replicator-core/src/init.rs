@@ -250,11 +250,7 @@ async fn retire_old_replication(ctx: &Ctx, pre: &Preflight) -> Result<()> {
 /// the source keep WAL for ever. Best effort; a failure here is logged, not returned.
 async fn abandon_sync(ctx: &Ctx, names: Option<&SyncNames>) {
     let Some(names) = names else { return };
-    let cleanup = async {
-        let source = connect(&ctx.opts.source, Side::Source).await?;
-        sync::drop_source_objects(&source, names).await
-    };
-    match cleanup.await {
+    match sync::abandon(&ctx.opts.source, &ctx.opts.target, names).await {
         Ok(dropped) if !dropped.is_empty() => {
             tracing::info!(
                 ?dropped,

@@ -404,6 +404,24 @@ pub async fn stop(
     Ok(dropped)
 }
 
+/// After a copy that did not finish: drop its slot and publication from the source unless a
+/// subscription in the target already uses them (a target database that cannot be reached, or
+/// does not exist yet, holds none). Returns what was dropped.
+///
+/// # Errors
+/// [`Error::Connect`] / [`Error::Sql`] on the source.
+pub async fn abandon(source: &ConnUrl, target: &ConnUrl, names: &SyncNames) -> Result<Vec<String>> {
+    let subscribed = match crate::connect::connect(target, Side::Target).await {
+        Ok(t) => subscription_exists(&t, names).await.unwrap_or(true),
+        Err(_) => false,
+    };
+    if subscribed {
+        return Ok(Vec::new());
+    }
+    let s = crate::connect::connect(source, Side::Source).await?;
+    drop_source_objects(&s, names).await
+}
+
 /// Drop the slot and publication from the source, whichever exists.
 ///
 /// # Errors

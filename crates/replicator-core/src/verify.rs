@@ -370,7 +370,8 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
     }
     ranges.push((prev, None));
     result.ranges = ranges.len();
-    let mut differing = Vec::new();
+    // Each differing range with its predicate, and the counts of its latest comparison.
+    let mut differing: Vec<(Mismatch, String)> = Vec::new();
     for (after, up_to) in ranges {
         let p = range_predicate(&key, after.as_ref(), up_to.as_ref());
         let (s, t) = tokio::try_join!(
@@ -380,7 +381,14 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
         result.source_rows += s.0;
         result.target_rows += t.0;
         if s != t {
-            differing.push((after, up_to, p));
+            let m = Mismatch {
+                key: key.columns.clone(),
+                after,
+                up_to,
+                source_rows: s.0,
+                target_rows: t.0,
+            };
+            differing.push((m, p));
         }
     }
     // Under live replication, a range may differ only because rows changed meanwhile: read
@@ -390,30 +398,19 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
         attempt += 1;
         ctx.catch_up(&source).await?;
         let mut still = Vec::new();
-        for (after, up_to, p) in differing {
+        for (mut m, p) in differing {
             let (s, t) = tokio::try_join!(
                 range_digest(&source, &table, &key, &p, Side::Source),
                 range_digest(&target, &table, &key, &p, Side::Target)
             )?;
             if s != t {
-                still.push((after, up_to, p));
+                (m.source_rows, m.target_rows) = (s.0, t.0);
+                still.push((m, p));
             }
         }
         differing = still;
     }
-    for (after, up_to, p) in differing {
-        let (s, t) = tokio::try_join!(
-            range_digest(&source, &table, &key, &p, Side::Source),
-            range_digest(&target, &table, &key, &p, Side::Target)
-        )?;
-        result.mismatches.push(Mismatch {
-            key: key.columns.clone(),
-            after,
-            up_to,
-            source_rows: s.0,
-            target_rows: t.0,
-        });
-    }
+    result.mismatches = differing.into_iter().map(|(m, _)| m).collect();
     Ok(result)
 }
 
