@@ -446,6 +446,13 @@ fn a_subscription_that_cannot_start_keeps_the_slot_and_sync_starts_it_later() {
         src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
         "1"
     );
+    // The failed statement carried the connection string: the target's log must not.
+    assert!(
+        dst.log().contains("could not connect to the publisher"),
+        "{}",
+        dst.log()
+    );
+    assert!(!dst.log().contains("CONNECTION 'host="), "{}", dst.log());
 
     // Changes made meanwhile are kept by the slot and arrive once sync starts the subscription.
     src.psql(

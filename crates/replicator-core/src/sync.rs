@@ -308,8 +308,22 @@ pub async fn create_subscription(
         p = ident(&names.publication),
         slot = literal(&names.slot),
     );
-    target.batch_execute(&sql).await.map_err(|e| {
-        // The statement holds the connection string; the error never does.
+    // The statement holds the connection string, password included: keep it out of the
+    // target's server log, which records a failed statement's text (and every DDL statement
+    // under log_statement = ddl). Only a superuser may change these; without the right they
+    // stay as the server has them.
+    for guard in [
+        "SET log_min_error_statement = panic",
+        "SET log_statement = none",
+    ] {
+        let _ = target.batch_execute(guard).await;
+    }
+    let created = target.batch_execute(&sql).await;
+    let _ = target
+        .batch_execute("RESET log_min_error_statement; RESET log_statement")
+        .await;
+    created.map_err(|e| {
+        // The error never holds the connection string.
         Error::sql(
             Side::Target,
             format!(
