@@ -4,17 +4,20 @@
 # SQLite store, key-file sealer and seren-worker processes), and then:
 #   1. init --remote copies pagila; every table of the target equals the source;
 #   2. a bad source host: the job fails with source_unreachable, and the CLI says so;
-#   3. cancel mid-copy: the job ends cancelled and its worker is gone;
+#   3. Ctrl-C detaches the CLI from a running job, which goes on; then a cancel mid-copy: the
+#      job ends cancelled and its worker is gone;
 #   4. a worker killed with SIGKILL mid-copy: the reaper fails the job (heartbeat_lost);
 #   5. the coordinator restarted while a job runs: the CLI re-attaches and sees it complete;
-#   6. two submits with one Idempotency-Key: one job, one worker.
+#   6. two submits with one Idempotency-Key: one job, one worker;
+#   7. verify --remote and validate --remote: the reports come back from a worker, and a row
+#      changed on the target makes verify exit 1 naming its table.
 # Exits 0 only when every check holds; removes everything it started.
 #
 # Against a deployed stack: set SEREN_REMOTE_API and SEREN_API_KEY, and SEREN_IT_SOURCE_URL and
 # SEREN_IT_TARGET_URL to two PostgreSQL servers that both this machine and the workers reach, as
 # a role that may create databases (the database part of the URLs is ignored). The script then
-# creates seren_it_* databases there, runs checks 1, 2, 3 and 6 through the deployed API (4 and
-# 5 need the local processes), and drops the databases afterwards.
+# creates seren_it_* databases there, runs checks 1, 2, 3, 6 and 7 through the deployed API (4
+# and 5 need the local processes), and drops the databases afterwards.
 set -euo pipefail
 cd "$(dirname "$0")"
 # shellcheck source=scripts/lib.sh
@@ -124,9 +127,28 @@ else
     fail "bad source host message"; cat "$work/2.out"
 fi
 
-echo "== 3. cancel mid-copy"
-id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_cancel) "$cli" init --remote --yes --detach 2>/dev/null)
-if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" "$T"; then
+echo "== 3. Ctrl-C detaches, then cancel mid-copy"
+# The CLI follows the job; SIGINT (Ctrl-C) detaches it and leaves the job running. A shell
+# without job control starts background commands with SIGINT ignored, hence `set -m`.
+set -m
+SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_cancel) "$cli" init --remote --yes --progress log >"$work/3.out" 2>&1 &
+watcher=$!
+set +m
+id=""
+for _ in $(seq 1 100); do
+    id=$(grep -o 'submitted init job [0-9a-f-]*' "$work/3.out" 2>/dev/null | awk '{print $4}' || true)
+    [ -n "$id" ] && break
+    sleep 0.1
+done
+if [ -n "$id" ] && wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" "$T"; then
+    kill -INT "$watcher"
+    set +e; wait "$watcher"; rc=$?; set -e
+    if [ "$rc" = 130 ] && grep -q "detached from job $id; it goes on.*jobs watch $id" "$work/3.out" \
+        && [ "$(job_field "$id" "j['status']")" = running ]; then
+        pass "Ctrl-C: the CLI detached (exit 130, re-attach with jobs watch) and the job runs on"
+    else
+        fail "Ctrl-C: exit $rc, job $(job_field "$id" "j['status']")"; cat "$work/3.out"
+    fi
     worker=$(job_field "$id" "j['instance_id']")
     "$cli" jobs cancel "$id" >/dev/null
     gone() { $remote && return 0; local _; for _ in $(seq 1 50); do kill -0 "${1#local-}" 2>/dev/null || return 0; sleep 0.1; done; return 1; }
@@ -136,7 +158,8 @@ if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('p
         fail "cancel: $(job_field "$id" "j['status']")"
     fi
 else
-    fail "cancel: the job never reached the data phase ($(job_field "$id" "j['status']"))"
+    fail "cancel: the job never reached the data phase (${id:-no job id}: $(cat "$work/3.out"))"
+    kill "$watcher" 2>/dev/null || true
 fi
 
 if $remote; then
@@ -197,9 +220,34 @@ else
     fail "idempotency: $ida vs $idb, $logs worker logs"
 fi
 
+echo "== 7. verify and validate on a worker"
+# pagila as check 1 left it: equal. Then one row changed on the target: verify names the table.
+if SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst pagila) "$cli" verify --remote >"$work/7a.out" 2>&1 \
+    && grep -q "^all [0-9]* tables equal" "$work/7a.out"; then
+    psql -X -q -d "$(dst pagila)" -c "UPDATE actor SET last_name = 'CHANGED' WHERE actor_id = 7"
+    set +e
+    SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst pagila) "$cli" verify --remote --json >"$work/7b.json" 2>"$work/7b.err"
+    rc=$?
+    set -e
+    differing=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(','.join(t['table'] for t in r['tables'] if not t['equal']))" "$work/7b.json" 2>/dev/null || true)
+    if [ "$rc" = 1 ] && [ "$differing" = "public.actor" ] && grep -q "1 of [0-9]* tables differ" "$work/7b.err"; then
+        pass "remote verify: $(grep -o '^all [0-9]* tables equal' "$work/7a.out"), then exit 1 naming $differing"
+    else
+        fail "remote verify after a change: exit $rc, differing '$differing'"; cat "$work/7b.err"
+    fi
+else
+    fail "remote verify"; cat "$work/7a.out"
+fi
+if SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst shop) "$cli" validate --remote >"$work/7c.out" 2>&1 \
+    && grep -q "^pass source.wal_level" "$work/7c.out"; then
+    pass "remote validate: $(grep -c '^pass' "$work/7c.out") checks pass, $(grep -c '^warn' "$work/7c.out") warn"
+else
+    fail "remote validate"; cat "$work/7c.out"
+fi
+
 if [ "$failures" -ne 0 ]; then
     echo "test-integration FAILED: $failures check(s)"
     $remote || tail -20 "$work/stack/coordinator.log"
     exit 1
 fi
-if $remote; then echo "test-integration OK: 4 checks against $SEREN_REMOTE_API"; else echo "test-integration OK: 6 checks"; fi
+if $remote; then echo "test-integration OK: 5 checks against $SEREN_REMOTE_API"; else echo "test-integration OK: 7 checks"; fi

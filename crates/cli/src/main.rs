@@ -58,28 +58,8 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
         #[command(flatten)]
-        remote: RemoteArgs,
+        remote: remote::RemoteArgs,
     },
-}
-
-/// Where the control plane is.
-#[derive(Debug, Clone, Args)]
-struct RemoteArgs {
-    /// The control plane's API endpoint (the deployment's api_endpoint output).
-    #[arg(long, env = "SEREN_REMOTE_API", global = true)]
-    remote_api: Option<String>,
-    /// Your API key. Prefer the environment variable: it stays out of the process list.
-    #[arg(long, env = "SEREN_API_KEY", hide_env_values = true, global = true)]
-    api_key: Option<String>,
-}
-
-impl RemoteArgs {
-    fn api(&self) -> anyhow::Result<remote::Api> {
-        let base = self.remote_api.as_deref().context(
-            "no API endpoint: set SEREN_REMOTE_API (or --remote-api) to the control plane's URL",
-        )?;
-        remote::Api::new(base, self.api_key.as_deref().unwrap_or_default())
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,7 +189,7 @@ struct InitArgs {
     #[arg(long)]
     remote: bool,
     #[command(flatten)]
-    remote_args: RemoteArgs,
+    remote_args: remote::RemoteArgs,
     /// With --remote: the worker's EC2 instance type (default: chosen by the source's size).
     #[arg(long, requires = "remote")]
     instance_type: Option<String>,
@@ -315,7 +295,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sync(args) if args.force => sync_force(*args).await,
         Command::Sync(args) => replication::sync_cmd(&args).await,
         Command::Status(args) => replication::status_cmd(&args).await,
+        Command::Verify(args) if args.remote => remote_verify(args).await,
         Command::Verify(args) => replication::verify_cmd(&args).await,
+        Command::Validate(args) if args.remote => remote_validate(args).await,
         Command::Validate(args) => replication::validate_cmd(&args).await,
         Command::Cutover(args) => replication::cutover_cmd(&args).await,
         Command::Jobs { command, remote } => jobs(command, &remote).await,
@@ -351,17 +333,7 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     if args.sync || args.sync_source_url.is_some() {
         bail!("--sync is for local runs: a remote job copies only; for a copy followed by replication run init (or `sync --force`) without --remote");
     }
-    // Checked here as the coordinator will, so a typo fails before anything is sent.
-    let source = ConnUrl::parse_remote(&args.source).map_err(|reason| Error::InvalidUrl {
-        side: Side::Source,
-        reason: format!(
-            "{reason} (remote jobs take everything from the URL, not from PG* variables)"
-        ),
-    })?;
-    let target = ConnUrl::parse_remote(&args.target).map_err(|reason| Error::InvalidUrl {
-        side: Side::Target,
-        reason,
-    })?;
+    let (source, target) = remote_urls(&args.source, &args.target)?;
     Filter::from_args(
         &args.include_tables,
         &args.exclude_tables,
@@ -383,6 +355,7 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
             instance_type: args.instance_type.clone(),
             source_size_bytes: source_size(&source).await,
             timeout_seconds: args.timeout_secs,
+            ..job_model::Options::default()
         },
         filter: job_model::FilterSpec {
             include_tables: args.include_tables.clone(),
@@ -391,21 +364,108 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
             schema_only_tables: args.schema_only_tables.clone(),
         },
     };
+    let what = format!("copying {} into {}", source.redacted(), target.redacted());
+    let Some(id) = submit(&api, request, &what, args.detach).await? else {
+        return Ok(());
+    };
+    finish_watch(&api, &id, args.json, args.progress).await
+}
+
+/// Both URLs of a remote job, checked here as the coordinator will, so a typo fails before
+/// anything is sent.
+fn remote_urls(source: &str, target: &str) -> anyhow::Result<(ConnUrl, ConnUrl)> {
+    let source = ConnUrl::parse_remote(source).map_err(|reason| Error::InvalidUrl {
+        side: Side::Source,
+        reason: format!(
+            "{reason} (remote jobs take everything from the URL, not from PG* variables)"
+        ),
+    })?;
+    let target = ConnUrl::parse_remote(target).map_err(|reason| Error::InvalidUrl {
+        side: Side::Target,
+        reason,
+    })?;
+    Ok((source, target))
+}
+
+/// Submit with a fresh idempotency key (so the client's own retries make one job) and say so;
+/// the job id to watch, or `None` when detaching (the id is printed on standard output).
+async fn submit(
+    api: &remote::Api,
+    request: job_model::api::SubmitRequest,
+    what: &str,
+    detach: bool,
+) -> anyhow::Result<Option<String>> {
     let idempotency_key = uuid::Uuid::new_v4().to_string();
     let submitted = api.submit(&request, &idempotency_key).await?;
+    let command = request.command;
     drop(request);
     eprintln!(
-        "submitted job {} ({}): copying {} into {}",
-        submitted.job_id,
-        submitted.status,
+        "submitted {command} job {} ({}): {what}",
+        submitted.job_id, submitted.status,
+    );
+    if detach {
+        println!("{}", submitted.job_id);
+        return Ok(None);
+    }
+    Ok(Some(submitted.job_id))
+}
+
+/// `verify --remote`: the comparison runs on a worker; its report is printed as a local run
+/// prints it, with the same exit code.
+async fn remote_verify(args: replication::VerifyArgs) -> anyhow::Result<()> {
+    let api = args.remote_args.api()?;
+    let (source, target) = remote_urls(&args.db.source, &args.db.target)?;
+    let filter = job_model::FilterSpec {
+        include_tables: args.include_tables.clone(),
+        exclude_tables: args.exclude_tables.clone(),
+        schema_only_tables: args.schema_only_tables.clone(),
+        table_filters: Vec::new(),
+    };
+    Filter::from_args(
+        &filter.include_tables,
+        &filter.exclude_tables,
+        &filter.schema_only_tables,
+        &[],
+    )?;
+    let request = job_model::api::SubmitRequest {
+        command: job_model::Command::Verify,
+        source_url: args.db.source.clone(),
+        target_url: args.db.target.clone(),
+        options: job_model::Options {
+            jobs: Some(u32::try_from(args.jobs).unwrap_or(u32::MAX)),
+            chunk_rows: Some(args.chunk_rows),
+            catch_up_timeout_seconds: Some(args.catch_up_timeout_secs),
+            ..job_model::Options::default()
+        },
+        filter,
+    };
+    let what = format!("comparing {} with {}", source.redacted(), target.redacted());
+    let Some(id) = submit(&api, request, &what, args.detach).await? else {
+        return Ok(());
+    };
+    finish_watch(&api, &id, args.json, ProgressMode::Auto).await
+}
+
+/// `validate --remote`: the checks run on a worker, from where the copy would run.
+async fn remote_validate(args: replication::ValidateArgs) -> anyhow::Result<()> {
+    let api = args.remote_args.api()?;
+    let (source, target) = remote_urls(&args.db.source, &args.db.target)?;
+    let request = job_model::api::SubmitRequest {
+        command: job_model::Command::Validate,
+        source_url: args.db.source.clone(),
+        target_url: args.db.target.clone(),
+        options: job_model::Options::default(),
+        filter: job_model::FilterSpec::default(),
+    };
+    let what = format!(
+        "checking {} and {} from a worker",
         source.redacted(),
         target.redacted()
     );
-    if args.detach {
-        println!("{}", submitted.job_id);
+    let Some(id) = submit(&api, request, &what, args.detach).await? else {
         return Ok(());
-    }
-    finish_watch(&api, &submitted.job_id, args.json, args.progress).await
+    };
+    finish_watch(&api, &id, args.json, ProgressMode::Auto).await
 }
 
 fn progress_mode(p: ProgressMode) -> progress::Mode {
@@ -435,21 +495,33 @@ async fn finish_watch(
     ui.finish();
     match watched? {
         remote::Watched::Detached(id) => Err(anyhow::Error::new(remote::Detached(id))),
-        remote::Watched::Finished(j) => {
+        remote::Watched::Finished(j) => conclude(&j, json),
+    }
+}
+
+/// Report a finished job and pick the exit: a verify or validate job prints its report as the
+/// local command would (`--json`: the report itself); any other prints its status line (`--json`:
+/// the job record). Only `completed` exits 0.
+fn conclude(j: &job_model::api::JobView, json: bool) -> anyhow::Result<()> {
+    use job_model::Command as C;
+    match (&j.result, j.command) {
+        (Some(report), C::Verify) => replication::print_verify(report, json),
+        (Some(report), C::Validate) => replication::print_validate(report, json),
+        _ => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&j)?);
+                println!("{}", serde_json::to_string_pretty(j)?);
             }
             if j.status == job_model::JobStatus::Completed {
-                eprintln!("{}", remote::status_line(&j));
+                eprintln!("{}", remote::status_line(j));
                 Ok(())
             } else {
-                Err(remote::failure(&j))
+                Err(remote::failure(j))
             }
         }
     }
 }
 
-async fn jobs(command: JobsCommand, remote: &RemoteArgs) -> anyhow::Result<()> {
+async fn jobs(command: JobsCommand, remote: &remote::RemoteArgs) -> anyhow::Result<()> {
     let api = remote.api()?;
     match command {
         JobsCommand::List {

@@ -5,11 +5,36 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use clap::Args;
 use job_model::api::{ErrorResponse, JobView, ListResponse, SubmitRequest, SubmitResponse};
 use job_model::JobStatus;
 use replicator_core::progress::{DataProgress, Event, Observer, Phase, PlanSummary};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+
+/// Where the control plane is.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// The control plane's API endpoint (the deployment's api_endpoint output).
+    #[arg(long, env = "SEREN_REMOTE_API", global = true)]
+    pub remote_api: Option<String>,
+    /// Your API key. Prefer the environment variable: it stays out of the process list.
+    #[arg(long, env = "SEREN_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+}
+
+impl RemoteArgs {
+    /// A client for the endpoint and key given.
+    ///
+    /// # Errors
+    /// When either is missing or malformed.
+    pub fn api(&self) -> anyhow::Result<Api> {
+        let base = self.remote_api.as_deref().context(
+            "no API endpoint: set SEREN_REMOTE_API (or --remote-api) to the control plane's URL",
+        )?;
+        Api::new(base, self.api_key.as_deref().unwrap_or_default())
+    }
+}
 
 /// Where the API is and who we are.
 pub struct Api {

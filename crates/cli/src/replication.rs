@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use replicator_core::connect::connect;
 use replicator_core::sync::{self, SyncNames, SyncStatus};
 use replicator_core::validate::{self, Verdict};
-use replicator_core::verify::{self, Method, VerifyOptions};
+use replicator_core::verify::{self, VerifyOptions};
 use replicator_core::{ConnUrl, Error, Filter, Side};
 
 /// The two databases.
@@ -131,6 +131,15 @@ pub struct VerifyArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run the comparison on a worker of the control plane at SEREN_REMOTE_API instead of here
+    /// (for databases this machine cannot reach, or to keep the reads next to them).
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub remote_args: crate::remote::RemoteArgs,
+    /// With --remote: submit, print the job id and return without waiting.
+    #[arg(long, requires = "remote")]
+    pub detach: bool,
 }
 
 /// `validate`.
@@ -138,12 +147,21 @@ pub struct VerifyArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub db: Databases,
-    /// Directory holding pg_dump and psql (default: the newest found).
+    /// Directory holding pg_dump and psql (default: the newest found; local runs only).
     #[arg(long, env = "SEREN_PG_BINDIR")]
     pub pg_bindir: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run the checks on a worker of the control plane at SEREN_REMOTE_API, from where a remote
+    /// copy would run (its network, its pg_dump), instead of here.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub remote_args: crate::remote::RemoteArgs,
+    /// With --remote: submit, print the job id and return without waiting.
+    #[arg(long, requires = "remote")]
+    pub detach: bool,
 }
 
 /// `cutover`.
@@ -379,72 +397,87 @@ pub async fn verify_cmd(args: &VerifyArgs) -> anyhow::Result<()> {
     opts.chunk_rows = args.chunk_rows;
     opts.catch_up_timeout = Duration::from_secs(args.catch_up_timeout_secs);
     let report = verify::verify(opts).await?;
-    let differing = report.tables.iter().filter(|t| !t.equal()).count();
-    if args.json {
-        let tables: Vec<_> = report
-            .tables
-            .iter()
-            .map(|t| {
-                json!({
-                    "table": t.table.to_string(),
-                    "method": match t.method { Method::KeyRanges => "key_ranges", Method::WholeTable => "whole_table" },
-                    "equal": t.equal(),
-                    "source_rows": t.source_rows,
-                    "target_rows": t.target_rows,
-                    "ranges": t.ranges,
-                    "missing_on_target": t.missing_on_target,
-                    "mismatches": t.mismatches.iter().map(|m| json!({
-                        "key": m.key,
-                        "after": m.after,
-                        "up_to": m.up_to,
-                        "source_rows": m.source_rows,
-                        "target_rows": m.target_rows,
-                        "description": m.to_string(),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({ "equal": report.equal(), "compared_at_lsn": report.compared_at_lsn, "tables": tables })
-        );
+    print_verify(&report.to_json(), args.json)
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn number(v: &Value, key: &str) -> i64 {
+    v.get(key).and_then(Value::as_i64).unwrap_or_default()
+}
+
+fn flag(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or_default()
+}
+
+/// Print a verify report (the JSON of [`verify::VerifyReport::to_json`], made here or by a
+/// remote worker) as JSON or as one line per table; an error when any table differs.
+pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
+    let tables = report
+        .get("tables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if json {
+        println!("{report}");
     } else {
-        for t in &report.tables {
-            if t.missing_on_target {
-                eprintln!("{}: missing on the target", t.table);
+        for t in tables {
+            let name = text(t, "table");
+            if flag(t, "missing_on_target") {
+                eprintln!("{name}: missing on the target");
                 continue;
             }
-            let how = match t.method {
-                Method::KeyRanges => format!("{} key ranges", t.ranges),
-                Method::WholeTable => "whole table, no primary key: count and hash sum only".into(),
+            let how = if text(t, "method") == "whole_table" {
+                "whole table, no primary key: count and hash sum only".to_owned()
+            } else {
+                format!("{} key ranges", number(t, "ranges"))
             };
-            if t.equal() {
-                eprintln!("{}: equal, {} rows ({how})", t.table, t.source_rows);
+            if flag(t, "equal") {
+                eprintln!("{name}: equal, {} rows ({how})", number(t, "source_rows"));
             } else {
                 eprintln!(
-                    "{}: DIFFERENT, {} rows on the source, {} on the target ({how})",
-                    t.table, t.source_rows, t.target_rows
+                    "{name}: DIFFERENT, {} rows on the source, {} on the target ({how})",
+                    number(t, "source_rows"),
+                    number(t, "target_rows")
                 );
-                for m in &t.mismatches {
-                    eprintln!("  {m}");
+                for m in t
+                    .get("mismatches")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    eprintln!("  {}", text(m, "description"));
+                }
+                let more = number(t, "mismatches_not_listed");
+                if more > 0 {
+                    eprintln!("  … and {more} more differing ranges");
                 }
             }
         }
-        match &report.compared_at_lsn {
+        match report.get("compared_at_lsn").and_then(Value::as_str) {
             Some(lsn) => {
                 eprintln!("compared once the target had replicated the source up to {lsn}")
             }
             None => eprintln!("compared without replication running"),
         }
     }
-    if differing > 0 {
-        bail!(
-            "{differing} of {} tables differ between source and target",
-            report.tables.len()
-        );
+    // A remote report too large for its job record leaves out the equal tables.
+    let unlisted = report
+        .get("equal_tables_not_listed")
+        .and_then(Value::as_u64)
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let total = tables.len() + unlisted;
+    if !json && unlisted > 0 {
+        eprintln!("{unlisted} more tables equal (not listed: the report was too large for the job record)");
     }
-    if !args.json {
-        eprintln!("all {} tables equal", report.tables.len());
+    let differing = tables.iter().filter(|t| !flag(t, "equal")).count();
+    if differing > 0 {
+        bail!("{differing} of {total} tables differ between source and target");
+    }
+    if !json {
+        eprintln!("all {total} tables equal");
     }
     Ok(())
 }
@@ -453,29 +486,39 @@ pub async fn verify_cmd(args: &VerifyArgs) -> anyhow::Result<()> {
 pub async fn validate_cmd(args: &ValidateArgs) -> anyhow::Result<()> {
     let (source, target) = args.db.parse()?;
     let checks = validate::validate(&source, &target, args.pg_bindir.clone()).await;
-    if args.json {
-        let list: Vec<_> = checks
-            .iter()
-            .map(|c| json!({"check": c.name, "result": c.verdict.name(), "detail": c.detail, "fix": c.fix}))
-            .collect();
-        println!(
-            "{}",
-            json!({ "ok": checks.iter().all(|c| c.verdict != Verdict::Fail), "checks": list })
-        );
+    print_validate(&validate::to_json(&checks), args.json)
+}
+
+/// Print validate's checks (the JSON of [`validate::to_json`], made here or by a remote worker)
+/// as JSON or one line per check with its fix; an error when any check failed.
+pub fn print_validate(report: &Value, json: bool) -> anyhow::Result<()> {
+    let checks = report
+        .get("checks")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if json {
+        println!("{report}");
     } else {
-        for c in &checks {
-            let fix = if c.fix.is_empty() || c.verdict == Verdict::Pass {
+        for c in checks {
+            let verdict = text(c, "result");
+            let fix = text(c, "fix");
+            let fix = if fix.is_empty() || verdict == Verdict::Pass.name() {
                 String::new()
             } else {
-                format!(" -> {}", c.fix)
+                format!(" -> {fix}")
             };
-            eprintln!("{:<4} {:<32} {}{fix}", c.verdict.name(), c.name, c.detail);
+            eprintln!(
+                "{verdict:<4} {:<32} {}{fix}",
+                text(c, "check"),
+                text(c, "detail")
+            );
         }
     }
     let failed: Vec<&str> = checks
         .iter()
-        .filter(|c| c.verdict == Verdict::Fail)
-        .map(|c| c.name)
+        .filter(|c| text(c, "result") == Verdict::Fail.name())
+        .map(|c| text(c, "check"))
         .collect();
     if !failed.is_empty() {
         bail!("{} check(s) failed: {}", failed.len(), failed.join(", "));

@@ -7,7 +7,7 @@
 //! the worker hands a URL to a shell.
 
 use job_model::api::SubmitRequest;
-use job_model::{FilterSpec, Options};
+use job_model::{Command, FilterSpec, Options};
 use replicator_core::ConnUrl;
 
 use crate::error::ApiError;
@@ -75,6 +75,25 @@ fn filter(f: &FilterSpec) -> Result<(), ApiError> {
     .map_err(|e| ApiError::invalid(format!("filter: {e}")))
 }
 
+/// What each command can be given.
+fn command(req: &SubmitRequest) -> Result<(), ApiError> {
+    match req.command {
+        Command::Init => Ok(()),
+        Command::Sync => Err(ApiError::invalid(
+            "command sync is not run by a worker: run `postgres-seren-replicator sync` from a \
+             machine that reaches both databases (replication itself runs in the target server)",
+        )),
+        Command::Verify if !req.filter.table_filters.is_empty() => Err(ApiError::invalid(
+            "filter.table_filters does not apply to verify, which compares whole tables; \
+             leave it out, or exclude the filtered tables with filter.exclude_tables",
+        )),
+        Command::Validate if !req.filter.is_empty() => Err(ApiError::invalid(
+            "validate checks the whole databases and takes no filter; leave filter out",
+        )),
+        Command::Verify | Command::Validate => Ok(()),
+    }
+}
+
 fn options(o: &Options) -> Result<(), ApiError> {
     if let Some(j) = o.jobs {
         if !(1..=256).contains(&j) {
@@ -87,6 +106,20 @@ fn options(o: &Options) -> Result<(), ApiError> {
         if t == 0 || t > MAX_TIMEOUT_SECONDS {
             return Err(ApiError::invalid(format!(
                 "options.timeout_seconds is {t}; give 1 to {MAX_TIMEOUT_SECONDS} (7 days)"
+            )));
+        }
+    }
+    if let Some(c) = o.chunk_rows {
+        if !(1_000..=100_000_000).contains(&c) {
+            return Err(ApiError::invalid(format!(
+                "options.chunk_rows is {c}; give 1000 to 100000000 rows per compared range"
+            )));
+        }
+    }
+    if let Some(t) = o.catch_up_timeout_seconds {
+        if t > 24 * 3600 {
+            return Err(ApiError::invalid(format!(
+                "options.catch_up_timeout_seconds is {t}; give at most 86400 (a day)"
             )));
         }
     }
@@ -113,6 +146,7 @@ fn options(o: &Options) -> Result<(), ApiError> {
 /// # Errors
 /// A 400 naming the field and the fix.
 pub fn submit(req: &SubmitRequest) -> Result<Valid, ApiError> {
+    command(req)?;
     let source = url("source_url", &req.source_url)?;
     let target = url("target_url", &req.target_url)?;
     if source.host.eq_ignore_ascii_case(&target.host)
@@ -146,7 +180,6 @@ pub fn idempotency_key(v: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use job_model::Command;
 
     fn req(source: &str, target: &str) -> SubmitRequest {
         SubmitRequest {
@@ -220,6 +253,36 @@ mod tests {
         r.options.timeout_seconds = Some(MAX_TIMEOUT_SECONDS + 1);
         assert!(submit(&r).is_err());
         r.options.timeout_seconds = Some(3600);
+        assert!(submit(&r).is_ok());
+        r.options.chunk_rows = Some(10);
+        assert!(submit(&r)
+            .expect_err("chunk")
+            .message
+            .contains("options.chunk_rows"));
+    }
+
+    #[test]
+    fn each_command_takes_what_it_can_use() {
+        let mut r = req("postgresql://u@s/db", "postgresql://u@t/db");
+        r.command = Command::Sync;
+        assert!(submit(&r)
+            .expect_err("sync")
+            .message
+            .contains("postgres-seren-replicator sync"));
+        r.command = Command::Verify;
+        r.filter.exclude_tables = vec!["audit.*".into()];
+        assert!(submit(&r).is_ok());
+        r.filter.table_filters = vec!["public.t:id > 5".into()];
+        assert!(submit(&r)
+            .expect_err("verify with a row filter")
+            .message
+            .contains("table_filters does not apply to verify"));
+        r.command = Command::Validate;
+        assert!(submit(&r)
+            .expect_err("validate with a filter")
+            .message
+            .contains("takes no filter"));
+        r.filter = FilterSpec::default();
         assert!(submit(&r).is_ok());
     }
 

@@ -107,6 +107,8 @@ fn documented_schemas_match_the_wire_types() {
         instance_type: Some("t".into()),
         source_size_bytes: Some(1),
         timeout_seconds: Some(1),
+        chunk_rows: Some(1),
+        catch_up_timeout_seconds: Some(1),
     };
     let filter = FilterSpec {
         include_tables: vec!["a".into()],
@@ -157,6 +159,7 @@ fn documented_schemas_match_the_wire_types() {
         instance_id: Some("i".into()),
         progress: Some(progress),
         error: Some(ErrorBody::new("c", "m")),
+        result: Some(serde_json::json!({"ok": true})),
     };
     assert_eq!(
         keys(&serde_json::to_value(&view).expect("view")),

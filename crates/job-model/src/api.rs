@@ -91,6 +91,9 @@ pub struct JobView {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// What a `verify` or `validate` job found (the report its `--json` prints locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 impl From<&Job> for JobView {
@@ -112,6 +115,7 @@ impl From<&Job> for JobView {
             instance_id: j.instance_id.clone(),
             progress: j.progress.clone(),
             error: j.error.clone(),
+            result: j.result.clone(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Operators query these names directly (`job_id.S`, `status.S`, `created_at.S`), so they and
 //! their types are a contract: `job_id` S, `status` S, `created_at` S (RFC 3339 UTC), `ttl` N
 //! (epoch seconds), `version` N, `source_secret`/`target_secret` B (sealed), `spec` M (filter
-//! and options, no secrets), `progress` M, `error` M (`code`, `message`). Optional attributes
+//! and options, no secrets), `progress` M, `error` M (`code`, `message`), `result` M (a verify or validate report). Optional attributes
 //! are absent rather than NULL. Reading is lenient about what older writers left out.
 
 use std::collections::HashMap;
@@ -56,6 +56,8 @@ pub mod attr {
     pub const PROGRESS: &str = "progress";
     /// Failure (a DynamoDB reserved word: always use `#error` in expressions).
     pub const ERROR: &str = "error";
+    /// A `verify` or `validate` report (a DynamoDB reserved word: always use `#res`).
+    pub const RESULT: &str = "result";
     /// Idempotency key the job was submitted with.
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
     /// Owner (owner index hash key).
@@ -201,6 +203,9 @@ pub fn to_item(job: &Job) -> Item {
     if let Some(e) = &job.error {
         put(attr::ERROR, to_attr(e));
     }
+    if let Some(r) = &job.result {
+        put(attr::RESULT, json_to_attr(r));
+    }
     if let Some(k) = &job.idempotency_key {
         put(attr::IDEMPOTENCY_KEY, AttributeValue::S(k.clone()));
     }
@@ -311,6 +316,7 @@ pub fn from_item(item: &Item) -> Result<Job, StoreError> {
         instance_id: r.s(attr::INSTANCE_ID)?,
         progress: r.de(attr::PROGRESS)?,
         error: r.de::<ErrorBody>(attr::ERROR)?,
+        result: r.de(attr::RESULT)?,
         idempotency_key: r.s(attr::IDEMPOTENCY_KEY)?,
         version: r
             .n(attr::VERSION)?
@@ -359,6 +365,7 @@ mod tests {
             ..Progress::default()
         });
         j.error = Some(ErrorBody::new("x", "y"));
+        j.result = Some(serde_json::json!({"ok": false, "checks": [{"check": "a", "fix": null}]}));
         j.instance_id = Some("i-0123".into());
         j
     }

@@ -249,6 +249,12 @@ pub struct Options {
     /// Stop the job (status `timed_out`) after this many seconds of running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// `verify`: rows per compared key range (default 100,000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_rows: Option<u64>,
+    /// `verify`: seconds to wait for replication to catch up before comparing (default 120).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up_timeout_seconds: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -370,6 +376,9 @@ pub struct Job {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+    /// What a `verify` or `validate` job found: the report its `--json` prints locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
     /// The `Idempotency-Key` it was submitted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -446,6 +455,7 @@ impl Job {
             instance_id: None,
             progress: None,
             error: None,
+            result: None,
             idempotency_key,
             version: 1,
             ttl: now.plus(retention).unix_seconds(),

@@ -197,19 +197,35 @@ async fn life_cycle_and_conditions(store: Arc<dyn JobStore>) {
         store.heartbeat(&j.job_id, "i-2", None, at(5)).await,
         Err(StoreError::Conflict { .. })
     ));
+    // A verify report: nested lists and maps, nulls, numbers and booleans survive the store.
+    let report = serde_json::json!({
+        "equal": false,
+        "compared_at_lsn": null,
+        "tables": [
+            {"table": "public.a", "equal": true, "source_rows": 10, "mismatches": []},
+            {"table": "public.b", "equal": false, "source_rows": 3_000_000_000_u64,
+             "mismatches": [{"after": null, "up_to": ["7"], "description": "(id) <= 7: 7 rows on the source, 6 on the target"}]}
+        ]
+    });
     let done = store
         .transition(
             &j.job_id,
             Expect::status(JobStatus::Running),
             Change::to(JobStatus::Failed, at(6))
-                .error(ErrorBody::new("source_unreachable", "cannot reach src")),
+                .error(ErrorBody::new("verify_mismatch", "1 of 2 tables differ"))
+                .result(report.clone()),
         )
         .await
         .expect("fail");
     assert_eq!(done.finished_at, Some(at(6)));
     assert_eq!(
+        done.result.as_ref(),
+        Some(&report),
+        "the report reads back as written"
+    );
+    assert_eq!(
         done.error.as_ref().map(|e| e.code.as_str()),
-        Some("source_unreachable")
+        Some("verify_mismatch")
     );
     assert_eq!(store.get(&j.job_id).await.expect("get"), Some(done.clone()));
     // Terminal statuses never change.

@@ -49,6 +49,26 @@ pub struct Check {
     pub fix: String,
 }
 
+/// The checks as `validate --json` prints them and a remote `validate` job records them:
+/// `{"ok", "checks": [{"check", "result", "detail", "fix"}]}`; `ok` is false when any failed.
+pub fn to_json(checks: &[Check]) -> serde_json::Value {
+    let list: Vec<_> = checks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "check": c.name,
+                "result": c.verdict.name(),
+                "detail": c.detail,
+                "fix": c.fix,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ok": checks.iter().all(|c| c.verdict != Verdict::Fail),
+        "checks": list,
+    })
+}
+
 fn check(
     name: &'static str,
     verdict: Verdict,

@@ -153,6 +153,41 @@ impl VerifyReport {
     pub fn equal(&self) -> bool {
         self.tables.iter().all(TableResult::equal)
     }
+
+    /// The report as `verify --json` prints it and a remote `verify` job records it:
+    /// `{"equal", "compared_at_lsn", "tables": [{"table", "method", "equal", "source_rows",
+    /// "target_rows", "ranges", "missing_on_target", "mismatches": [{"key", "after", "up_to",
+    /// "source_rows", "target_rows", "description"}]}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let tables: Vec<_> = self
+            .tables
+            .iter()
+            .map(|t| {
+                json!({
+                    "table": t.table.to_string(),
+                    "method": match t.method {
+                        Method::KeyRanges => "key_ranges",
+                        Method::WholeTable => "whole_table",
+                    },
+                    "equal": t.equal(),
+                    "source_rows": t.source_rows,
+                    "target_rows": t.target_rows,
+                    "ranges": t.ranges,
+                    "missing_on_target": t.missing_on_target,
+                    "mismatches": t.mismatches.iter().map(|m| json!({
+                        "key": m.key,
+                        "after": m.after,
+                        "up_to": m.up_to,
+                        "source_rows": m.source_rows,
+                        "target_rows": m.target_rows,
+                        "description": m.to_string(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "equal": self.equal(), "compared_at_lsn": self.compared_at_lsn, "tables": tables })
+    }
 }
 
 /// One end of a key range: the key's values as text, or open.

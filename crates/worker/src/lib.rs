@@ -18,7 +18,8 @@ use job_model::{
     Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Sealer, SecretString, StoreError,
     Timestamp,
 };
-use replicator_core::{ConnUrl, Filter, InitOptions};
+use replicator_core::verify::{self, VerifyOptions};
+use replicator_core::{validate, ConnUrl, Filter, InitOptions};
 
 use crate::progress::Tracker;
 
@@ -61,57 +62,247 @@ pub enum WorkerError {
     Store(#[from] StoreError),
 }
 
-/// The engine's options for a job, or the error to fail it with.
-fn engine_options(
+/// What a job asks the engine to do.
+// Built once per job and moved into the engine: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    /// Copy.
+    Init(InitOptions),
+    /// Compare.
+    Verify(VerifyOptions),
+    /// Run the preflight checks.
+    Validate {
+        source: ConnUrl,
+        target: ConnUrl,
+        pg_bindir: Option<PathBuf>,
+    },
+}
+
+/// The engine's work for a job, or the error to fail it with.
+fn plan_work(
     job: &Job,
     source: &str,
     target: &str,
     pg_bindir: Option<PathBuf>,
-) -> Result<InitOptions, ErrorBody> {
-    if job.spec.command != Command::Init {
-        return Err(ErrorBody::new(
-            "unsupported_command",
-            format!(
-                "this worker runs init only; `{}` is not available remotely yet",
-                job.spec.command
-            ),
-        ));
-    }
+) -> Result<Work, ErrorBody> {
     let url = |side: &str, text: &str| {
         ConnUrl::parse_remote(text)
             .map_err(|e| ErrorBody::new("invalid_url", format!("{side} URL: {e}")))
     };
-    let mut opts = InitOptions::new(url("source", source)?, url("target", target)?);
+    let (source, target) = (url("source", source)?, url("target", target)?);
     let spec = &job.spec;
-    opts.filter = Filter::from_args(
-        &spec.filter.include_tables,
-        &spec.filter.exclude_tables,
-        &spec.filter.schema_only_tables,
-        &spec.filter.table_filters,
-    )
-    .map_err(|e| ErrorBody::new(e.code(), e.to_string()))?;
-    if let Some(j) = spec.options.jobs {
-        opts.jobs = j as usize;
+    let filter = || {
+        Filter::from_args(
+            &spec.filter.include_tables,
+            &spec.filter.exclude_tables,
+            &spec.filter.schema_only_tables,
+            &spec.filter.table_filters,
+        )
+        .map_err(|e| ErrorBody::new(e.code(), e.to_string()))
+    };
+    match spec.command {
+        Command::Init => {
+            let mut opts = InitOptions::new(source, target);
+            opts.filter = filter()?;
+            if let Some(j) = spec.options.jobs {
+                opts.jobs = j as usize;
+            }
+            opts.drop_existing = spec.options.drop_existing;
+            opts.no_owner = spec.options.no_owner;
+            opts.no_privileges = spec.options.no_privileges;
+            opts.pg_bindir = pg_bindir;
+            Ok(Work::Init(opts))
+        }
+        Command::Verify => {
+            let mut opts = VerifyOptions::new(source, target);
+            opts.filter = filter()?;
+            if let Some(j) = spec.options.jobs {
+                opts.jobs = j as usize;
+            }
+            if let Some(c) = spec.options.chunk_rows {
+                opts.chunk_rows = c;
+            }
+            if let Some(t) = spec.options.catch_up_timeout_seconds {
+                opts.catch_up_timeout = Duration::from_secs(t);
+            }
+            Ok(Work::Verify(opts))
+        }
+        Command::Validate => Ok(Work::Validate {
+            source,
+            target,
+            pg_bindir,
+        }),
+        Command::Sync => Err(ErrorBody::new(
+            "unsupported_command",
+            "sync is not run by a worker: run `postgres-seren-replicator sync` from a machine \
+             that reaches both databases (replication itself runs in the target server)",
+        )),
     }
-    opts.drop_existing = spec.options.drop_existing;
-    opts.no_owner = spec.options.no_owner;
-    opts.no_privileges = spec.options.no_privileges;
-    opts.pg_bindir = pg_bindir;
-    Ok(opts)
 }
+
+/// What the engine returned.
+// One value per job, held briefly: the size of the report variant does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Done {
+    /// A copy's report.
+    Copied(replicator_core::InitReport),
+    /// A verify or validate report for the job record, and the error to fail the job with when
+    /// it found differences or failed checks.
+    Report {
+        result: serde_json::Value,
+        verdict: Option<ErrorBody>,
+    },
+}
+
+/// Run the work. `tracker` gets the phase of the commands that report no progress themselves.
+async fn perform(work: Work, tracker: &Tracker) -> replicator_core::Result<Done> {
+    match work {
+        Work::Init(opts) => replicator_core::init(opts, tracker.observer())
+            .await
+            .map(Done::Copied),
+        Work::Verify(opts) => {
+            tracker.set_phase("verify");
+            let report = verify::verify(opts).await?;
+            let differing: Vec<String> = report
+                .tables
+                .iter()
+                .filter(|t| !t.equal())
+                .map(|t| t.table.to_string())
+                .collect();
+            let verdict = (!differing.is_empty()).then(|| {
+                ErrorBody::new(
+                    "verify_mismatch",
+                    format!(
+                        "{} of {} tables differ between source and target: {}",
+                        differing.len(),
+                        report.tables.len(),
+                        name_list(&differing)
+                    ),
+                )
+            });
+            Ok(Done::Report {
+                result: fit_record(report.to_json(), MAX_RESULT_BYTES),
+                verdict,
+            })
+        }
+        Work::Validate {
+            source,
+            target,
+            pg_bindir,
+        } => {
+            tracker.set_phase("validate");
+            let checks = validate::validate(&source, &target, pg_bindir).await;
+            let failed: Vec<String> = checks
+                .iter()
+                .filter(|c| c.verdict == validate::Verdict::Fail)
+                .map(|c| c.name.to_owned())
+                .collect();
+            let verdict = (!failed.is_empty()).then(|| {
+                ErrorBody::new(
+                    "validate_failed",
+                    format!("{} check(s) failed: {}", failed.len(), name_list(&failed)),
+                )
+            });
+            Ok(Done::Report {
+                result: validate::to_json(&checks),
+                verdict,
+            })
+        }
+    }
+}
+
+/// At most ten names, then how many more.
+fn name_list(names: &[String]) -> String {
+    let shown = names
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match names.len().saturating_sub(10) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+/// The most a result may take in the job record: a DynamoDB item holds at most 400 KB, and
+/// the rest of the record needs room too.
+const MAX_RESULT_BYTES: usize = 256 * 1024;
+
+/// A verify report that fits the job record: when it is larger than `limit`, the equal tables
+/// are left out (counted in `equal_tables_not_listed`) and each differing table keeps its first
+/// 100 ranges (the rest counted in `mismatches_not_listed`).
+fn fit_record(mut report: serde_json::Value, limit: usize) -> serde_json::Value {
+    use serde_json::Value;
+    if report.to_string().len() <= limit {
+        return report;
+    }
+    if let Some(Value::Array(tables)) = report.get_mut("tables") {
+        let before = tables.len();
+        tables.retain(|t| t.get("equal") != Some(&Value::Bool(true)));
+        let left_out = before - tables.len();
+        for t in tables.iter_mut() {
+            if let Some(Value::Array(m)) = t.get_mut("mismatches") {
+                let extra = m.len().saturating_sub(100);
+                if extra > 0 {
+                    m.truncate(100);
+                    t["mismatches_not_listed"] = Value::from(extra);
+                }
+            }
+        }
+        report["equal_tables_not_listed"] = Value::from(left_out);
+    }
+    if report.to_string().len() > limit {
+        // Still too large (thousands of differing tables): keep the names only.
+        if let Some(Value::Array(tables)) = report.get_mut("tables") {
+            for t in tables.iter_mut() {
+                let earlier = t
+                    .get("mismatches_not_listed")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                if let Some(Value::Array(m)) = t.get_mut("mismatches") {
+                    let n = m.len() as u64 + earlier;
+                    m.clear();
+                    t["mismatches_not_listed"] = Value::from(n);
+                }
+            }
+        }
+    }
+    report
+}
+
+/// How long a worker waits for a job that is still `pending`: the coordinator records
+/// `provisioning` only once the launch call has returned, and a local worker process (or, in
+/// principle, a fast instance) can start before that.
+const PENDING_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Claim the job: `provisioning → running` on this instance. Returns the job, or the status
 /// that made the claim fail. A job already running on this same instance (a restarted worker)
-/// is taken back, and the engine resumes it.
+/// is taken back, and the engine resumes it. A job still `pending` is waited for.
 async fn claim(
     store: &dyn JobStore,
     cfg: &Config,
 ) -> Result<Result<(Job, bool), JobStatus>, WorkerError> {
-    let change = Change::to(JobStatus::Running, Timestamp::now()).instance(&cfg.instance_id);
-    match store
-        .transition(&cfg.job_id, Expect::status(JobStatus::Provisioning), change)
-        .await
-    {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let result = loop {
+        let change = Change::to(JobStatus::Running, Timestamp::now()).instance(&cfg.instance_id);
+        match store
+            .transition(&cfg.job_id, Expect::status(JobStatus::Provisioning), change)
+            .await
+        {
+            Err(StoreError::Conflict {
+                current: JobStatus::Pending,
+                ..
+            }) if started.elapsed() < PENDING_PATIENCE => {
+                tracing::info!(job_id = %cfg.job_id, "the job is not marked provisioning yet; waiting");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => break other,
+        }
+    };
+    match result {
         Ok(job) => Ok(Ok((job, false))),
         Err(StoreError::Conflict { current, .. }) => {
             let job = store
@@ -154,7 +345,7 @@ async fn finish(store: &dyn JobStore, cfg: &Config, change: Change) -> Result<()
 // One value per job, held briefly: the size of the report variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Stop {
-    Done(replicator_core::Result<replicator_core::InitReport>),
+    Done(replicator_core::Result<Done>),
     Cancel,
     Lost(JobStatus),
     Signal,
@@ -225,13 +416,13 @@ pub async fn run(
             return Ok(Outcome::Failed(body));
         }
     };
-    let mut opts = match engine_options(
+    let mut work = match plan_work(
         &job,
         source.expose(),
         target.expose(),
         cfg.pg_bindir.clone(),
     ) {
-        Ok(o) => o,
+        Ok(w) => w,
         Err(body) => {
             finish(
                 &*store,
@@ -243,11 +434,13 @@ pub async fn run(
         }
     };
     drop((source, target));
-    opts.resume = resumed;
+    if let Work::Init(opts) = &mut work {
+        opts.resume = resumed;
+    }
 
     let tracker = Tracker::default();
     tracker.set_phase("starting");
-    let engine = replicator_core::init(opts, tracker.observer());
+    let engine = perform(work, &tracker);
     tokio::pin!(engine);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(cfg.heartbeat_every);
@@ -275,7 +468,7 @@ pub async fn run(
     let progress = tracker.snapshot();
     let now = Timestamp::now();
     let outcome = match ended {
-        Stop::Done(Ok(report)) => {
+        Stop::Done(Ok(Done::Copied(report))) => {
             tracing::info!(
                 tables = report.tables,
                 rows = report.rows,
@@ -289,6 +482,37 @@ pub async fn run(
             )
             .await?;
             Outcome::Completed
+        }
+        Stop::Done(Ok(Done::Report {
+            result,
+            verdict: None,
+        })) => {
+            tracing::info!(command = %job.spec.command, "finished: all clear");
+            finish(
+                &*store,
+                &cfg,
+                Change::to(JobStatus::Completed, now)
+                    .progress(progress)
+                    .result(result),
+            )
+            .await?;
+            Outcome::Completed
+        }
+        Stop::Done(Ok(Done::Report {
+            result,
+            verdict: Some(body),
+        })) => {
+            tracing::warn!(code = %body.code, message = %body.message, "finished with findings");
+            finish(
+                &*store,
+                &cfg,
+                Change::to(JobStatus::Failed, now)
+                    .error(body.clone())
+                    .progress(progress)
+                    .result(result),
+            )
+            .await?;
+            Outcome::Failed(body)
         }
         Stop::Done(Err(e)) => {
             let body = ErrorBody::new(e.code(), e.to_string());
@@ -385,6 +609,50 @@ mod tests {
             }
             Ok(SecretString::new("postgresql://u@h/db"))
         }
+    }
+
+    #[test]
+    fn a_report_too_large_for_the_record_keeps_what_differs() {
+        use serde_json::json;
+        let table = |i: usize, equal: bool, ranges: usize| {
+            json!({
+                "table": format!("public.t{i}"),
+                "equal": equal,
+                "mismatches": (0..ranges).map(|r| json!({"description": format!("range {r} differs")})).collect::<Vec<_>>(),
+            })
+        };
+        let small = json!({"equal": true, "tables": [table(1, true, 0)]});
+        assert_eq!(
+            fit_record(small.clone(), 10_000),
+            small,
+            "small reports stay whole"
+        );
+
+        let mut tables: Vec<_> = (0..500).map(|i| table(i, true, 0)).collect();
+        tables.push(table(500, false, 300));
+        let big = json!({"equal": false, "tables": tables});
+        let fitted = fit_record(big, 20_000);
+        assert!(
+            fitted.to_string().len() <= 20_000,
+            "{}",
+            fitted.to_string().len()
+        );
+        assert_eq!(fitted["equal_tables_not_listed"], 500);
+        let listed = fitted["tables"].as_array().expect("tables");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0]["table"], "public.t500");
+        assert_eq!(listed[0]["mismatches"].as_array().map(Vec::len), Some(100));
+        assert_eq!(listed[0]["mismatches_not_listed"], 200);
+
+        // Thousands of differing tables: their names stay, their ranges are counted.
+        let many: Vec<_> = (0..2000).map(|i| table(i, false, 3)).collect();
+        let fitted = fit_record(json!({"equal": false, "tables": many}), 200_000);
+        let listed = fitted["tables"].as_array().expect("tables");
+        assert_eq!(listed.len(), 2000);
+        assert_eq!(listed[7]["mismatches_not_listed"], 3);
+        assert!(listed[7]["mismatches"]
+            .as_array()
+            .is_some_and(Vec::is_empty));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! The worker against real PostgreSQL clusters, the SQLite store and the key-file sealer: a job
 //! runs to `completed` with the target equal to the source; a second worker loses the claim; a
-//! bad source host fails the job with a code and a clear message; a cancel stops a copy midway.
+//! bad source host fails the job with a code and a clear message; a cancel stops a copy midway;
+//! verify and validate jobs record their reports.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,20 @@ fn env() -> Env {
     }
 }
 
-/// A job in `provisioning` on `instance`, as the coordinator leaves it.
+/// An `init` job in `provisioning` on `instance`, as the coordinator leaves it.
 async fn provisioned(e: &Env, source: &str, target: &str, options: Options, instance: &str) -> Job {
+    provisioned_for(e, Command::Init, source, target, options, instance).await
+}
+
+/// A job running `command`, in `provisioning` on `instance`.
+async fn provisioned_for(
+    e: &Env,
+    command: Command,
+    source: &str,
+    target: &str,
+    options: Options,
+    instance: &str,
+) -> Job {
     let id = Job::new_id();
     let seal = |u: &str| {
         let (s, id) = (e.sealer.clone(), id.clone());
@@ -41,7 +54,7 @@ async fn provisioned(e: &Env, source: &str, target: &str, options: Options, inst
         id.clone(),
         Owner("key-test".into()),
         JobSpec {
-            command: Command::Init,
+            command,
             filter: FilterSpec::default(),
             options,
         },
@@ -320,5 +333,155 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
             (j.status, j.error.map(|e| e.code)),
             (JobStatus::Failed, Some("worker_stopped".into()))
         );
+    });
+}
+
+/// Run a fresh `command` job on `local-1` to its end.
+async fn run_job(e: &Env, command: Command, source: &str, target: &str) -> (Outcome, Job) {
+    let job = provisioned_for(e, command, source, target, Options::default(), "local-1").await;
+    let outcome = worker::run(
+        e.store.clone(),
+        e.sealer.clone(),
+        cfg(&job, "local-1"),
+        std::future::pending(),
+    )
+    .await
+    .expect("run");
+    let done = e.store.get(&job.job_id).await.expect("get").expect("job");
+    (outcome, done)
+}
+
+#[test]
+fn verify_and_validate_jobs_record_their_reports() {
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 3000) g;
+         CREATE TABLE notes (body text);
+         INSERT INTO notes SELECT 'n' || g FROM generate_series(1, 50) g;",
+    );
+    let e = env();
+    rt().block_on(async {
+        let (outcome, _) = run_job(&e, Command::Init, &src.url("shop"), &dst.url("shop")).await;
+        assert_eq!(outcome, Outcome::Completed);
+
+        let (outcome, done) =
+            run_job(&e, Command::Verify, &src.url("shop"), &dst.url("shop")).await;
+        assert_eq!(outcome, Outcome::Completed);
+        assert_eq!(done.status, JobStatus::Completed);
+        let report = done.result.expect("a verify job records its report");
+        assert_eq!(report["equal"], true, "{report}");
+        assert_eq!(report["tables"].as_array().map(Vec::len), Some(2));
+        assert_eq!(done.progress.map(|p| p.phase).as_deref(), Some("done"));
+
+        dst.psql("shop", "UPDATE items SET name = 'changed' WHERE id = 2000");
+        let (outcome, done) =
+            run_job(&e, Command::Verify, &src.url("shop"), &dst.url("shop")).await;
+        let Outcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(err.code, "verify_mismatch");
+        assert!(
+            err.message.contains("1 of 2 tables differ") && err.message.contains("public.items"),
+            "{}",
+            err.message
+        );
+        assert_eq!(done.status, JobStatus::Failed);
+        let report = done.result.expect("the report of a failed verify");
+        let items = report["tables"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["table"] == "public.items"))
+            .expect("items in the report");
+        assert_eq!(items["equal"], false);
+        assert!(
+            items["mismatches"][0]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("contents differ")),
+            "{items}"
+        );
+
+        let (outcome, done) =
+            run_job(&e, Command::Validate, &src.url("shop"), &dst.url("shop")).await;
+        assert_eq!(outcome, Outcome::Completed, "{:?}", done.result);
+        let report = done.result.expect("a validate job records its checks");
+        assert_eq!(report["ok"], true, "{report}");
+        assert!(report["checks"].as_array().is_some_and(|c| c.len() >= 10));
+
+        // The target cluster has wal_level=replica: as a source it fails a check.
+        dst.create_db("other");
+        let (outcome, done) =
+            run_job(&e, Command::Validate, &dst.url("shop"), &src.url("other")).await;
+        let Outcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(err.code, "validate_failed");
+        assert!(err.message.contains("source.wal_level"), "{}", err.message);
+        let report = done.result.expect("the checks of a failed validate");
+        assert_eq!(report["ok"], false);
+    });
+}
+
+#[test]
+fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
+    // The coordinator records `provisioning` after the launch call returns; a local worker
+    // process can be quicker than that.
+    let e = env();
+    rt().block_on(async {
+        let id = Job::new_id();
+        let seal = |u: &str| {
+            let (s, id) = (e.sealer.clone(), id.clone());
+            let u = SecretString::new(u);
+            async move { s.seal(&id, &u).await.expect("seal") }
+        };
+        let job = Job::new(
+            id.clone(),
+            Owner("key-test".into()),
+            JobSpec {
+                command: Command::Validate,
+                filter: FilterSpec::default(),
+                options: Options::default(),
+            },
+            (
+                seal("postgresql://u@db.nonexistent.invalid/x?connect_timeout=1").await,
+                seal("postgresql://u@db2.nonexistent.invalid/x?connect_timeout=1").await,
+            ),
+            ("src".into(), "dst".into()),
+            None,
+            Timestamp::now(),
+            job_model::job::DEFAULT_RETENTION,
+        );
+        e.store.create(&job, None).await.expect("create");
+        let store = e.store.clone();
+        let mark = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            store
+                .transition(
+                    &id,
+                    Expect::status(JobStatus::Pending),
+                    Change::to(JobStatus::Provisioning, Timestamp::now()).instance("local-1"),
+                )
+                .await
+                .expect("provision")
+        });
+        let outcome = worker::run(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        mark.await.expect("marked");
+        // It claimed the job and ran it (both hosts unreachable: the checks fail).
+        let Outcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(err.code, "validate_failed", "{}", err.message);
+        let done = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(done.instance_id.as_deref(), Some("local-1"));
+        assert!(done.started_at.is_some());
     });
 }

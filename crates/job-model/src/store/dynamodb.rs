@@ -444,6 +444,11 @@ impl JobStore for DynamoStore {
             sets.push("progress = :p");
             values.push((":p", to_attr(p)));
         }
+        if let Some(r) = &change.result {
+            sets.push("#res = :res");
+            names.push(("#res", attr::RESULT));
+            values.push((":res", to_attr(r)));
+        }
         let expression = format!("SET {}", sets.join(", "));
         let attr_names = names
             .into_iter()

@@ -137,6 +137,8 @@ pub struct Change {
     pub error: Option<ErrorBody>,
     /// Final progress.
     pub progress: Option<Progress>,
+    /// What a `verify` or `validate` job found.
+    pub result: Option<serde_json::Value>,
 }
 
 impl Change {
@@ -148,6 +150,7 @@ impl Change {
             instance_id: None,
             error: None,
             progress: None,
+            result: None,
         }
     }
 
@@ -166,6 +169,12 @@ impl Change {
     /// With progress.
     pub fn progress(mut self, p: Progress) -> Self {
         self.progress = Some(p);
+        self
+    }
+
+    /// With a `verify` or `validate` report.
+    pub fn result(mut self, r: serde_json::Value) -> Self {
+        self.result = Some(r);
         self
     }
 }
@@ -342,6 +351,9 @@ pub(crate) fn apply(job: &Job, change: &Change) -> Job {
     }
     if let Some(p) = &change.progress {
         j.progress = Some(p.clone());
+    }
+    if let Some(r) = &change.result {
+        j.result = Some(r.clone());
     }
     j
 }
