@@ -160,6 +160,89 @@ fn source_equal_to_target_is_refused() {
 }
 
 #[test]
+fn a_target_older_than_the_source_is_refused() {
+    // PostgreSQL 14 (a real server, from the zonky build npm ships) under a 15 source.
+    let src = Cluster::start(&Options::source());
+    let old = Cluster::start(&Options {
+        server_bindir: Some(pg_harness::older_server_bindir()),
+        ..Options::target()
+    });
+    assert!(
+        old.psql("postgres", "SHOW server_version")
+            .starts_with("14."),
+        "the target runs 14"
+    );
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    let out = init(&src.url("app"), &old.url("app"), &["--yes"]);
+    let line = error_line(&out);
+    assert!(
+        line.contains("the target server runs PostgreSQL 14, older than the source's 15")
+            && line.contains("version 15 or newer"),
+        "{line}"
+    );
+    assert!(
+        !database_exists(&old, "app"),
+        "nothing created on the target"
+    );
+    let out = validate(&src.url("app"), &old.url("app"));
+    assert!(out.contains("fail target.version"), "{out}");
+}
+
+/// `validate`'s report (stderr).
+fn validate(source: &str, target: &str) -> String {
+    let out = cli()
+        .arg("validate")
+        .env("SEREN_SOURCE_URL", source)
+        .env("SEREN_TARGET_URL", target)
+        .output()
+        .expect("run validate");
+    assert!(!out.status.success(), "validate exits 1 on a failed check");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_extension_missing_on_the_target_is_refused() {
+    // The source's installation has an extension that the target's lacks.
+    let src = Cluster::start(&Options {
+        server_bindir: Some(pg_harness::server_bindir_with_extension(
+            "seren_probe",
+            "CREATE FUNCTION seren_probe() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+        )),
+        ..Options::source()
+    });
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE EXTENSION seren_probe; CREATE EXTENSION hstore; \
+         CREATE TABLE t (id int PRIMARY KEY, v int DEFAULT seren_probe())",
+    );
+    let out = init(&src.url("app"), &dst.url("app"), &["--yes"]);
+    let line = error_line(&out);
+    assert!(
+        line.contains(
+            "extension(s) seren_probe used by the source are not available on the target"
+        ) && line.contains("install them there first"),
+        "{line}"
+    );
+    assert!(!line.contains("hstore"), "hstore is available: {line}");
+    assert!(
+        !database_exists(&dst, "app"),
+        "nothing created on the target"
+    );
+    let out = validate(&src.url("app"), &dst.url("app"));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("fail target.extensions") && l.contains("seren_probe")),
+        "{out}"
+    );
+}
+
+#[test]
 fn missing_pg_dump_is_named_with_the_fix() {
     let src = Cluster::start(&Options::source());
     let dst = Cluster::start(&Options::target());

