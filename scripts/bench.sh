@@ -61,7 +61,9 @@ run() { # tool round
     start=$(date +%s.%N)
     case $tool in
         ours)
-            /usr/bin/time -f "%M" -o "$work/rss" "$ours" init --source "$src" \
+            # --no-sync: a copy like the others' (the source has wal_level=logical, so init
+            # would otherwise go on to set up replication).
+            /usr/bin/time -f "%M" -o "$work/rss" "$ours" init --no-sync --source "$src" \
                 --target "$dst_base/$db?sslmode=disable" --jobs "$jobs" --progress none 2>"$work/ours.log" \
                 || { cat "$work/ours.log"; exit 1; }
             rss=$(( $(cat "$work/rss") / 1024 ))

@@ -58,6 +58,21 @@ pub struct Index {
     pub build_cost: u64,
 }
 
+/// A primary key or unique constraint that can be built in two steps: `CREATE UNIQUE INDEX`
+/// (a SHARE lock, so it builds alongside the table's other indexes) and then `ADD CONSTRAINT …
+/// USING INDEX` (a brief ACCESS EXCLUSIVE lock). Only plain ones qualify: an ordinary table that
+/// is not a partition, not deferrable, key and included columns without non-default operator
+/// classes or collations, no `NULLS NOT DISTINCT`, the index named as the constraint and in the
+/// default tablespace. The statements are schema-qualified (the target runs post-data with an
+/// empty `search_path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeparableConstraint {
+    /// `CREATE UNIQUE INDEX name ON schema.table USING btree (cols) [INCLUDE (…)] [WITH (…)]`.
+    pub index_sql: String,
+    /// `ALTER TABLE ONLY schema.table ADD CONSTRAINT name {PRIMARY KEY | UNIQUE} USING INDEX name`.
+    pub attach_sql: String,
+}
+
 /// Everything the run needs to know about the source.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -73,6 +88,9 @@ pub struct Catalog {
     pub indexes: HashMap<(String, String), Index>,
     /// Constraint (schema, "table constraint") → its table, as pg_dump tags them.
     pub constraint_tables: HashMap<(String, String), QualName>,
+    /// Constraint (schema, "table constraint") → how to build it as an index first, for the
+    /// primary keys and unique constraints that can be (see [`SeparableConstraint`]).
+    pub separable_constraints: HashMap<(String, String), SeparableConstraint>,
     /// Index (schema, name) → its estimated build cost (see [`index_build_weight`]).
     pub index_costs: HashMap<(String, String), u64>,
     /// Large object OIDs.
@@ -244,6 +262,71 @@ pub async fn read(client: &Client) -> Result<Catalog> {
         catalog.constraint_tables.insert(
             (schema.clone(), row.get(1)),
             QualName::new(schema, row.get::<_, String>(2)),
+        );
+    }
+
+    for row in client
+        .query(
+            "SELECT n.nspname, tc.relname || ' ' || co.conname, quote_ident(n.nspname),
+                    quote_ident(tc.relname), quote_ident(co.conname), co.contype = 'p',
+                    (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)
+                     FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                     WHERE k.n <= i.indnkeyatts),
+                    (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)
+                     FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                     WHERE k.n > i.indnkeyatts),
+                    array_to_string(ic.reloptions, ', ')
+             FROM pg_constraint co
+             JOIN pg_class tc ON tc.oid = co.conrelid JOIN pg_namespace n ON n.oid = tc.relnamespace
+             JOIN pg_index i ON i.indexrelid = co.conindid
+             JOIN pg_class ic ON ic.oid = co.conindid
+             JOIN pg_am am ON am.oid = ic.relam
+             WHERE co.contype IN ('p', 'u') AND NOT co.condeferrable
+               AND tc.relkind = 'r' AND NOT tc.relispartition
+               AND ic.relname = co.conname AND ic.reltablespace = 0 AND am.amname = 'btree'
+               AND i.indexprs IS NULL AND i.indpred IS NULL
+               AND pg_get_constraintdef(co.oid) !~ 'NULLS NOT DISTINCT'
+               AND NOT EXISTS (
+                   SELECT 1 FROM generate_series(1, i.indnatts) AS k(n)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k.n - 1]
+                   WHERE pg_get_indexdef(i.indexrelid, k.n, false) <> quote_ident(a.attname))
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .map_err(q("list constraints to build as indexes"))?
+    {
+        let (schema, table, name): (String, String, String) = (row.get(2), row.get(3), row.get(4));
+        let (Some(keys), include, options): (Option<String>, Option<String>, Option<String>) =
+            (row.get(6), row.get(7), row.get(8))
+        else {
+            continue;
+        };
+        let mut index_sql =
+            format!("CREATE UNIQUE INDEX {name} ON {schema}.{table} USING btree ({keys})");
+        if let Some(inc) = include {
+            index_sql.push_str(&format!(" INCLUDE ({inc})"));
+        }
+        if let Some(opts) = options.filter(|o| !o.is_empty()) {
+            index_sql.push_str(&format!(" WITH ({opts})"));
+        }
+        index_sql.push(';');
+        let kind = if row.get::<_, bool>(5) {
+            "PRIMARY KEY"
+        } else {
+            "UNIQUE"
+        };
+        let attach_sql = format!(
+            "ALTER TABLE ONLY {schema}.{table} ADD CONSTRAINT {name} {kind} USING INDEX {name};"
+        );
+        catalog.separable_constraints.insert(
+            (row.get(0), row.get(1)),
+            SeparableConstraint {
+                index_sql,
+                attach_sql,
+            },
         );
     }
 

@@ -700,9 +700,14 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
         .await?;
     }
     let post = schema::dump_post_data(&pre.tools, &o.source, snapshot.name(), &dump_opts).await?;
-    let (by_table, foreign_keys, rest) = classify(&post, &catalog, &done_steps);
-    let post_items =
-        by_table.values().map(Vec::len).sum::<usize>() + foreign_keys.len() + rest.len();
+    let classified = classify(&post, &catalog, &done_steps);
+    let post_items = classified.len();
+    let Classified {
+        by_table,
+        attach,
+        foreign_keys,
+        rest,
+    } = classified;
 
     let summary = PlanSummary {
         tables: lock(&ctx.report).tables,
@@ -766,20 +771,24 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
     tracker.emit_progress(ctx);
     let workers = data?;
 
-    // Foreign keys (in parallel: every index they need exists now), then the rest in order.
+    // Constraints built as indexes become constraints; then foreign keys (in parallel: every
+    // index and key they need exists now); then the rest in order.
     let post_phase = async {
-        let mut sched = Sched::default();
-        sched.tasks.extend(foreign_keys.into_iter().map(Task::Item));
-        let mut workers = run_pool(
-            ctx,
-            workers,
-            sched,
-            &snapshot,
-            catalog.clone(),
-            units.clone(),
-            tracker.clone(),
-        )
-        .await?;
+        let mut workers = workers;
+        for items in [attach, foreign_keys] {
+            let mut sched = Sched::default();
+            sched.tasks.extend(items.into_iter().map(Task::Item));
+            workers = run_pool(
+                ctx,
+                workers,
+                sched,
+                &snapshot,
+                catalog.clone(),
+                units.clone(),
+                tracker.clone(),
+            )
+            .await?;
+        }
         let first = workers
             .first_mut()
             .ok_or_else(|| Error::Usage("no workers".into()))?;
@@ -838,13 +847,45 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
 
 /// Split post-data into: items bound to one table (indexes, constraints), foreign keys, and
 /// everything else in dump order. Items an interrupted run finished are dropped.
-fn classify(
-    post: &ParsedDump,
-    catalog: &Catalog,
-    done: &HashSet<String>,
-) -> (HashMap<QualName, Vec<Item>>, Vec<Item>, Vec<Item>) {
-    let mut by_table: HashMap<QualName, Vec<Item>> = HashMap::new();
-    let (mut fks, mut rest) = (Vec::new(), Vec::new());
+/// Post-data items sorted for the run.
+#[derive(Debug, Default)]
+struct Classified {
+    /// Each table's indexes and constraints, built as soon as its rows are in.
+    by_table: HashMap<QualName, Vec<Item>>,
+    /// `ADD CONSTRAINT … USING INDEX` for the constraints built as indexes beside the others;
+    /// run before the foreign keys.
+    attach: Vec<Item>,
+    /// Foreign keys, in parallel once every table's indexes exist.
+    foreign_keys: Vec<Item>,
+    /// Everything else, in the dump's order.
+    rest: Vec<Item>,
+}
+
+impl Classified {
+    fn len(&self) -> usize {
+        self.by_table.values().map(Vec::len).sum::<usize>()
+            + self.attach.len()
+            + self.foreign_keys.len()
+            + self.rest.len()
+    }
+}
+
+fn classify(post: &ParsedDump, catalog: &Catalog, done: &HashSet<String>) -> Classified {
+    let mut out = Classified::default();
+    // Tables with plain indexes to build: a primary key or unique constraint of theirs is built
+    // as an index beside them (a SHARE lock) instead of before them (ADD CONSTRAINT's ACCESS
+    // EXCLUSIVE lock would wait for every index build on the table), and attached afterwards.
+    let indexed: HashSet<&QualName> = post
+        .entries
+        .iter()
+        .filter(|e| e.kind == "INDEX")
+        .filter_map(|e| {
+            catalog
+                .indexes
+                .get(&(e.schema.clone(), e.tag.clone()))
+                .map(|i| &i.table)
+        })
+        .collect();
     for (i, e) in post.entries.iter().enumerate() {
         let key = format!("post:{i}:{}:{}:{}", e.kind, e.schema, e.tag);
         if done.contains(&key) {
@@ -861,9 +902,10 @@ fn classify(
             .indexes
             .get(&(e.schema.clone(), index_name.to_owned()))
             .map_or(0, |i| i.build_cost);
+        let label = format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag);
         let item = Item {
-            key: Some(key),
-            label: format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag),
+            key: Some(key.clone()),
+            label: label.clone(),
             sql: e.sql.clone(),
             cost,
             is_index: e.kind == "INDEX",
@@ -873,18 +915,41 @@ fn classify(
             "CONSTRAINT" | "CHECK CONSTRAINT" => catalog.constraint_tables.get(&lookup),
             _ => None,
         };
-        match (e.kind.as_str(), table) {
-            (_, Some(t)) => by_table.entry(t.clone()).or_default().push(item),
-            ("FK CONSTRAINT", None) => fks.push(item),
-            _ => rest.push(item),
+        let separable = (e.kind == "CONSTRAINT")
+            .then(|| catalog.separable_constraints.get(&lookup))
+            .flatten()
+            .filter(|_| table.is_some_and(|t| indexed.contains(t)));
+        match (e.kind.as_str(), table, separable) {
+            (_, Some(t), Some(sep)) => {
+                let index_key = format!("{key}:index");
+                if !done.contains(&index_key) {
+                    out.by_table.entry(t.clone()).or_default().push(Item {
+                        key: Some(index_key),
+                        label: format!("{label} (its index)"),
+                        sql: sep.index_sql.clone(),
+                        cost,
+                        is_index: true,
+                    });
+                }
+                out.attach.push(Item {
+                    key: Some(key),
+                    label,
+                    sql: sep.attach_sql.clone(),
+                    cost: 0,
+                    is_index: false,
+                });
+            }
+            (_, Some(t), None) => out.by_table.entry(t.clone()).or_default().push(item),
+            ("FK CONSTRAINT", None, _) => out.foreign_keys.push(item),
+            _ => out.rest.push(item),
         }
     }
     // Constraints first: ADD PRIMARY KEY/UNIQUE takes an ACCESS EXCLUSIVE lock that would
     // wait for any index build on the table. Then indexes, costliest first.
-    for items in by_table.values_mut() {
+    for items in out.by_table.values_mut() {
         items.sort_by_key(|i| (i.is_index, std::cmp::Reverse(i.cost)));
     }
-    (by_table, fks, rest)
+    out
 }
 
 #[derive(Debug)]

@@ -67,6 +67,51 @@ fn every_awkward_case_is_copied_exactly() {
             "INSERT INTO by_default (note) VALUES ('next') RETURNING id"
         )
     );
+    // Keys beside other indexes were built as indexes and attached: not the NULLS NOT DISTINCT
+    // or deferrable ones (a column's own collation, "C" on `label`, is what an index gets anyway).
+    let separable = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let client = replicator_core::connect::connect(
+                &common::url(&src, "awkward"),
+                replicator_core::Side::Source,
+            )
+            .await
+            .expect("connect");
+            replicator_core::catalog::read(&client)
+                .await
+                .expect("catalog")
+                .separable_constraints
+        });
+    let mut names: Vec<&str> = separable
+        .keys()
+        .filter(|(schema, tag)| schema == "public" && tag.starts_with("keyed "))
+        .map(|(_, tag)| tag.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["keyed Keyed Code", "keyed keyed_label_uq", "keyed keyed_pk"]
+    );
+    let pk = &separable[&("public".to_owned(), "keyed keyed_pk".to_owned())];
+    assert_eq!(
+        pk.index_sql,
+        "CREATE UNIQUE INDEX keyed_pk ON public.keyed USING btree (id) INCLUDE (note) WITH (fillfactor=70);"
+    );
+    assert_eq!(
+        dst.psql(
+            "copy",
+            "SELECT string_agg(conname || ':' || contype::text || ':' || pg_get_constraintdef(oid), ' | ' ORDER BY conname) \
+             FROM pg_constraint WHERE conrelid = 'keyed'::regclass"
+        ),
+        src.psql(
+            "awkward",
+            "SELECT string_agg(conname || ':' || contype::text || ':' || pg_get_constraintdef(oid), ' | ' ORDER BY conname) \
+             FROM pg_constraint WHERE conrelid = 'keyed'::regclass"
+        )
+    );
     // The materialized view was refreshed from the copied rows.
     assert_eq!(dst.psql("copy", "SELECT sum(n) FROM order_summary"), "2000");
     let phases: Vec<_> = events
