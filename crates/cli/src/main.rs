@@ -374,17 +374,35 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
 /// Both URLs of a remote job, checked here as the coordinator will, so a typo fails before
 /// anything is sent.
 fn remote_urls(source: &str, target: &str) -> anyhow::Result<(ConnUrl, ConnUrl)> {
-    let source = ConnUrl::parse_remote(source).map_err(|reason| Error::InvalidUrl {
-        side: Side::Source,
-        reason: format!(
-            "{reason} (remote jobs take everything from the URL, not from PG* variables)"
-        ),
-    })?;
-    let target = ConnUrl::parse_remote(target).map_err(|reason| Error::InvalidUrl {
-        side: Side::Target,
-        reason,
-    })?;
-    Ok((source, target))
+    let check = |text: &str, side: Side| {
+        let url = ConnUrl::parse_remote(text).map_err(|reason| Error::InvalidUrl {
+            side,
+            reason: match side {
+                Side::Source => format!(
+                    "{reason} (remote jobs take everything from the URL, not from PG* variables)"
+                ),
+                Side::Target => reason,
+            },
+        })?;
+        let local_only = if url.is_socket() {
+            Some("it names a Unix socket directory; a remote worker needs a host name or address")
+        } else if url.sslrootcert.is_some() {
+            Some(
+                "its sslrootcert is a file on this machine that the worker cannot read; use \
+                 sslmode=verify-full with a publicly trusted certificate, or run locally",
+            )
+        } else {
+            None
+        };
+        match local_only {
+            Some(reason) => Err(Error::InvalidUrl {
+                side,
+                reason: reason.into(),
+            }),
+            None => Ok(url),
+        }
+    };
+    Ok((check(source, Side::Source)?, check(target, Side::Target)?))
 }
 
 /// Submit with a fresh idempotency key (so the client's own retries make one job) and say so;

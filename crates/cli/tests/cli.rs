@@ -474,6 +474,60 @@ fn remote_runs_say_what_is_missing_in_one_line() {
         ],
     );
     assert!(!out.status.success());
+    // verify and validate on a worker say the same.
+    for command in ["verify", "validate"] {
+        let out = run(
+            &[],
+            &[
+                command,
+                "--remote",
+                src[0],
+                src[1],
+                "--target",
+                "postgresql://app@t.example.com/shop",
+            ],
+        );
+        assert!(
+            error_line(&out).contains("SEREN_REMOTE_API"),
+            "{command}: {}",
+            error_line(&out)
+        );
+        let out = run(
+            &[
+                ("SEREN_REMOTE_API", "https://api.example.com"),
+                ("SEREN_API_KEY", "k"),
+            ],
+            &[
+                command,
+                "--remote",
+                src[0],
+                src[1],
+                "--target",
+                "postgresql://app@/shop?host=/tmp",
+            ],
+        );
+        assert!(
+            error_line(&out).contains("invalid target URL"),
+            "{command}: {}",
+            error_line(&out)
+        );
+        let out = run(
+            &[],
+            &[
+                command,
+                src[0],
+                src[1],
+                "--target",
+                "postgresql://app@t/shop",
+                "--detach",
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command} --detach needs --remote"
+        );
+    }
 }
 
 #[test]

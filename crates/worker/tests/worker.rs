@@ -44,6 +44,19 @@ async fn provisioned_for(
     options: Options,
     instance: &str,
 ) -> Job {
+    let job = pending(e, command, source, target, options).await;
+    e.store
+        .transition(
+            &job.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Provisioning, Timestamp::now()).instance(instance),
+        )
+        .await
+        .expect("provision")
+}
+
+/// A job running `command`, just submitted (`pending`).
+async fn pending(e: &Env, command: Command, source: &str, target: &str, options: Options) -> Job {
     let id = Job::new_id();
     let seal = |u: &str| {
         let (s, id) = (e.sealer.clone(), id.clone());
@@ -65,14 +78,7 @@ async fn provisioned_for(
         job_model::job::DEFAULT_RETENTION,
     );
     e.store.create(&job, None).await.expect("create");
-    e.store
-        .transition(
-            &id,
-            Expect::status(JobStatus::Pending),
-            Change::to(JobStatus::Provisioning, Timestamp::now()).instance(instance),
-        )
-        .await
-        .expect("provision")
+    job
 }
 
 fn cfg(job: &Job, instance: &str) -> Config {
@@ -430,30 +436,15 @@ fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
     // process can be quicker than that.
     let e = env();
     rt().block_on(async {
-        let id = Job::new_id();
-        let seal = |u: &str| {
-            let (s, id) = (e.sealer.clone(), id.clone());
-            let u = SecretString::new(u);
-            async move { s.seal(&id, &u).await.expect("seal") }
-        };
-        let job = Job::new(
-            id.clone(),
-            Owner("key-test".into()),
-            JobSpec {
-                command: Command::Validate,
-                filter: FilterSpec::default(),
-                options: Options::default(),
-            },
-            (
-                seal("postgresql://u@db.nonexistent.invalid/x?connect_timeout=1").await,
-                seal("postgresql://u@db2.nonexistent.invalid/x?connect_timeout=1").await,
-            ),
-            ("src".into(), "dst".into()),
-            None,
-            Timestamp::now(),
-            job_model::job::DEFAULT_RETENTION,
-        );
-        e.store.create(&job, None).await.expect("create");
+        let job = pending(
+            &e,
+            Command::Validate,
+            "postgresql://u@db.nonexistent.invalid/x?connect_timeout=1",
+            "postgresql://u@db2.nonexistent.invalid/x?connect_timeout=1",
+            Options::default(),
+        )
+        .await;
+        let id = job.job_id.clone();
         let store = e.store.clone();
         let mark = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(700)).await;
