@@ -387,39 +387,13 @@ async fn preflight(ctx: &Ctx) -> Result<Preflight> {
         _ => {}
     }
     // Extensions the source uses must be installable on the target before anything changes.
-    let needed: Vec<String> = source
-        .query(
-            "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::sql(Side::Source, "list extensions", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !needed.is_empty() {
-        let available: HashSet<String> = maintenance
-            .query(
-                "SELECT name FROM pg_available_extensions WHERE name = ANY($1)",
-                &[&needed],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Target, "list available extensions", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let missing: Vec<&str> = needed
-            .iter()
-            .filter(|e| !available.contains(*e))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Preflight(format!(
-                "extension(s) {} used by the source are not available on the target server: \
-                 install them there first (their packages for PostgreSQL {target_major})",
-                missing.join(", ")
-            )));
-        }
+    let (_, missing) = target::missing_extensions(&source, &maintenance).await?;
+    if !missing.is_empty() {
+        return Err(Error::Preflight(format!(
+            "extension(s) {} used by the source are not available on the target server: \
+             install them there first (their packages for PostgreSQL {target_major})",
+            missing.join(", ")
+        )));
     }
 
     let create_with = if o.drop_existing || state == TargetState::Missing {

@@ -307,3 +307,43 @@ pub async fn drop_bookkeeping(client: &Client) -> Result<()> {
         .await
         .map_err(|e| Error::sql(Side::Target, "remove the bookkeeping schema", e))
 }
+
+/// The source's extensions (besides plpgsql) and those of them the target server cannot
+/// install: `(needed, missing)`.
+///
+/// # Errors
+/// [`Error::Sql`] when either catalog cannot be read.
+pub async fn missing_extensions(
+    source: &Client,
+    target: &Client,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let needed: Vec<String> = source
+        .query(
+            "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "list extensions", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if needed.is_empty() {
+        return Ok((needed, Vec::new()));
+    }
+    let available: std::collections::HashSet<String> = target
+        .query(
+            "SELECT name FROM pg_available_extensions WHERE name = ANY($1)",
+            &[&needed],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "list available extensions", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing = needed
+        .iter()
+        .filter(|e| !available.contains(*e))
+        .cloned()
+        .collect();
+    Ok((needed, missing))
+}

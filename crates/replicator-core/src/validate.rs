@@ -1,7 +1,6 @@
 //! `validate`: everything a copy followed by replication needs, checked before anything
 //! changes, each with pass, warn or fail and what to do about it.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use tokio_postgres::Client;
@@ -324,42 +323,23 @@ pub async fn validate(
         )
     });
     // Extensions.
-    let needed: Vec<String> = src
-        .query(
-            "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
-    let available: HashSet<String> = tgt
-        .query(
-            "SELECT name FROM pg_available_extensions WHERE name = ANY($1)",
-            &[&needed],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default();
-    let missing: Vec<&String> = needed.iter().filter(|e| !available.contains(*e)).collect();
-    out.push(if missing.is_empty() {
-        pass(
+    out.push(match target::missing_extensions(&src, &tgt).await {
+        Ok((needed, missing)) if missing.is_empty() => pass(
             "target.extensions",
             format!("{} extension(s) of the source available", needed.len()),
-        )
-    } else {
-        check(
+        ),
+        Ok((_, missing)) => check(
             "target.extensions",
             Verdict::Fail,
-            format!(
-                "not available on the target: {}",
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("not available on the target: {}", missing.join(", ")),
             "install their packages on the target server",
-        )
+        ),
+        Err(e) => check(
+            "target.extensions",
+            Verdict::Warn,
+            format!("could not compare extensions: {e}"),
+            "check that both roles may read pg_extension and pg_available_extensions",
+        ),
     });
     // Privileges.
     let may_create: Option<bool> = one(
