@@ -55,4 +55,9 @@ SEREN_TARGET_URL="postgresql://postgres@127.0.0.1:$dst_port/pagila_remote?sslmod
 if ! compare_databases "postgresql://postgres@127.0.0.1:$src_port/pagila" "postgresql://postgres@127.0.0.1:$dst_port/pagila_remote"; then
     echo "demo FAILED: the remote job's target differs from the source" >&2; exit 1
 fi
+echo "== verify on a worker: counts and checksums by key range, computed in both databases"
+SEREN_REMOTE_API="$STACK_URL" SEREN_API_KEY="$STACK_KEY" \
+SEREN_SOURCE_URL="postgresql://postgres@127.0.0.1:$src_port/pagila?sslmode=disable" \
+SEREN_TARGET_URL="postgresql://postgres@127.0.0.1:$dst_port/pagila_remote?sslmode=disable" \
+    "$bin" verify --remote
 echo "demo OK: $COMPARED_TABLES tables identical after the local copy and after the remote job"

@@ -432,7 +432,10 @@ pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
             let how = if text(t, "method") == "whole_table" {
                 "whole table, no primary key: count and hash sum only".to_owned()
             } else {
-                format!("{} key ranges", number(t, "ranges"))
+                match number(t, "ranges") {
+                    1 => "1 key range".to_owned(),
+                    n => format!("{n} key ranges"),
+                }
             };
             if flag(t, "equal") {
                 eprintln!("{name}: equal, {} rows ({how})", number(t, "source_rows"));
