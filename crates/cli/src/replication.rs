@@ -471,11 +471,18 @@ pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
         .get("equal_tables_not_listed")
         .and_then(Value::as_u64)
         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let total = tables.len() + unlisted;
+    let unlisted_differing = report
+        .get("differing_tables_not_listed")
+        .and_then(Value::as_u64)
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let total = tables.len() + unlisted + unlisted_differing;
     if !json && unlisted > 0 {
         eprintln!("{unlisted} more tables equal (not listed: the report was too large for the job record)");
     }
-    let differing = tables.iter().filter(|t| !flag(t, "equal")).count();
+    if !json && unlisted_differing > 0 {
+        eprintln!("{unlisted_differing} more tables DIFFERENT (not listed: the report was too large for the job record)");
+    }
+    let differing = tables.iter().filter(|t| !flag(t, "equal")).count() + unlisted_differing;
     if differing > 0 {
         bail!("{differing} of {total} tables differ between source and target");
     }
@@ -527,4 +534,38 @@ pub fn print_validate(report: &Value, json: bool) -> anyhow::Result<()> {
         bail!("{} check(s) failed: {}", failed.len(), failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_remote_reports_still_count_every_table() {
+        let differing = json!({"table": "public.b", "equal": false, "source_rows": 2, "target_rows": 1,
+                               "mismatches": [], "mismatches_not_listed": 40});
+        let trimmed = json!({"equal": false, "equal_tables_not_listed": 5, "tables": [differing]});
+        let err = print_verify(&trimmed, true).expect_err("a table differs");
+        assert_eq!(
+            err.to_string(),
+            "1 of 6 tables differ between source and target"
+        );
+        let cut = json!({"equal": false, "differing_tables_not_listed": 3, "tables": [differing]});
+        let err = print_verify(&cut, true).expect_err("tables differ");
+        assert_eq!(
+            err.to_string(),
+            "4 of 4 tables differ between source and target"
+        );
+        let fine = json!({"equal": true, "tables": [{"table": "public.a", "equal": true}]});
+        assert!(print_verify(&fine, true).is_ok());
+    }
+
+    #[test]
+    fn a_failed_check_fails_validate() {
+        let report = json!({"ok": false, "checks": [
+            {"check": "source.wal_level", "result": "fail", "detail": "replica", "fix": "set it"},
+            {"check": "target.version", "result": "pass", "detail": "15", "fix": ""}]});
+        let err = print_validate(&report, true).expect_err("fails");
+        assert_eq!(err.to_string(), "1 check(s) failed: source.wal_level");
+    }
 }

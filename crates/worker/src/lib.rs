@@ -231,7 +231,8 @@ const MAX_RESULT_BYTES: usize = 256 * 1024;
 
 /// A verify report that fits the job record: when it is larger than `limit`, the equal tables
 /// are left out (counted in `equal_tables_not_listed`) and each differing table keeps its first
-/// 100 ranges (the rest counted in `mismatches_not_listed`).
+/// 100 ranges (the rest counted in `mismatches_not_listed`); then, if need be, no ranges; then
+/// only as many differing tables as fit (the rest counted in `differing_tables_not_listed`).
 fn fit_record(mut report: serde_json::Value, limit: usize) -> serde_json::Value {
     use serde_json::Value;
     if report.to_string().len() <= limit {
@@ -267,6 +268,23 @@ fn fit_record(mut report: serde_json::Value, limit: usize) -> serde_json::Value 
                 }
             }
         }
+    }
+    while report.to_string().len() > limit {
+        // Tens of thousands of differing tables: list as many as fit, count the rest.
+        let Some(Value::Array(tables)) = report.get_mut("tables") else {
+            break;
+        };
+        if tables.is_empty() {
+            break;
+        }
+        let keep = tables.len() / 2;
+        let dropped = tables.len() - keep;
+        tables.truncate(keep);
+        let before = report
+            .get("differing_tables_not_listed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        report["differing_tables_not_listed"] = Value::from(before + dropped as u64);
     }
     report
 }
@@ -653,6 +671,17 @@ mod tests {
         assert!(listed[7]["mismatches"]
             .as_array()
             .is_some_and(Vec::is_empty));
+
+        // More than fit even so: as many as fit, and a count of the others.
+        let many: Vec<_> = (0..2000).map(|i| table(i, false, 3)).collect();
+        let fitted = fit_record(json!({"equal": false, "tables": many}), 30_000);
+        assert!(fitted.to_string().len() <= 30_000);
+        let listed = fitted["tables"].as_array().map_or(0, Vec::len);
+        assert!(listed > 0);
+        assert_eq!(
+            listed as u64 + fitted["differing_tables_not_listed"].as_u64().unwrap_or(0),
+            2000
+        );
     }
 
     #[tokio::test(start_paused = true)]
