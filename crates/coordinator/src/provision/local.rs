@@ -2,8 +2,13 @@
 //!
 //! Each job gets one process of the configured program with `SEREN_JOB_ID` in its environment
 //! (the same variable the EC2 user data writes) plus the configured variables (store path, key
-//! file). Its instance id is `local-<pid>`, which the worker can compute for itself. Only
-//! processes started by this provisioner, in this coordinator process, are known to it.
+//! file). Its instance id is `local-<pid>`, which the worker can compute for itself.
+//!
+//! Workers outlive the coordinator: after a restart the new process adopts the workers of the
+//! same stack that its predecessor started, found in `/proc` by their environment (the job id
+//! and every configured variable, such as the store's path), so that the reaper and cancels can
+//! still stop them. A provisioner configured without variables adopts nothing, since nothing
+//! would tell its workers from another stack's.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -66,6 +71,75 @@ impl LocalProvisioner {
 
 fn alive(r: &mut Running) -> bool {
     matches!(r.child.try_wait(), Ok(None))
+}
+
+/// A process's environment, when it is readable (ours, or any as root).
+fn environ(pid: u32) -> Option<Vec<(String, String)>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+    )
+}
+
+/// Whether a process exists and has not exited (a zombie has).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // "pid (comm) S …": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+impl LocalProvisioner {
+    /// Running workers of this stack that this provisioner did not start: `(pid, job_id)`.
+    fn adopted(&self, known: &HashMap<String, Running>) -> Vec<(u32, String)> {
+        if self.config.env.is_empty() {
+            return Vec::new();
+        }
+        let ours: std::collections::HashSet<String> =
+            known.values().map(|r| r.instance_id.clone()).collect();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| !ours.contains(&format!("local-{pid}")) && running(*pid))
+            .filter_map(|pid| {
+                let env = environ(pid)?;
+                let has = |k: &str, v: &str| env.iter().any(|(ek, ev)| ek == k && ev == v);
+                if !self.config.env.iter().all(|(k, v)| has(k, v)) {
+                    return None;
+                }
+                let job = env.iter().find(|(k, _)| k == "SEREN_JOB_ID")?.1.clone();
+                Some((pid, job))
+            })
+            .collect()
+    }
+
+    /// Stop an adopted worker: SIGTERM, then SIGKILL after the grace period.
+    fn stop_adopted(&self, pid: u32) {
+        let grace = self.config.stop_grace;
+        tokio::spawn(async move {
+            signal(pid, "TERM").await;
+            let deadline = tokio::time::Instant::now() + grace;
+            while running(pid) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if running(pid) {
+                signal(pid, "KILL").await;
+            }
+        });
+    }
 }
 
 async fn signal(pid: u32, sig: &str) {
@@ -142,7 +216,19 @@ impl Provisioner for LocalProvisioner {
                     }
                     r
                 }
-                None => return Ok(Vec::new()),
+                None => {
+                    // Perhaps started before this coordinator's restart.
+                    let mut stopped = Vec::new();
+                    for (pid, _) in self
+                        .adopted(&workers)
+                        .into_iter()
+                        .filter(|(_, j)| j == job_id)
+                    {
+                        self.stop_adopted(pid);
+                        stopped.push(format!("local-{pid}"));
+                    }
+                    return Ok(stopped);
+                }
             }
         };
         let Running {
@@ -173,6 +259,17 @@ impl Provisioner for LocalProvisioner {
         };
         if let Some(job) = job {
             self.terminate(&job).await?;
+            return Ok(());
+        }
+        let adopted = {
+            let workers = self.workers.lock().await;
+            self.adopted(&workers)
+        };
+        if let Some((pid, _)) = adopted
+            .into_iter()
+            .find(|(pid, _)| format!("local-{pid}") == instance_id)
+        {
+            self.stop_adopted(pid);
         }
         Ok(())
     }
@@ -180,6 +277,7 @@ impl Provisioner for LocalProvisioner {
     async fn list(&self) -> Result<Vec<Worker>, ProvisionError> {
         let mut workers = self.workers.lock().await;
         workers.retain(|_, r| alive(r));
+        let adopted = self.adopted(&workers);
         Ok(workers
             .iter()
             .map(|(job, r)| Worker {
@@ -187,6 +285,97 @@ impl Provisioner for LocalProvisioner {
                 job_id: Some(job.clone()),
                 launched_at: Some(r.launched_at),
             })
+            .chain(adopted.into_iter().map(|(pid, job)| Worker {
+                instance_id: format!("local-{pid}"),
+                job_id: Some(job),
+                launched_at: None,
+            }))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use job_model::{Command, JobSpec, Owner};
+
+    fn config(stack: &str) -> LocalConfig {
+        LocalConfig {
+            program: "sleep".into(),
+            args: vec!["300".into()],
+            env: vec![(
+                "SEREN_SQLITE_PATH".into(),
+                format!("/nonexistent/{stack}.db"),
+            )],
+            log_dir: None,
+            stop_grace: Duration::from_secs(2),
+        }
+    }
+
+    fn job() -> Job {
+        Job::new(
+            Job::new_id(),
+            Owner("key-x".into()),
+            JobSpec {
+                command: Command::Init,
+                filter: Default::default(),
+                options: Default::default(),
+            },
+            (vec![], vec![]),
+            (String::new(), String::new()),
+            None,
+            Timestamp::now(),
+            job_model::job::DEFAULT_RETENTION,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_restarted_coordinator_adopts_its_stacks_workers_and_stops_them() {
+        let stack = Job::new_id();
+        let before = LocalProvisioner::new(config(&stack));
+        let (a, b) = (job(), job());
+        let instance_a = before.launch(&a).await.expect("launch a");
+        let instance_b = before.launch(&b).await.expect("launch b");
+
+        // The same stack after a restart: it knows the workers from their environment.
+        let after = LocalProvisioner::new(config(&stack));
+        let mut listed: Vec<(String, Option<String>)> = after
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|w| (w.instance_id, w.job_id))
+            .collect();
+        listed.sort();
+        let mut want = vec![
+            (instance_a.clone(), Some(a.job_id.clone())),
+            (instance_b.clone(), Some(b.job_id.clone())),
+        ];
+        want.sort();
+        assert_eq!(listed, want);
+        // Another stack's provisioner adopts none of them.
+        let other = LocalProvisioner::new(config("another-stack"));
+        assert!(other.list().await.expect("list").is_empty());
+
+        assert_eq!(
+            after.terminate(&a.job_id).await.expect("terminate"),
+            vec![instance_a.clone()]
+        );
+        after
+            .terminate_instance(&instance_b)
+            .await
+            .expect("terminate instance");
+        // Both processes end (`before` reaps them, being their parent).
+        for _ in 0..50 {
+            if before.list().await.expect("list").is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            before.list().await.expect("list").is_empty(),
+            "both stopped"
+        );
+        assert!(after.list().await.expect("list").is_empty());
     }
 }
