@@ -412,14 +412,17 @@ fn flag(v: &Value, key: &str) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or_default()
 }
 
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
 /// Print a verify report (the JSON of [`verify::VerifyReport::to_json`], made here or by a
 /// remote worker) as JSON or as one line per table; an error when any table differs.
 pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
-    let tables = report
-        .get("tables")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let tables = list(report, "tables");
     if json {
         println!("{report}");
     } else {
@@ -445,12 +448,7 @@ pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
                     number(t, "source_rows"),
                     number(t, "target_rows")
                 );
-                for m in t
-                    .get("mismatches")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
+                for m in list(t, "mismatches") {
                     eprintln!("  {}", text(m, "description"));
                 }
                 let more = number(t, "mismatches_not_listed");
@@ -502,11 +500,7 @@ pub async fn validate_cmd(args: &ValidateArgs) -> anyhow::Result<()> {
 /// Print validate's checks (the JSON of [`validate::to_json`], made here or by a remote worker)
 /// as JSON or one line per check with its fix; an error when any check failed.
 pub fn print_validate(report: &Value, json: bool) -> anyhow::Result<()> {
-    let checks = report
-        .get("checks")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let checks = list(report, "checks");
     if json {
         println!("{report}");
     } else {

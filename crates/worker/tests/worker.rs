@@ -81,6 +81,18 @@ async fn pending(e: &Env, command: Command, source: &str, target: &str, options:
     job
 }
 
+/// Run the worker for `job` as `instance` until it ends on its own.
+async fn run_on(e: &Env, job: &Job, instance: &str) -> Outcome {
+    worker::run(
+        e.store.clone(),
+        e.sealer.clone(),
+        cfg(job, instance),
+        std::future::pending(),
+    )
+    .await
+    .expect("run")
+}
+
 fn cfg(job: &Job, instance: &str) -> Config {
     Config {
         job_id: job.job_id.clone(),
@@ -129,14 +141,7 @@ fn a_claimed_job_copies_the_database_and_completes() {
             "local-1",
         )
         .await;
-        let outcome = worker::run(
-            e.store.clone(),
-            e.sealer.clone(),
-            cfg(&job, "local-1"),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
+        let outcome = run_on(&e, &job, "local-1").await;
         assert_eq!(outcome, Outcome::Completed);
         let done = e.store.get(&job.job_id).await.expect("get").expect("job");
         assert_eq!(done.status, JobStatus::Completed);
@@ -176,14 +181,7 @@ fn a_second_worker_loses_the_claim_and_leaves_the_job_alone() {
             )
             .await
             .expect("first claim");
-        let outcome = worker::run(
-            e.store.clone(),
-            e.sealer.clone(),
-            cfg(&job, "i-second"),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
+        let outcome = run_on(&e, &job, "i-second").await;
         assert_eq!(outcome, Outcome::LostClaim(JobStatus::Running));
         let j = e.store.get(&job.job_id).await.expect("get").expect("job");
         assert_eq!(
@@ -206,14 +204,7 @@ fn a_bad_source_host_fails_the_job_with_a_code_and_no_password() {
             "local-1",
         )
         .await;
-        let outcome = worker::run(
-            e.store.clone(),
-            e.sealer.clone(),
-            cfg(&job, "local-1"),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
+        let outcome = run_on(&e, &job, "local-1").await;
         let Outcome::Failed(err) = outcome else {
             panic!("{outcome:?}")
         };
@@ -275,14 +266,7 @@ fn a_cancel_request_stops_the_copy_and_records_cancelled() {
                 .expect("cancel");
         });
         let started = std::time::Instant::now();
-        let outcome = worker::run(
-            e.store.clone(),
-            e.sealer.clone(),
-            cfg(&job, "local-1"),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
+        let outcome = run_on(&e, &job, "local-1").await;
         canceller.await.expect("canceller");
         assert_eq!(outcome, Outcome::Cancelled);
         let j = e.store.get(&job.job_id).await.expect("get").expect("job");
@@ -345,14 +329,7 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
 /// Run a fresh `command` job on `local-1` to its end.
 async fn run_job(e: &Env, command: Command, source: &str, target: &str) -> (Outcome, Job) {
     let job = provisioned_for(e, command, source, target, Options::default(), "local-1").await;
-    let outcome = worker::run(
-        e.store.clone(),
-        e.sealer.clone(),
-        cfg(&job, "local-1"),
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
+    let outcome = run_on(e, &job, "local-1").await;
     let done = e.store.get(&job.job_id).await.expect("get").expect("job");
     (outcome, done)
 }
@@ -457,14 +434,7 @@ fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
                 .await
                 .expect("provision")
         });
-        let outcome = worker::run(
-            e.store.clone(),
-            e.sealer.clone(),
-            cfg(&job, "local-1"),
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
+        let outcome = run_on(&e, &job, "local-1").await;
         mark.await.expect("marked");
         // It claimed the job and ran it (both hosts unreachable: the checks fail).
         let Outcome::Failed(err) = outcome else {

@@ -297,7 +297,6 @@ impl Provisioner for LocalProvisioner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use job_model::{Command, JobSpec, Owner};
 
     fn config(stack: &str) -> LocalConfig {
         LocalConfig {
@@ -313,20 +312,7 @@ mod tests {
     }
 
     fn job() -> Job {
-        Job::new(
-            Job::new_id(),
-            Owner("key-x".into()),
-            JobSpec {
-                command: Command::Init,
-                filter: Default::default(),
-                options: Default::default(),
-            },
-            (vec![], vec![]),
-            (String::new(), String::new()),
-            None,
-            Timestamp::now(),
-            job_model::job::DEFAULT_RETENTION,
-        )
+        super::super::test_job(job_model::Options::default())
     }
 
     #[tokio::test]

@@ -110,32 +110,35 @@ pub fn instance_type_for(job: &Job, operator_default: Option<&str>) -> String {
     .to_owned()
 }
 
+/// A job with `options`, for this module's tests.
+#[cfg(test)]
+pub(crate) fn test_job(options: job_model::Options) -> Job {
+    use job_model::{Command, JobSpec, Owner};
+    Job::new(
+        Job::new_id(),
+        Owner("key-x".into()),
+        JobSpec {
+            command: Command::Init,
+            filter: Default::default(),
+            options,
+        },
+        (vec![], vec![]),
+        (String::new(), String::new()),
+        None,
+        Timestamp::now(),
+        job_model::job::DEFAULT_RETENTION,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use job_model::{Command, JobSpec, Options, Owner};
-
-    fn job(options: Options) -> Job {
-        Job::new(
-            Job::new_id(),
-            Owner("key-x".into()),
-            JobSpec {
-                command: Command::Init,
-                filter: Default::default(),
-                options,
-            },
-            (vec![], vec![]),
-            (String::new(), String::new()),
-            None,
-            Timestamp::now(),
-            job_model::job::DEFAULT_RETENTION,
-        )
-    }
+    use job_model::Options;
 
     #[test]
     fn instance_type_follows_request_then_operator_then_size() {
         let sized = |gib: u64| {
-            job(Options {
+            test_job(Options {
                 source_size_bytes: Some(gib << 30),
                 ..Options::default()
             })
@@ -145,11 +148,11 @@ mod tests {
         assert_eq!(instance_type_for(&sized(200), None), "c5.2xlarge");
         assert_eq!(instance_type_for(&sized(2000), None), "c5.4xlarge");
         assert_eq!(
-            instance_type_for(&job(Options::default()), None),
+            instance_type_for(&test_job(Options::default()), None),
             "c5.2xlarge"
         );
         assert_eq!(instance_type_for(&sized(1), Some("m6i.large")), "m6i.large");
-        let asked = job(Options {
+        let asked = test_job(Options {
             instance_type: Some("r6i.xlarge".into()),
             source_size_bytes: Some(1),
             ..Options::default()
