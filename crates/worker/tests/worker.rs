@@ -416,8 +416,8 @@ fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
         let job = pending(
             &e,
             Command::Validate,
-            "postgresql://u@db.nonexistent.invalid/x?connect_timeout=1",
-            "postgresql://u@db2.nonexistent.invalid/x?connect_timeout=1",
+            "postgresql://u:Hunter2Secret@db.nonexistent.invalid/x?connect_timeout=1",
+            "postgresql://u:Hunter2Secret@db2.nonexistent.invalid/x?connect_timeout=1",
             Options::default(),
         )
         .await;
@@ -444,5 +444,9 @@ fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
         let done = e.store.get(&job.job_id).await.expect("get").expect("job");
         assert_eq!(done.instance_id.as_deref(), Some("local-1"));
         assert!(done.started_at.is_some());
+        // The recorded checks name the hosts, never the password.
+        let recorded = format!("{:?} {}", done.error, done.result.expect("checks"));
+        assert!(recorded.contains("db.nonexistent.invalid"), "{recorded}");
+        assert!(!recorded.contains("Hunter2Secret"), "{recorded}");
     });
 }
