@@ -155,52 +155,50 @@ fn template(bin: &Path) -> PathBuf {
 }
 
 fn make_template(bin: &Path) -> PathBuf {
-    {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bin.hash(&mut h);
-        fs::metadata("/proc/self")
-            .map(|m| m.uid())
-            .unwrap_or(0)
-            .hash(&mut h);
-        let shared = std::env::temp_dir().join(format!("seren-pg-template-{:016x}", h.finish()));
-        let done =
-            |p: &Path| p.join("data").join("PG_VERSION").exists() && p.join(".complete").exists();
-        if done(&shared) {
-            return shared;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bin.hash(&mut h);
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+        .hash(&mut h);
+    let shared = std::env::temp_dir().join(format!("seren-pg-template-{:016x}", h.finish()));
+    let done =
+        |p: &Path| p.join("data").join("PG_VERSION").exists() && p.join(".complete").exists();
+    if done(&shared) {
+        return shared;
+    }
+    let build = tempfile::Builder::new()
+        .prefix("seren-pg-template-build-")
+        .tempdir()
+        .expect("create template dir");
+    give_to_server_user(build.path());
+    let out = server_command(bin, "initdb")
+        .arg("-D")
+        .arg(build.path().join("data"))
+        .args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .output()
+        .expect("run initdb");
+    check("initdb", out);
+    fs::write(build.path().join(".complete"), b"").expect("mark the template complete");
+    let built = build.keep();
+    match fs::rename(&built, &shared) {
+        Ok(()) => shared,
+        // Another process got there first: use its template.
+        Err(_) if done(&shared) => {
+            let _ = fs::remove_dir_all(&built);
+            shared
         }
-        let build = tempfile::Builder::new()
-            .prefix("seren-pg-template-build-")
-            .tempdir()
-            .expect("create template dir");
-        give_to_server_user(build.path());
-        let out = server_command(bin, "initdb")
-            .arg("-D")
-            .arg(build.path().join("data"))
-            .args([
-                "-U",
-                SUPERUSER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output()
-            .expect("run initdb");
-        check("initdb", out);
-        fs::write(build.path().join(".complete"), b"").expect("mark the template complete");
-        let built = build.keep();
-        match fs::rename(&built, &shared) {
-            Ok(()) => shared,
-            // Another process got there first: use its template.
-            Err(_) if done(&shared) => {
-                let _ = fs::remove_dir_all(&built);
-                shared
-            }
-            Err(e) => panic!("install the template cluster at {}: {e}", shared.display()),
-        }
+        Err(e) => panic!("install the template cluster at {}: {e}", shared.display()),
     }
 }
 
