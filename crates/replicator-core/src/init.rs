@@ -726,21 +726,20 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
         }
     }
     sched.remaining = remaining;
-    let ticker = tracker.clone().start_ticker(ctx.clone());
-    let data = ctx
-        .phase(
-            Phase::Data,
-            run_pool(
-                ctx,
-                workers,
-                sched,
-                &snapshot,
-                catalog.clone(),
-                units.clone(),
-                tracker.clone(),
-            ),
+    // Every pass of the pool shares the snapshot, catalog, plan and counters.
+    let pool = |workers: Vec<Worker>, sched: Sched| {
+        run_pool(
+            ctx,
+            workers,
+            sched,
+            &snapshot,
+            catalog.clone(),
+            units.clone(),
+            tracker.clone(),
         )
-        .await;
+    };
+    let ticker = tracker.clone().start_ticker(ctx.clone());
+    let data = ctx.phase(Phase::Data, pool(workers, sched)).await;
     ticker.abort();
     tracker.emit_progress(ctx);
     let workers = data?;
@@ -752,16 +751,7 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
         for items in [attach, foreign_keys] {
             let mut sched = Sched::default();
             sched.tasks.extend(items.into_iter().map(Task::Item));
-            workers = run_pool(
-                ctx,
-                workers,
-                sched,
-                &snapshot,
-                catalog.clone(),
-                units.clone(),
-                tracker.clone(),
-            )
-            .await?;
+            workers = pool(workers, sched).await?;
         }
         let first = workers
             .first_mut()
@@ -794,19 +784,7 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
             }));
         }
     }
-    ctx.phase(
-        Phase::Analyze,
-        run_pool(
-            ctx,
-            workers,
-            sched,
-            &snapshot,
-            catalog.clone(),
-            units.clone(),
-            tracker.clone(),
-        ),
-    )
-    .await?;
+    ctx.phase(Phase::Analyze, pool(workers, sched)).await?;
 
     target::drop_bookkeeping(&bookkeeping).await?;
     {

@@ -90,6 +90,28 @@ async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> O
     c.query_one(sql, &[]).await.ok().map(|r| r.get(0))
 }
 
+/// A limit and its use (`sql` returns the setting and the count in use): passes while one is
+/// free.
+async fn capacity(c: &Client, name: &'static str, sql: &str, what: &str, fix: &str) -> Check {
+    let read: Option<(i32, i64)> = c
+        .query_one(sql, &[])
+        .await
+        .ok()
+        .map(|r| (r.get(0), r.get(1)));
+    match read {
+        Some((max, used)) if i64::from(max) > used => {
+            pass(name, format!("{used} of {max} {what} in use"))
+        }
+        Some((max, used)) => check(
+            name,
+            Verdict::Fail,
+            format!("{used} of {max} {what} in use: none free"),
+            fix,
+        ),
+        None => check(name, Verdict::Warn, "could not be read", ""),
+    }
+}
+
 /// Run every check; never fails itself (an unreachable server is a failed check).
 pub async fn validate(
     source: &ConnUrl,
@@ -152,58 +174,26 @@ pub async fn validate(
             "set wal_level = logical on the source and restart it (on RDS: rds.logical_replication = 1)",
         )
     });
-    let slots: Option<(i32, i64)> = src
-        .query_one(
+    out.push(
+        capacity(
+            &src,
+            "source.max_replication_slots",
             "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)",
-            &[],
-        )
-        .await
-        .ok()
-        .map(|r| (r.get(0), r.get(1)));
-    out.push(match slots {
-        Some((max, used)) if i64::from(max) > used => pass(
-            "source.max_replication_slots",
-            format!("{used} of {max} slots in use"),
-        ),
-        Some((max, used)) => check(
-            "source.max_replication_slots",
-            Verdict::Fail,
-            format!("{used} of {max} slots in use: none free"),
+            "slots",
             "raise max_replication_slots (restart) or drop an unused slot",
-        ),
-        None => check(
-            "source.max_replication_slots",
-            Verdict::Warn,
-            "could not be read",
-            "",
-        ),
-    });
-    let senders: Option<(i32, i64)> = src
-        .query_one(
-            "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)",
-            &[],
         )
-        .await
-        .ok()
-        .map(|r| (r.get(0), r.get(1)));
-    out.push(match senders {
-        Some((max, used)) if i64::from(max) > used => pass(
+        .await,
+    );
+    out.push(
+        capacity(
+            &src,
             "source.max_wal_senders",
-            format!("{used} of {max} WAL senders in use"),
-        ),
-        Some((max, used)) => check(
-            "source.max_wal_senders",
-            Verdict::Fail,
-            format!("{used} of {max} WAL senders in use: none free"),
+            "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)",
+            "WAL senders",
             "raise max_wal_senders (restart)",
-        ),
-        None => check(
-            "source.max_wal_senders",
-            Verdict::Warn,
-            "could not be read",
-            "",
-        ),
-    });
+        )
+        .await,
+    );
     let replication: Option<bool> = one(
         &src,
         "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
