@@ -7,7 +7,12 @@
 //! cluster is a copy of that template, which makes a new cluster cost about as much as
 //! `pg_ctl start` (~0.2 s).
 //!
+//! [`proxy`] puts a TCP proxy between a program and a server that drops connections at chosen
+//! points of the protocol, for fault tests.
+//!
 //! This crate must not depend on the engine: it is the ground the engine's tests stand on.
+
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::fs;
@@ -33,6 +38,10 @@ pub struct Options {
     /// instead of [`bindir`]'s: another major version ([`older_server_bindir`]) or a copy with
     /// an extra extension ([`server_bindir_with_extension`]). Clients stay [`bindir`]'s.
     pub server_bindir: Option<PathBuf>,
+    /// Run `initdb` for this cluster instead of copying the shared template, so that it has a
+    /// system identifier of its own (clusters copied from one template share theirs, as servers
+    /// restored from one base backup do).
+    pub own_initdb: bool,
 }
 
 impl Options {
@@ -154,6 +163,25 @@ fn template(bin: &Path) -> PathBuf {
     t
 }
 
+/// `initdb` of a new cluster at `data` (its parent belongs to the server's user).
+fn initdb(bin: &Path, data: &Path) -> Output {
+    server_command(bin, "initdb")
+        .arg("-D")
+        .arg(data)
+        .args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .output()
+        .expect("run initdb")
+}
+
 fn make_template(bin: &Path) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -173,22 +201,7 @@ fn make_template(bin: &Path) -> PathBuf {
         .tempdir()
         .expect("create template dir");
     give_to_server_user(build.path());
-    let out = server_command(bin, "initdb")
-        .arg("-D")
-        .arg(build.path().join("data"))
-        .args([
-            "-U",
-            SUPERUSER,
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ])
-        .output()
-        .expect("run initdb");
-    check("initdb", out);
+    check("initdb", initdb(bin, &build.path().join("data")));
     fs::write(build.path().join(".complete"), b"").expect("mark the template complete");
     let built = build.keep();
     match fs::rename(&built, &shared) {
@@ -383,14 +396,19 @@ impl Cluster {
             .expect("create cluster dir");
         let data = root.path().join("data");
         let server_bin = opts.server_bindir.clone().unwrap_or_else(bindir);
-        let out = Command::new("cp")
-            .arg("-a")
-            .arg(template(&server_bin).join("data"))
-            .arg(&data)
-            .output()
-            .expect("copy template cluster");
-        check("copy template cluster", out);
-        give_to_server_user(root.path());
+        if opts.own_initdb {
+            give_to_server_user(root.path());
+            check("initdb", initdb(&server_bin, &data));
+        } else {
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(template(&server_bin).join("data"))
+                .arg(&data)
+                .output()
+                .expect("copy template cluster");
+            check("copy template cluster", out);
+            give_to_server_user(root.path());
+        }
 
         let mut settings: Vec<(String, String)> = vec![
             ("listen_addresses".into(), "127.0.0.1".into()),
@@ -548,6 +566,21 @@ impl Cluster {
             .output()
             .expect("run psql -f");
         check(&format!("psql -f {}", path.display()), out);
+    }
+
+    /// Restart the server (fast shutdown: sessions are ended, committed work survives) on the
+    /// same port, waiting until it accepts connections again.
+    pub fn restart(&self) {
+        let log = self.root.path().join("server.log");
+        let out = server_command(&self.server_bin, "pg_ctl")
+            .args(["restart", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .output()
+            .expect("run pg_ctl restart");
+        check("pg_ctl restart", out);
     }
 
     /// `CREATE DATABASE name`.
