@@ -269,17 +269,15 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            let cancelled = matches!(e.downcast_ref::<Error>(), Some(Error::Cancelled));
-            eprintln!("error: {}", one_line(&e));
-            if cancelled {
-                eprintln!(
-                    "interrupted: finished tables are kept in the target; run the same command \
-                     with --resume to finish, or --drop-existing to start over"
-                );
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
+            if let Some(Interrupted { signal, .. }) = e.downcast_ref::<Interrupted>() {
+                eprintln!("{e}");
+                return ExitCode::from(match signal {
+                    Signal::Interrupt => 130,
+                    Signal::Terminate => 143,
+                });
             }
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
         }
     }
 }
@@ -690,34 +688,71 @@ async fn run_local_init(
         opts.source.redacted(),
         opts.target.redacted()
     );
-    let syncing = (opts.sync != SyncMode::Off).then(|| (opts.source.clone(), opts.target.clone()));
-    let result = tokio::select! {
-        r = replicator_core::init(opts, ui.observer()) => r,
-        _ = tokio::signal::ctrl_c() => {
-            ui.finish();
-            if let Some((source, target)) = syncing {
-                drop_unused_slot(&source, &target).await;
-            }
-            return Err(anyhow::Error::new(Error::Cancelled));
-        }
-    };
+    // SIGINT (Ctrl-C) and SIGTERM (systemd, Kubernetes, CI timeouts) stop the copy alike: the
+    // engine drops the slot and publication it made, and a target it created before any row
+    // moved.
+    let signal = std::sync::Arc::new(std::sync::OnceLock::new());
+    let stop = stop_signal(signal.clone());
+    let target = opts.target.clone();
+    let result = replicator_core::init_until(opts, ui.observer(), stop).await;
     ui.finish();
-    let report = result?;
+    let report = match result {
+        Err(Error::Cancelled) => {
+            let kept = matches!(
+                replicator_core::inspect_target(&target).await,
+                Ok(TargetState::Interrupted | TargetState::AwaitingReplication)
+            );
+            return Err(anyhow::Error::new(Interrupted {
+                signal: signal.get().copied().unwrap_or(Signal::Interrupt),
+                kept,
+            }));
+        }
+        other => other?,
+    };
     progress::print_summary(&report);
     Ok(())
 }
 
-/// After an interrupted copy with replication: drop the slot and publication it made (unless a
-/// subscription already uses them), so that the source does not keep WAL for a copy that never
-/// finished. Best effort; says what it could not do.
-async fn drop_unused_slot(source: &ConnUrl, target: &ConnUrl) {
-    let names = replicator_core::sync::SyncNames::for_target(target);
-    if let Err(e) = replicator_core::sync::abandon(source, target, &names).await {
-        eprintln!(
-            "warning: could not drop the replication slot {} on the source ({e}); run `sync --stop`",
-            names.slot
-        );
+/// The signal that stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+/// A local copy stopped by a signal; `kept`: the target holds what it finished, for
+/// `--resume`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interrupted ({}): {}",
+    match .signal { Signal::Interrupt => "SIGINT", Signal::Terminate => "SIGTERM" },
+    if *.kept {
+        "finished tables are kept in the target; run the same command with --resume to \
+         finish, or --drop-existing to start over"
+    } else {
+        "nothing had been copied yet and nothing is left behind; run the same command again"
     }
+)]
+struct Interrupted {
+    signal: Signal,
+    kept: bool,
+}
+
+/// Resolves at the first SIGINT or SIGTERM, noting which in `seen`.
+async fn stop_signal(seen: std::sync::Arc<std::sync::OnceLock<Signal>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = seen.set(Signal::Interrupt);
+        return;
+    };
+    let which = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Signal::Interrupt,
+        _ = term.recv() => Signal::Terminate,
+    };
+    let _ = seen.set(which);
 }
 
 async fn confirm_drop(target: &ConnUrl) -> anyhow::Result<()> {
@@ -726,6 +761,9 @@ async fn confirm_drop(target: &ConnUrl) -> anyhow::Result<()> {
         TargetState::Missing | TargetState::Empty => return Ok(()),
         TargetState::NonEmpty(n) => format!("holds {n} objects"),
         TargetState::Interrupted => "holds an interrupted copy".to_owned(),
+        TargetState::AwaitingReplication => {
+            "holds a complete copy waiting for its replication to start".to_owned()
+        }
     };
     if !std::io::stdin().is_terminal() {
         bail!(

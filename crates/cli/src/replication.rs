@@ -217,12 +217,32 @@ pub async fn cutover_cmd(args: &CutoverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drop what an interrupted copy into `target_url` left on the source, and name the other
+/// leftovers, one `note:` line each on standard error.
+async fn sweep(
+    source: &replicator_core::connect::Client,
+    target_url: &ConnUrl,
+    names: &SyncNames,
+) -> anyhow::Result<()> {
+    let found = sync::sweep(source, target_url, names, false).await?;
+    for d in &found.dropped {
+        eprintln!("dropped the {d}");
+    }
+    for n in &found.notes {
+        eprintln!("note: {n}");
+    }
+    Ok(())
+}
+
 /// `sync` (start from init's slot) and `sync --stop`.
 pub async fn sync_cmd(args: &SyncArgs) -> anyhow::Result<()> {
     let (source_url, target_url) = args.db.parse()?;
     let names = SyncNames::for_target(&target_url);
     let source = connect(&source_url, Side::Source).await?;
     let target = connect(&target_url, Side::Target).await?;
+    if !args.stop {
+        sweep(&source, &target_url, &names).await?;
+    }
     if args.stop {
         let dropped = sync::stop(&source, Some(&target), &names).await?;
         if args.json {
@@ -248,6 +268,16 @@ pub async fn sync_cmd(args: &SyncArgs) -> anyhow::Result<()> {
             );
         }
         return Ok(());
+    }
+    // Only a complete copy may start replicating: one still being made (or interrupted) would
+    // miss the rows it has yet to copy.
+    let state = replicator_core::inspect_target(&target_url).await?;
+    if state == replicator_core::TargetState::Interrupted {
+        bail!(
+            "the copy into {} is not complete (interrupted, or still running): finish it with \
+             `init --resume`, or copy again with `sync --force`",
+            target_url.redacted()
+        );
     }
     let (slot, publication) = sync::source_objects(&source, &names).await?;
     if !(slot && publication) {
@@ -364,10 +394,26 @@ pub async fn status_cmd(args: &StatusArgs) -> anyhow::Result<()> {
     let names = SyncNames::for_target(&target_url);
     let source = connect(&source_url, Side::Source).await?;
     let target = connect(&target_url, Side::Target).await?;
+    // What it drops or names goes to standard error, so --json stays one object per line.
+    sweep(&source, &target_url, &names).await?;
     loop {
         let s = sync::status(&source, &target, &names).await?;
         if args.json {
-            println!("{}", status_json(&s));
+            let others = sync::inactive_slots(&source).await?;
+            let mut v = status_json(&s);
+            v["inactive_slots"] = others
+                .iter()
+                .filter(|o| o.name != names.slot)
+                .map(|o| {
+                    json!({
+                        "slot_name": o.name,
+                        "database": o.database,
+                        "retained_bytes": o.retained_bytes,
+                        "made_for": o.feeds,
+                    })
+                })
+                .collect();
+            println!("{v}");
         } else {
             print_status(&s);
         }

@@ -164,7 +164,8 @@ pub async fn read(client: &Client) -> Result<Catalog> {
 
     // A type can travel in binary only if it (or, for arrays, its element; for domains, its
     // base) has send and receive functions. Composite and extension types without them go as
-    // text.
+    // text. So do the reg* types: their binary form is the OID, which names another object (or
+    // none) on the target, while their text form is the object's qualified name.
     let columns = client
         .query(
             "WITH RECURSIVE base(root, t) AS (
@@ -175,7 +176,10 @@ pub async fn read(client: &Client) -> Result<Catalog> {
                  FROM base b JOIN pg_type ty ON ty.oid = b.t
                  WHERE (ty.typtype = 'd' OR (ty.typelem <> 0 AND ty.typlen = -1)))
              , ok AS (
-                 SELECT b.root, bool_and(ty.typsend <> 0 AND ty.typreceive <> 0 AND ty.typtype <> 'c') AS ok
+                 SELECT b.root, bool_and(ty.typsend <> 0 AND ty.typreceive <> 0 AND ty.typtype <> 'c'
+                     AND NOT (ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN
+                       ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype',
+                        'regrole', 'regnamespace', 'regconfig', 'regdictionary', 'regcollation'))) AS ok
                  FROM base b JOIN pg_type ty ON ty.oid = b.t GROUP BY b.root)
              SELECT a.attrelid, a.attname, a.attgenerated <> '' AS generated, coalesce(ok.ok, false)
              FROM pg_attribute a LEFT JOIN ok ON ok.root = a.atttypid

@@ -1,6 +1,7 @@
 //! Opening sessions: the driver's config from a [`ConnUrl`], TLS by `sslmode` over rustls,
-//! TCP keepalives (long copies behind load balancers die on idle connections otherwise), and a
-//! connect timeout around the whole handshake.
+//! TCP keepalives (long copies behind load balancers die on idle connections otherwise), a
+//! connect timeout around the whole handshake, and the session settings every session of the
+//! engine pins before its first statement ([`PINNED_SETTINGS`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode as DriverSslMode;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Config;
+
+/// A session, as [`connect`] opens it.
+pub use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::conninfo::{ConnUrl, SslMode};
@@ -20,11 +24,40 @@ use crate::error::{pg_message, Error, Result, Side};
 /// The `application_name` our sessions report unless the URL sets one.
 pub const APPLICATION_NAME: &str = "postgres-seren-replicator";
 
-/// Open a session. Its connection task runs on the current runtime until the client drops.
+/// What every session the engine opens sets first, whatever the server, database or role
+/// default to (`ALTER DATABASE … SET datestyle`, a role's `search_path`, a server's
+/// `extra_float_digits = 0` …). These are the settings that change how a value is written as
+/// text or read back from it, and the ones that could end a long session: the same ones
+/// pg_dump pins, for the same reason. A text COPY, a row filter and verify's checksums then
+/// mean the same thing on both servers:
+///
+/// - `DateStyle = ISO` (`SQL, DMY` would swap day and month on the way through text),
+///   `IntervalStyle = postgres`, `extra_float_digits = 3` (every float digit),
+///   `bytea_output = hex`, `xmloption = content`, `lc_monetary = 'C'` (money is read and written
+///   in one locale on both sides, so its stored integer survives), `standard_conforming_strings`;
+/// - `search_path = ''`: names of the `reg*` types and of user types are written qualified, as
+///   the target must read them; a `--table-filter` predicate names user objects with their
+///   schema;
+/// - `row_security = off`: a table that row-level security would filter raises an error
+///   instead of silently copying (or counting) fewer rows;
+/// - no statement, lock, idle-in-transaction or idle-session timeout.
+///
+/// `TimeZone` is left alone (a filter's `'2024-01-01'` means what the user meant); verify sets
+/// it to UTC on both sides, where it changes the text it compares.
+pub const PINNED_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+     SET extra_float_digits = 3; SET bytea_output = hex; SET xmloption = content; \
+     SET lc_monetary = 'C'; SET standard_conforming_strings = on; SET search_path = ''; \
+     SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; \
+     SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
+      WHERE name = 'idle_session_timeout'";
+
+/// Open a session with [`PINNED_SETTINGS`] in force. Its connection task runs on the current
+/// runtime until the client drops.
 ///
 /// # Errors
 /// [`Error::Connect`] with the reason (unreachable, timeout, authentication, no such database,
-/// TLS), never with the password.
+/// TLS), never with the password; [`Error::Sql`] when the settings cannot be pinned.
 pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
     let fail = |reason: String, retryable: bool| Error::Connect {
         side,
@@ -58,6 +91,10 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
             tracing::debug!(%side, error = %pg_message(&e), "connection closed");
         }
     });
+    client
+        .batch_execute(PINNED_SETTINGS)
+        .await
+        .map_err(|e| Error::sql(side, "pin the session settings", e))?;
     Ok(client)
 }
 

@@ -195,6 +195,35 @@ impl Filter {
         })
     }
 
+    /// The filters in words, as a run records them (a `--resume` must use the same ones);
+    /// `all tables` when there are none.
+    pub fn describe(&self) -> String {
+        let list = |flag: &str, v: &[Pattern]| {
+            (!v.is_empty()).then(|| {
+                let texts: Vec<&str> = v.iter().map(Pattern::as_str).collect();
+                format!("{flag} {}", texts.join(","))
+            })
+        };
+        let parts: Vec<String> = [
+            list("--include-tables", &self.include),
+            list("--exclude-tables", &self.exclude),
+            list("--schema-only-tables", &self.schema_only),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            self.row_filters
+                .iter()
+                .map(|(t, p)| format!("--table-filter '{t}:{p}'")),
+        )
+        .collect();
+        if parts.is_empty() {
+            "all tables".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+
     /// Whether a relation (table, view, sequence …) is part of the run.
     pub fn selects(&self, q: &QualName) -> bool {
         (self.include.is_empty() || self.include.iter().any(|p| p.matches(q)))

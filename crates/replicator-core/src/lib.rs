@@ -7,6 +7,7 @@
 //! must not depend on AWS, HTTP frameworks or the job model.
 
 pub mod catalog;
+pub mod checks;
 pub mod connect;
 pub mod conninfo;
 pub mod copy;
@@ -28,6 +29,6 @@ pub mod verify;
 pub use conninfo::{ConnUrl, Secret, SslMode};
 pub use error::{Error, Result, Side};
 pub use filter::{Filter, QualName};
-pub use init::{init, inspect_target, FormatChoice, InitOptions, InitReport};
+pub use init::{init, init_until, inspect_target, FormatChoice, InitOptions, InitReport};
 pub use progress::{Event, Observer, Phase};
 pub use target::TargetState;

@@ -158,6 +158,59 @@ pub fn records(units: &[Unit], tables: &[Table]) -> Vec<UnitRecord> {
         .collect()
 }
 
+/// An interrupted run's records with each split table whose ranges did not all finish planned
+/// again as one whole-table unit: ctid ranges belong to one snapshot (rows updated since move
+/// to other blocks, so they could be copied twice, or not at all, by ranges of two runs), and
+/// the whole-table unit empties the table first. Returns the records and the new whole-table
+/// ones, which replace the table's range records in the bookkeeping.
+pub fn restart_unfinished_splits(records: Vec<UnitRecord>) -> (Vec<UnitRecord>, Vec<UnitRecord>) {
+    // Per split table: (some range done, some range not).
+    let mut split: Vec<((String, String), (bool, bool))> = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| r.from_block.is_some() || r.to_block.is_some())
+    {
+        let key = (r.schema.clone(), r.table.clone());
+        let at = match split.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                split.push((key, (false, false)));
+                split.len() - 1
+            }
+        };
+        let seen = &mut split[at].1;
+        if r.done {
+            seen.0 = true;
+        } else {
+            seen.1 = true;
+        }
+    }
+    // A table none of whose ranges committed is copied by all of them under the new snapshot,
+    // which is consistent; only a mix of the two snapshots is not.
+    let unfinished: Vec<(String, String)> = split
+        .into_iter()
+        .filter(|(_, (some_done, some_left))| *some_done && *some_left)
+        .map(|(k, _)| k)
+        .collect();
+    let mut kept: Vec<UnitRecord> = records
+        .into_iter()
+        .filter(|r| !unfinished.contains(&(r.schema.clone(), r.table.clone())))
+        .collect();
+    let redo: Vec<UnitRecord> = unfinished
+        .into_iter()
+        .map(|(schema, table)| UnitRecord {
+            id: QualName::new(schema.clone(), table.clone()).to_string(),
+            schema,
+            table,
+            from_block: None,
+            to_block: None,
+            done: false,
+        })
+        .collect();
+    kept.extend(redo.iter().cloned());
+    (kept, redo)
+}
+
 /// Rebuild an interrupted run's plan from its records, against the source as it is now.
 ///
 /// # Errors
@@ -328,6 +381,42 @@ mod tests {
         assert!(units
             .iter()
             .all(|u| u.slice.predicate.as_deref() == Some("a > 1")));
+    }
+
+    #[test]
+    fn a_split_table_left_unfinished_is_planned_again_whole() {
+        let tables = [
+            table("big", 100, 3500),
+            table("small", 1, 10),
+            table("done", 100, 3500),
+        ];
+        let units = plan(&tables, &[true, true, true], &Filter::default(), SPLIT, 1);
+        let mut recs = records(&units, &tables);
+        // Some of big's ranges finished, all of done's, and small.
+        for r in &mut recs {
+            r.done = r.table == "done" || r.table == "small" || r.id == "public.big#0";
+        }
+        let (recs, redo) = restart_unfinished_splits(recs);
+        assert_eq!(redo.len(), 1);
+        assert_eq!(redo[0].id, "public.big");
+        assert_eq!(
+            (redo[0].from_block, redo[0].to_block, redo[0].done),
+            (None, None, false)
+        );
+        let big: Vec<_> = recs.iter().filter(|r| r.table == "big").collect();
+        assert_eq!(big.len(), 1, "one whole-table unit replaces the ranges");
+        assert_eq!(recs.iter().filter(|r| r.table == "done").count(), 4);
+        let back = from_records(&recs, &tables, &Filter::default()).expect("resumable");
+        let big_unit = back
+            .iter()
+            .find(|u| u.id == "public.big")
+            .expect("whole unit");
+        assert!(big_unit.slice.from_block.is_none() && big_unit.slice.to_block.is_none());
+        assert!(!big_unit.done);
+        // Nothing to redo when every range finished or none did.
+        let (kept, none) = restart_unfinished_splits(records(&units, &tables));
+        assert!(none.is_empty());
+        assert_eq!(kept.len(), units.len());
     }
 
     #[test]

@@ -37,10 +37,7 @@ impl Snapshot {
         let holder = connect(source, Side::Source).await?;
         // A server-side idle timeout would end the snapshot mid-copy.
         holder
-            .batch_execute(
-                "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
-                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            )
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| Error::sql(Side::Source, "open the snapshot transaction", e))?;
         let name: String = holder
@@ -76,16 +73,15 @@ impl Snapshot {
     }
 }
 
-/// Start a read-only transaction on `client` that sees exactly `snapshot`.
+/// Start a read-only transaction on `client` (a session from [`connect`], so its timeouts are
+/// off and row security raises rather than filters) that sees exactly `snapshot`.
 ///
 /// # Errors
 /// [`Error::Sql`], e.g. "invalid snapshot identifier" when the holder has gone.
 pub async fn import(client: &Client, snapshot: &str) -> Result<()> {
     client
         .batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; \
-             SET lock_timeout = 0; SET row_security = off; \
-             BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             literal(snapshot)
         ))
         .await

@@ -66,79 +66,6 @@ impl SyncNames {
     }
 }
 
-/// What stops the source from feeding a subscription, one line each (empty: nothing).
-///
-/// # Errors
-/// [`Error::Sql`] when the checks themselves fail.
-pub async fn source_problems(source: &Client) -> Result<Vec<String>> {
-    let row = source
-        .query_one(
-            "SELECT current_setting('wal_level'), \
-                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
-                    current_setting('max_replication_slots')::int \
-                      - (SELECT count(*) FROM pg_replication_slots)::int, \
-                    current_setting('max_wal_senders')::int \
-                      - (SELECT count(*) FROM pg_stat_replication)::int",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::sql(Side::Source, "check replication settings", e))?;
-    let wal_level: String = row.get(0);
-    let may_replicate: Option<bool> = row.get(1);
-    let free_slots: i32 = row.get(2);
-    let free_senders: i32 = row.get(3);
-    let mut problems = Vec::new();
-    if wal_level != "logical" {
-        problems.push(format!(
-            "the source's wal_level is {wal_level}, not logical (set wal_level = logical and restart it)"
-        ));
-    }
-    if may_replicate != Some(true) {
-        problems.push(
-            "the source role has no REPLICATION privilege (ALTER ROLE … REPLICATION, or use a role that has it)"
-                .into(),
-        );
-    }
-    if free_slots < 1 {
-        problems.push(
-            "the source has no free replication slot (raise max_replication_slots or drop an unused slot)"
-                .into(),
-        );
-    }
-    if free_senders < 1 {
-        problems.push("the source has no free WAL sender (raise max_wal_senders)".into());
-    }
-    Ok(problems)
-}
-
-/// What stops the target from holding a subscription (empty: nothing).
-///
-/// # Errors
-/// [`Error::Sql`] when the check fails.
-pub async fn target_problems(target: &Client) -> Result<Vec<String>> {
-    let row = target
-        .query_one(
-            "SELECT rolsuper OR (current_setting('server_version_num')::int >= 160000 \
-                    AND pg_has_role(current_user, 'pg_create_subscription', 'MEMBER')), \
-                    current_setting('max_logical_replication_workers')::int \
-             FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::sql(Side::Target, "check subscription privileges", e))?;
-    let mut problems = Vec::new();
-    if !row.get::<_, bool>(0) {
-        problems.push(
-            "the target role may not create subscriptions (a superuser, or on PostgreSQL 16+ a member of pg_create_subscription)"
-                .into(),
-        );
-    }
-    if row.get::<_, i32>(1) < 1 {
-        problems.push("the target has max_logical_replication_workers = 0".into());
-    }
-    Ok(problems)
-}
-
 /// Which of `tables` logical replication can carry (permanent tables), and the rest.
 ///
 /// # Errors
@@ -169,7 +96,7 @@ pub async fn replicable(
 }
 
 /// Create the publication of `tables` on the source, replacing one of ours left by an earlier
-/// failed run.
+/// failed run. Its comment names the target it feeds, so that a leftover can be traced.
 ///
 /// # Errors
 /// [`Error::Sql`].
@@ -177,19 +104,21 @@ pub async fn create_publication(
     source: &Client,
     names: &SyncNames,
     tables: &[QualName],
+    target: &ConnUrl,
 ) -> Result<()> {
     let list: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
         .collect();
     let sql = format!(
-        "DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p}{tables}",
+        "DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p}{tables}; COMMENT ON PUBLICATION {p} IS {c}",
         p = ident(&names.publication),
         tables = if list.is_empty() {
             String::new()
         } else {
             format!(" FOR TABLE {}", list.join(", "))
-        }
+        },
+        c = literal(&format!("{PUBLICATION_COMMENT_PREFIX}{}", target.redacted())),
     );
     source.batch_execute(&sql).await.map_err(|e| {
         Error::sql(
@@ -291,7 +220,10 @@ pub fn subscription_conninfo(source: &ConnUrl) -> String {
     parts.join(" ")
 }
 
-/// Create the subscription on the target, starting at the slot's consistent point.
+/// Create the subscription on the target, starting at the slot's consistent point, and drop
+/// the copy's bookkeeping in the same transaction: the target then holds either a complete
+/// copy waiting for replication (the bookkeeping says so, and `sync` or `init --resume` starts
+/// it) or a replicated copy, never something in between.
 ///
 /// # Errors
 /// [`Error::Sql`] (the target cannot reach the source, no privilege, …).
@@ -318,7 +250,15 @@ pub async fn create_subscription(
     ] {
         let _ = target.batch_execute(guard).await;
     }
-    let created = target.batch_execute(&sql).await;
+    let created = target
+        .batch_execute(&format!(
+            "BEGIN; {sql}; DROP SCHEMA IF EXISTS {} CASCADE; COMMIT",
+            ident(crate::target::BOOKKEEPING_SCHEMA)
+        ))
+        .await;
+    if created.is_err() {
+        let _ = target.batch_execute("ROLLBACK").await;
+    }
     let _ = target
         .batch_execute("RESET log_min_error_statement; RESET log_statement")
         .await;
@@ -365,6 +305,32 @@ pub async fn source_objects(source: &Client, names: &SyncNames) -> Result<(bool,
         .await
         .map_err(|e| Error::sql(Side::Source, "look up the slot and publication", e))?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// Where a slot's changes start (its confirmed position, which for a slot nothing has read
+/// from yet is the consistent point of its snapshot) and how many tables its publication has.
+///
+/// # Errors
+/// [`Error::Sql`], [`Error::Preflight`] when the slot does not exist.
+pub async fn slot_origin(source: &Client, names: &SyncNames) -> Result<(String, usize)> {
+    let row = source
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text,                     (SELECT count(*) FROM pg_publication_tables WHERE pubname = $2)              FROM pg_replication_slots WHERE slot_name = $1",
+            &[&names.slot, &names.publication],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "read the replication slot", e))?
+        .ok_or_else(|| {
+            Error::Preflight(format!(
+                "the replication slot {} does not exist on the source",
+                names.slot
+            ))
+        })?;
+    let lsn: Option<String> = row.get(0);
+    Ok((
+        lsn.unwrap_or_default(),
+        usize::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+    ))
 }
 
 /// What one replication consists of, as `init` started it.
@@ -434,6 +400,266 @@ pub async fn abandon(source: &ConnUrl, target: &ConnUrl, names: &SyncNames) -> R
     }
     let s = crate::connect::connect(source, Side::Source).await?;
     drop_source_objects(&s, names).await
+}
+
+/// How this tool's publications begin their comment; the rest names the target.
+pub const PUBLICATION_COMMENT_PREFIX: &str = "postgres-seren-replicator: replication into ";
+
+/// A replication slot of this tool (`seren_…`) that no WAL sender reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InactiveSlot {
+    /// Its name.
+    pub name: String,
+    /// The database it decodes.
+    pub database: Option<String>,
+    /// WAL the source keeps for it, in bytes.
+    pub retained_bytes: i64,
+    /// The target its publication says it feeds, when its publication is in this database.
+    pub feeds: Option<String>,
+}
+
+impl std::fmt::Display for InactiveSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(d) = &self.database {
+            write!(f, " (database {d}")?;
+        } else {
+            write!(f, " (")?;
+        }
+        write!(f, ", retains {} bytes of WAL", self.retained_bytes)?;
+        if let Some(t) = &self.feeds {
+            write!(f, ", made for a copy into {t}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// This tool's replication slots on the source's server that nothing streams from.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn inactive_slots(source: &Client) -> Result<Vec<InactiveSlot>> {
+    let rows = source
+        .query(
+            "SELECT s.slot_name::text, s.database::text, \
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0)::bigint, \
+                    substr(obj_description(p.oid, 'pg_publication'), $1) \
+             FROM pg_replication_slots s \
+             LEFT JOIN pg_publication p ON p.pubname = s.slot_name \
+             WHERE s.slot_name LIKE 'seren\\_%' AND NOT s.active ORDER BY 1",
+            &[&(PUBLICATION_COMMENT_PREFIX.len() as i32 + 1)],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "list replication slots", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| InactiveSlot {
+            name: r.get(0),
+            database: r.get(1),
+            retained_bytes: r.get(2),
+            feeds: r.get::<_, Option<String>>(3).filter(|f| !f.is_empty()),
+        })
+        .collect())
+}
+
+/// The advisory lock that marks a run into one target as in progress: (class, key) for
+/// `pg_try_advisory_lock(int4, int4)`, in the source database. A class of our own keeps it
+/// apart from an application's one-argument advisory locks.
+fn lock_key(names: &SyncNames) -> (i32, i32) {
+    const CLASS: i32 = 0x5345_5245; // "SERE"
+    let hex = names.slot.trim_start_matches("seren_");
+    let key = u32::from_str_radix(hex.get(..8).unwrap_or(hex), 16).unwrap_or(0) & 0x7fff_ffff;
+    (CLASS, key as i32)
+}
+
+/// A source session holding the run lock of one target: while it lives, sweeps leave that
+/// target's slot alone, and a second run into the same target is refused. The server releases
+/// it when the session ends, however the process ends (a SIGKILL closes its socket).
+#[derive(Debug)]
+pub struct RunLock {
+    _session: Client,
+}
+
+/// The process holding the run lock of `names`, when one does.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn run_in_progress(source: &Client, names: &SyncNames) -> Result<Option<i32>> {
+    let (class, key) = lock_key(names);
+    Ok(source
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND classid = $1::int4::oid AND objid = $2::int4::oid AND objsubid = 2 \
+               AND pid <> pg_backend_pid() LIMIT 1",
+            &[&class, &key],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "look for a run in progress", e))?
+        .map(|r| r.get(0)))
+}
+
+/// Take the run lock of `names` on a new source session.
+///
+/// # Errors
+/// [`Error::Preflight`] when another run into the same target holds it; [`Error::Connect`] /
+/// [`Error::Sql`].
+pub async fn lock_run(
+    source_url: &ConnUrl,
+    names: &SyncNames,
+    target: &ConnUrl,
+) -> Result<RunLock> {
+    let session = crate::connect::connect(source_url, Side::Source).await?;
+    let (class, key) = lock_key(names);
+    let got: bool = session
+        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &key])
+        .await
+        .map_err(|e| Error::sql(Side::Source, "take the run lock", e))?
+        .get(0);
+    if got {
+        return Ok(RunLock { _session: session });
+    }
+    let holder = run_in_progress(&session, names).await?;
+    Err(Error::Preflight(format!(
+        "another postgres-seren-replicator run into {} is in progress{}: wait for it to end{}",
+        target.redacted(),
+        holder.map_or(String::new(), |p| format!(" (source session {p})")),
+        holder.map_or(String::new(), |p| format!(
+            ", or if its process is gone, end the session with SELECT pg_terminate_backend({p}) on the source"
+        )),
+    )))
+}
+
+/// What a sweep for leftovers did and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// What it dropped, one line each (for the user).
+    pub dropped: Vec<String>,
+    /// What it left and why, with the command that drops it, one line each.
+    pub notes: Vec<String>,
+}
+
+/// What the target says about our slot.
+enum TargetSays {
+    /// The target database does not exist.
+    Missing,
+    /// It holds our subscription: a replication, perhaps disconnected just now.
+    Subscribed,
+    /// It holds a complete copy waiting for replication from the slot.
+    Awaiting,
+    /// Nothing uses the slot: an interrupted copy, or none.
+    Unused,
+    /// It could not be asked.
+    Unknown(String),
+}
+
+async fn ask_target(target_url: &ConnUrl, names: &SyncNames) -> TargetSays {
+    let maintenance = match crate::target::connect_maintenance(target_url).await {
+        Ok(m) => m,
+        Err(e) => return TargetSays::Unknown(e.to_string()),
+    };
+    match crate::target::state(&maintenance, target_url).await {
+        Ok(crate::target::TargetState::Missing) => return TargetSays::Missing,
+        Ok(crate::target::TargetState::AwaitingReplication) => return TargetSays::Awaiting,
+        Ok(_) => {}
+        Err(e) => return TargetSays::Unknown(e.to_string()),
+    }
+    let target = match crate::connect::connect(target_url, Side::Target).await {
+        Ok(t) => t,
+        Err(e) => return TargetSays::Unknown(e.to_string()),
+    };
+    match subscription_exists(&target, names).await {
+        Ok(true) => TargetSays::Subscribed,
+        Ok(false) => TargetSays::Unused,
+        Err(e) => TargetSays::Unknown(e.to_string()),
+    }
+}
+
+/// Find this tool's leftovers on the source: drop the slot and publication an interrupted copy
+/// into `target_url` left (inactive, no subscription uses them, no run into that target in
+/// progress, and the target holds no complete copy waiting for them), saying so; name every
+/// other inactive slot of this tool with the way to drop it. `own_lock`: the caller holds the
+/// run lock of this target itself.
+///
+/// # Errors
+/// [`Error::Sql`] on the source.
+pub async fn sweep(
+    source: &Client,
+    target_url: &ConnUrl,
+    names: &SyncNames,
+    own_lock: bool,
+) -> Result<Sweep> {
+    let mut out = Sweep::default();
+    let slots = inactive_slots(source).await?;
+    let (slot_exists, publication_exists) = source_objects(source, names).await?;
+    let ours = slots.iter().find(|s| s.name == names.slot);
+    // Our publication without its slot is a leftover too (a run killed between the two).
+    if ours.is_some() || (publication_exists && !slot_exists) {
+        let busy = if own_lock {
+            None
+        } else {
+            run_in_progress(source, names).await?
+        };
+        let retained = ours.map(|s| s.retained_bytes);
+        match (busy, ask_target(target_url, names).await) {
+            (Some(pid), _) => out.notes.push(format!(
+                "a copy into {} is in progress (source session {pid}); its replication slot {} \
+                 is left alone",
+                target_url.redacted(),
+                names.slot
+            )),
+            (None, TargetSays::Subscribed) => {}
+            (None, TargetSays::Awaiting) => out.notes.push(format!(
+                "the replication slot {} holds the source's changes since a complete copy into {}: \
+                 run `postgres-seren-replicator sync` to start replication from it, or \
+                 `sync --stop` to drop it",
+                names.slot,
+                target_url.redacted()
+            )),
+            (None, TargetSays::Unknown(why)) => out.notes.push(format!(
+                "the replication slot {} is inactive, but whether {} still needs it could not be \
+                 checked ({why}); once nothing uses it, drop it with `postgres-seren-replicator \
+                 sync --stop` or SELECT pg_drop_replication_slot('{}') on the source",
+                names.slot,
+                target_url.redacted(),
+                names.slot
+            )),
+            (None, TargetSays::Missing | TargetSays::Unused) => {
+                let what = match retained {
+                    Some(b) => format!(
+                        "replication slot {} and its publication, left by an interrupted copy \
+                         into {} (it kept {b} bytes of WAL on the source)",
+                        names.slot,
+                        target_url.redacted()
+                    ),
+                    None => format!(
+                        "publication {}, left by an interrupted copy into {}",
+                        names.publication,
+                        target_url.redacted()
+                    ),
+                };
+                drop_source_objects(source, names).await?;
+                out.dropped.push(what);
+            }
+        }
+    }
+    for other in slots.iter().filter(|s| s.name != names.slot) {
+        let other_names = SyncNames {
+            slot: other.name.clone(),
+            publication: other.name.clone(),
+            subscription: other.name.clone(),
+        };
+        if run_in_progress(source, &other_names).await?.is_some() {
+            continue;
+        }
+        out.notes.push(format!(
+            "inactive replication slot {other} on the source: if nothing replicates from it any \
+             more, drop it with `postgres-seren-replicator sync --stop` and that copy's --target, \
+             or SELECT pg_drop_replication_slot('{}') on the source",
+            other.name
+        ));
+    }
+    Ok(out)
 }
 
 /// Drop the slot and publication from the source, whichever exists.

@@ -25,6 +25,9 @@ pub enum TargetState {
     Empty,
     /// Holds an interrupted run's bookkeeping (and whatever that run restored).
     Interrupted,
+    /// Holds a complete copy whose replication has not started yet: the bookkeeping records
+    /// the copy as complete, and the source's slot holds every change since its snapshot.
+    AwaitingReplication,
     /// Holds this many user objects.
     NonEmpty(u64),
 }
@@ -86,7 +89,22 @@ pub async fn state(maintenance: &Client, target: &ConnUrl) -> Result<TargetState
     let bookkeeping: bool = row.get(0);
     let objects: i64 = row.get(1);
     Ok(if bookkeeping {
-        TargetState::Interrupted
+        let complete = client
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {}.steps WHERE key = $1",
+                    ident(BOOKKEEPING_SCHEMA)
+                ),
+                &[&COMPLETE_STEP],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Target, "read the interrupted run's records", e))?
+            .is_some();
+        if complete {
+            TargetState::AwaitingReplication
+        } else {
+            TargetState::Interrupted
+        }
     } else if objects > 0 {
         TargetState::NonEmpty(objects as u64)
     } else {
@@ -168,6 +186,55 @@ pub async fn create_database(
     }
 }
 
+/// End this tool's sessions on the target database that belong to no live run: those of a
+/// process killed with `kill -9`, whose `psql` child may still be restoring, or whose backends
+/// have not noticed the broken connection yet. Only a run holding the run lock calls this (so no
+/// live run into this target has sessions there); it waits until they are gone, so that the
+/// bookkeeping it reads next can no longer change under it. Returns how many it ended.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn end_leftover_sessions(maintenance: &Client, target: &ConnUrl) -> Result<usize> {
+    let app = target
+        .application_name
+        .as_deref()
+        .unwrap_or(crate::connect::APPLICATION_NAME);
+    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 \
+               AND pid <> pg_backend_pid()";
+    let fail = |e| Error::sql(Side::Target, "end the sessions of an interrupted run", e);
+    let pids: Vec<i32> = maintenance
+        .query(sql, &[&target.dbname, &app])
+        .await
+        .map_err(fail)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for pid in &pids {
+        maintenance
+            .execute("SELECT pg_terminate_backend($1)", &[pid])
+            .await
+            .map_err(fail)?;
+    }
+    for _ in 0..100 {
+        let left = maintenance
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .map_err(fail)?;
+        if left.is_empty() {
+            return Ok(pids.len());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(Error::Preflight(format!(
+        "sessions of an earlier run are still open on the target database {} after 10 s; end \
+         them (pg_stat_activity, application_name {app}) and try again",
+        target.dbname
+    )))
+}
+
 /// Drop the target database (closing other sessions on it).
 ///
 /// # Errors
@@ -199,12 +266,98 @@ pub struct UnitRecord {
     pub done: bool,
 }
 
-/// Create the bookkeeping schema and record the plan.
+/// The step recorded once every part of the copy is in: the target then holds a complete
+/// copy, and only replication (or the removal of the bookkeeping) is left.
+pub const COMPLETE_STEP: &str = "complete";
+
+/// Which source a copy comes from, recorded with its plan so that `--resume` can refuse
+/// another source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIdentity {
+    /// The cluster's system identifier, when the role may read it (`pg_control_system()`).
+    pub system_identifier: Option<String>,
+    /// The database's OID.
+    pub database_oid: u32,
+    /// The database's name.
+    pub database: String,
+    /// The URL it was reached by, without its password.
+    pub url: String,
+    /// `host:port` of that URL: what tells two servers apart when the system identifier
+    /// cannot be read.
+    pub server: String,
+}
+
+impl SourceIdentity {
+    /// Read the identity of the database `source` is connected to.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub async fn read(source: &Client, url: &ConnUrl) -> Result<Self> {
+        let row = source
+            .query_one(
+                "SELECT oid, datname::text FROM pg_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Source, "read the source database's identity", e))?;
+        // Only superusers and pg_monitor-like roles may call it on some servers.
+        let system_identifier = source
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .ok()
+            .map(|r| r.get(0));
+        Ok(Self {
+            system_identifier,
+            database_oid: row.get(0),
+            database: row.get(1),
+            url: url.redacted(),
+            server: format!("{}:{}", url.host, url.port),
+        })
+    }
+
+    /// Why a copy recorded as from `self` must not be resumed from `now` (`None`: it may).
+    pub fn mismatch(&self, now: &SourceIdentity) -> Option<String> {
+        let other_cluster = match (&self.system_identifier, &now.system_identifier) {
+            (Some(a), Some(b)) => a != b,
+            _ => self.server != now.server,
+        };
+        (other_cluster || self.database_oid != now.database_oid || self.database != now.database)
+            .then(|| {
+                format!(
+                    "the interrupted copy came from the database {} of {} ({}), and this source is                      the database {} of {} ({})",
+                    self.database,
+                    self.url,
+                    self.describe(),
+                    now.database,
+                    now.url,
+                    now.describe()
+                )
+            })
+    }
+
+    fn describe(&self) -> String {
+        match &self.system_identifier {
+            Some(id) => format!("system {id}, database OID {}", self.database_oid),
+            None => format!("database OID {}", self.database_oid),
+        }
+    }
+}
+
+/// Create the bookkeeping schema and record the plan and the source, in one transaction.
 ///
 /// # Errors
 /// [`Error::Sql`].
-pub async fn create_bookkeeping(client: &Client, units: &[UnitRecord]) -> Result<()> {
+pub async fn create_bookkeeping(
+    client: &Client,
+    units: &[UnitRecord],
+    source: &SourceIdentity,
+    fingerprint: &str,
+) -> Result<()> {
     let s = ident(BOOKKEEPING_SCHEMA);
+    let fail = |e| Error::sql(Side::Target, "create the bookkeeping schema", e);
     client
         .batch_execute(&format!(
             "BEGIN;
@@ -213,19 +366,44 @@ pub async fn create_bookkeeping(client: &Client, units: &[UnitRecord]) -> Result
              CREATE TABLE {s}.units (id text PRIMARY KEY, schema_name text NOT NULL,
                  table_name text NOT NULL, from_block int8, to_block int8,
                  done boolean NOT NULL DEFAULT false, rows_copied int8, bytes_copied int8);
-             COMMENT ON SCHEMA {s} IS 'postgres-seren-replicator: progress of an unfinished init; dropped when it completes';
-             COMMIT;"
+             CREATE TABLE {s}.run (system_identifier text, database_oid int8 NOT NULL,
+                 database_name text NOT NULL, source_url text NOT NULL, server text NOT NULL,
+                 fingerprint text NOT NULL);
+             COMMENT ON SCHEMA {s} IS 'postgres-seren-replicator: progress of an unfinished init; dropped when it completes';"
         ))
         .await
-        .map_err(|e| Error::sql(Side::Target, "create the bookkeeping schema", e))?;
+        .map_err(fail)?;
+    let result = async {
+        client
+            .execute(
+                &format!("INSERT INTO {s}.run VALUES ($1, $2, $3, $4, $5, $6)"),
+                &[
+                    &source.system_identifier,
+                    &i64::from(source.database_oid),
+                    &source.database,
+                    &source.url,
+                    &source.server,
+                    &fingerprint,
+                ],
+            )
+            .await
+            .map_err(fail)?;
+        insert_units(client, units).await?;
+        client.batch_execute("COMMIT").await.map_err(fail)
+    }
+    .await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn insert_units(client: &Client, units: &[UnitRecord]) -> Result<()> {
     let stmt = client
         .prepare(&format!(
-            "INSERT INTO {s}.units (id, schema_name, table_name, from_block, to_block) VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO {}.units (id, schema_name, table_name, from_block, to_block) VALUES ($1, $2, $3, $4, $5)",
+            ident(BOOKKEEPING_SCHEMA)
         ))
-        .await
-        .map_err(|e| Error::sql(Side::Target, "record the plan", e))?;
-    client
-        .batch_execute("BEGIN")
         .await
         .map_err(|e| Error::sql(Side::Target, "record the plan", e))?;
     for u in units {
@@ -237,10 +415,80 @@ pub async fn create_bookkeeping(client: &Client, units: &[UnitRecord]) -> Result
             .await
             .map_err(|e| Error::sql(Side::Target, "record the plan", e))?;
     }
-    client
-        .batch_execute("COMMIT")
+    Ok(())
+}
+
+/// The source and plan fingerprint an interrupted run recorded (`None` for bookkeeping
+/// written before they were).
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn recorded_source(client: &Client) -> Result<Option<(SourceIdentity, String)>> {
+    let s = ident(BOOKKEEPING_SCHEMA);
+    let exists = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{s}.run")])
         .await
-        .map_err(|e| Error::sql(Side::Target, "record the plan", e))
+        .map_err(|e| Error::sql(Side::Target, "read the interrupted run's records", e))?
+        .get::<_, bool>(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT system_identifier, database_oid, database_name, source_url, server, fingerprint FROM {s}.run"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "read the interrupted run's records", e))?;
+    Ok(row.map(|r| {
+        (
+            SourceIdentity {
+                system_identifier: r.get(0),
+                database_oid: u32::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                database: r.get(2),
+                url: r.get(3),
+                server: r.get(4),
+            },
+            r.get(5),
+        )
+    }))
+}
+
+/// Replace the records of `table`'s units with `unit` (one transaction): a split table whose
+/// ranges did not all finish is copied again whole under a new snapshot, since its rows may
+/// have moved between blocks since the first.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn replace_units(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    unit: &UnitRecord,
+) -> Result<()> {
+    let fail = |e| Error::sql(Side::Target, "record the plan", e);
+    client.batch_execute("BEGIN").await.map_err(fail)?;
+    let result = async {
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM {}.units WHERE schema_name = $1 AND table_name = $2",
+                    ident(BOOKKEEPING_SCHEMA)
+                ),
+                &[&schema, &table],
+            )
+            .await
+            .map_err(fail)?;
+        insert_units(client, std::slice::from_ref(unit)).await?;
+        client.batch_execute("COMMIT").await.map_err(fail)
+    }
+    .await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
 }
 
 /// Read an interrupted run's records: its units and the keys of its finished steps.
@@ -285,13 +533,96 @@ pub fn record_step_sql(key: &str) -> String {
     )
 }
 
-/// SQL that marks a unit done; run it inside the unit's transaction.
+/// What a claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The work is ours to do in this transaction; its record commits with it.
+    Claimed,
+    /// An earlier attempt committed it (perhaps one whose COMMIT reply was lost).
+    AlreadyDone,
+}
+
+/// Claim step `key` as the first statement of the transaction that does it. The record is
+/// written first, so that a concurrent or earlier attempt of the same step (one whose reply to
+/// COMMIT was lost, and which may still be committing) holds the key's index entry until it
+/// ends: this insert waits for it and then inserts nothing if it committed. A step can thus
+/// never be applied twice, whatever a reconnect finds.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn claim_step(client: &Client, key: &str) -> Result<Claim> {
+    let n = client
+        .execute(
+            &format!(
+                "INSERT INTO {}.steps (key) VALUES ($1) ON CONFLICT (key) DO NOTHING",
+                ident(BOOKKEEPING_SCHEMA)
+            ),
+            &[&key],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, format!("record {key}"), e))?;
+    Ok(if n == 1 {
+        Claim::Claimed
+    } else {
+        Claim::AlreadyDone
+    })
+}
+
+/// Claim unit `id` as the first statement of the transaction that copies it: marks it done
+/// only if no attempt has (the row lock makes a second attempt wait for the first to end, and
+/// then find it done). See [`claim_step`].
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn claim_unit(client: &Client, id: &str) -> Result<Claim> {
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {}.units SET done = true WHERE id = $1 AND NOT done",
+                ident(BOOKKEEPING_SCHEMA)
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, format!("record {id}"), e))?;
+    Ok(if n == 1 {
+        Claim::Claimed
+    } else {
+        Claim::AlreadyDone
+    })
+}
+
+/// SQL that stores a claimed unit's counts; run it inside the unit's transaction.
 pub fn record_unit_sql(id: &str, rows: u64, bytes: u64) -> String {
     format!(
-        "UPDATE {}.units SET done = true, rows_copied = {rows}, bytes_copied = {bytes} WHERE id = {};",
+        "UPDATE {}.units SET rows_copied = {rows}, bytes_copied = {bytes} WHERE id = {};",
         ident(BOOKKEEPING_SCHEMA),
         literal(id)
     )
+}
+
+/// A finished unit's recorded counts (rows, bytes), for the report after a retry found it
+/// done.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn unit_counts(client: &Client, id: &str) -> Result<(u64, u64)> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT coalesce(rows_copied, 0), coalesce(bytes_copied, 0) FROM {}.units WHERE id = $1",
+                ident(BOOKKEEPING_SCHEMA)
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, format!("read the record of {id}"), e))?;
+    Ok(row.map_or((0, 0), |r| {
+        (
+            u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+            u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+        )
+    }))
 }
 
 /// Remove the bookkeeping once the run is complete.

@@ -350,11 +350,22 @@ async fn table_exists(c: &Client, t: &QualName) -> Result<bool> {
     .is_some())
 }
 
+/// A session to compare on: [`connect`]'s pinned settings (DateStyle, float digits, …) and
+/// `TimeZone = UTC`, so that a `timestamptz` reads the same from two servers set to different
+/// zones and rows are compared by value, not by how a server's defaults render them.
+async fn compare_session(url: &ConnUrl, side: Side) -> Result<Client> {
+    let c = connect(url, side).await?;
+    c.batch_execute("SET TimeZone = 'UTC'")
+        .await
+        .map_err(|e| Error::sql(side, "set the time zone for comparing", e))?;
+    Ok(c)
+}
+
 async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
     let o = &ctx.opts;
     let (source, target) = tokio::try_join!(
-        connect(&o.source, Side::Source),
-        connect(&o.target, Side::Target)
+        compare_session(&o.source, Side::Source),
+        compare_session(&o.target, Side::Target)
     )?;
     let mut result = TableResult {
         table: table.clone(),

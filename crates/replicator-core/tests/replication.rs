@@ -33,13 +33,13 @@ fn a_slot_snapshot_sees_exactly_what_came_before_its_consistent_point() {
     let source = url(&src, "app");
     rt().block_on(async {
         let plain = connect(&source, Side::Source).await.expect("connect");
-        let names = SyncNames::for_target(
-            &ConnUrl::parse_with_env("postgresql://u@h/x", &|_| None).expect("url"),
-        );
+        let target = ConnUrl::parse_with_env("postgresql://u@h/x", &|_| None).expect("url");
+        let names = SyncNames::for_target(&target);
         sync::create_publication(
             &plain,
             &names,
             &[replicator_core::QualName::new("public", "t")],
+            &target,
         )
         .await
         .expect("publication");
@@ -56,7 +56,7 @@ fn a_slot_snapshot_sees_exactly_what_came_before_its_consistent_point() {
             // with it off.
             .batch_execute(
                 "SET synchronous_commit = on; \
-                 INSERT INTO t VALUES (2, 'after'); UPDATE t SET v = 'changed' WHERE id = 1",
+                 INSERT INTO public.t VALUES (2, 'after'); UPDATE public.t SET v = 'changed' WHERE id = 1",
             )
             .await
             .expect("write");
@@ -65,7 +65,7 @@ fn a_slot_snapshot_sees_exactly_what_came_before_its_consistent_point() {
             .await
             .expect("import the slot's snapshot");
         let rows: Vec<(i32, String)> = reader
-            .query("SELECT id, v FROM t ORDER BY id", &[])
+            .query("SELECT id, v FROM public.t ORDER BY id", &[])
             .await
             .expect("read")
             .iter()
@@ -121,10 +121,12 @@ fn a_wrong_password_and_a_server_without_logical_wal_say_so() {
             .expect_err("wal_level=replica");
         assert!(err.to_string().contains("wal_level"), "{err}");
         let plain = connect(&good, Side::Source).await.expect("connect");
-        let problems = sync::source_problems(&plain).await.expect("check");
+        let checks = replicator_core::checks::replication(&plain, None).await;
         assert!(
-            problems.iter().any(|p| p.contains("wal_level is replica")),
-            "{problems:?}"
+            checks
+                .iter()
+                .any(|c| c.failed() && c.detail.contains("wal_level = replica")),
+            "{checks:?}"
         );
     });
 }

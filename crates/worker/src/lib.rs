@@ -453,7 +453,14 @@ pub async fn run(
     };
     drop((source, target));
     if let Work::Init(opts) = &mut work {
-        opts.resume = resumed;
+        // A job claimed before finishes what its earlier worker left, when that worker got as
+        // far as leaving something; otherwise it starts afresh.
+        opts.resume = resumed
+            && matches!(
+                replicator_core::inspect_target(&opts.target).await,
+                Ok(replicator_core::TargetState::Interrupted
+                    | replicator_core::TargetState::AwaitingReplication)
+            );
     }
 
     let tracker = Tracker::default();

@@ -1,33 +1,47 @@
 //! `init`: copy one database into another under one snapshot.
 //!
-//! Preflight → snapshot and catalog → pre-data (one transaction) → data and, per table as soon
-//! as its rows are in, its indexes and constraints → foreign keys → the rest of post-data →
-//! sequences and large objects → ANALYZE → bookkeeping removed. A pool of `jobs` connection
-//! pairs works one queue; every unit and item is one target transaction recorded in the
-//! target's bookkeeping, so a failure loses nothing that was finished and leaves nothing half
-//! done.
+//! Preflight ([`preflight`]: the shared checks, the target's state, the run lock and the sweep
+//! for leftovers) → snapshot and catalog (with sync: publication, then the slot whose snapshot
+//! the copy uses) → pre-data (one transaction) → data and, per table as soon as its rows are
+//! in, its indexes and constraints → foreign keys → the rest of post-data ([`post_data`]) →
+//! sequences and large objects ([`finish`]) → ANALYZE → the copy recorded as complete → the
+//! subscription and the bookkeeping's removal in one transaction (or just the removal). A pool
+//! of `jobs` connection pairs ([`pool`]) works one queue; every unit and item is one target
+//! transaction that claims its record first, so a failure loses nothing that was finished, a
+//! retry never applies anything twice, and nothing is left half done.
+//!
+//! A run that fails or is stopped drops the slot and publication it made, and when it had not
+//! moved a row yet, the database it created (or the bookkeeping it added to an existing one):
+//! what is left behind is either nothing or a copy `--resume` can finish.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod finish;
+mod pool;
+mod post_data;
+mod preflight;
+
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-use tokio_postgres::Client;
-
 use crate::catalog::{self, Catalog};
+use crate::checks;
 use crate::connect::connect;
 use crate::conninfo::ConnUrl;
-use crate::copy::{copy_in_sql, copy_out_sql, pump, Format};
 use crate::error::{Error, Result, Side};
 use crate::filter::{Filter, QualName};
-use crate::plan::{self, SplitPolicy, Unit};
-use crate::progress::{DataProgress, Event, Observer, Phase, PlanSummary};
-use crate::schema::{self, DumpOptions, ParsedDump};
+use crate::plan::{self, SplitPolicy};
+use crate::progress::{Event, Observer, Phase, PlanSummary};
+use crate::schema::{self, DumpOptions};
 use crate::snapshot::{self, Snapshot};
 use crate::sync::{self, SyncMode, SyncNames, SyncReport};
 use crate::target::{self, TargetState};
+
+pub(crate) use finish::copy_sequences;
+use pool::{run_pool, with_retries, Pair, Sched, Shared, Task, Tracker};
+use post_data::{classify, Classified, Item};
+use preflight::{preflight, tables_to_copy, Preflight};
 
 /// Which COPY format to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,10 +152,28 @@ pub async fn inspect_target(target_url: &ConnUrl) -> Result<TargetState> {
     target::state(&maintenance, target_url).await
 }
 
-struct Ctx {
+/// What this run has made on the two servers so far: what a failure must take away again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Made {
+    /// The publication and (perhaps) the slot on the source.
+    replication: bool,
+    /// The target database.
+    database: bool,
+    /// The bookkeeping schema in the target database.
+    bookkeeping: bool,
+    /// The pre-data section.
+    pre_data: bool,
+    /// At least one unit's rows.
+    rows: bool,
+    /// Every part of the copy (the COMPLETE step is recorded).
+    complete: bool,
+}
+
+pub(crate) struct Ctx {
     opts: InitOptions,
     observer: Observer,
     report: Mutex<InitReport>,
+    made: Mutex<Made>,
 }
 
 impl Ctx {
@@ -149,10 +181,20 @@ impl Ctx {
         (self.observer)(&e);
     }
 
+    /// Tell the user (through the observer, which prints it) and keep it for the report.
     fn warn(&self, message: String) {
-        tracing::warn!("{message}");
+        tracing::info!(warning = %message);
         self.emit(Event::Warning(message.clone()));
         lock(&self.report).warnings.push(message);
+    }
+
+    fn made(&self, f: impl FnOnce(&mut Made)) {
+        f(&mut lock(&self.made));
+    }
+
+    /// A unit's rows are in the target (now or by an earlier attempt).
+    fn rows_moved(&self) {
+        self.made(|m| m.rows = true);
     }
 
     async fn phase<T>(
@@ -180,100 +222,167 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The first failure, as one line; finished units and items stay recorded in the target so that
 /// `resume` can finish the run.
 pub async fn init(opts: InitOptions, observer: Observer) -> Result<InitReport> {
+    init_until(opts, observer, std::future::pending()).await
+}
+
+/// [`init`] until `stop` resolves (Ctrl-C, SIGTERM, a worker told to stop): the run then ends
+/// as a failed one does. Its sessions close, so the unit or item in flight rolls back; the slot
+/// and publication it made are dropped; a target it created before any row moved is dropped
+/// too. It returns [`Error::Cancelled`].
+///
+/// # Errors
+/// As [`init`], or [`Error::Cancelled`].
+pub async fn init_until(
+    opts: InitOptions,
+    observer: Observer,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<InitReport> {
     if opts.jobs == 0 {
         return Err(Error::Usage("--jobs must be at least 1".into()));
     }
+    let names = SyncNames::for_target(&opts.target);
     let ctx = Arc::new(Ctx {
         opts,
         observer,
         report: Mutex::new(InitReport::default()),
+        made: Mutex::new(Made::default()),
     });
-    let pre = ctx.phase(Phase::Preflight, preflight(&ctx)).await?;
-    retire_old_replication(&ctx, &pre).await?;
-    let sync_names = pre.sync.then(|| SyncNames::for_target(&ctx.opts.target));
-    let snap = match ctx
-        .phase(Phase::Snapshot, take_snapshot(&ctx, sync_names.as_ref()))
-        .await
-    {
-        Ok(snap) => snap,
-        Err(e) => {
-            abandon_sync(&ctx, sync_names.as_ref()).await;
-            return Err(e);
-        }
+    // Leaving the select drops the losing branch: every session of the run closes.
+    let outcome = tokio::select! {
+        r = run_all(&ctx, &names) => r,
+        () = stop => Err(Error::Cancelled),
     };
+    match outcome {
+        Ok(()) => Ok(lock(&ctx.report).clone()),
+        Err(e) => {
+            clean_up(&ctx, &names).await;
+            Err(e)
+        }
+    }
+}
+
+async fn run_all(ctx: &Arc<Ctx>, names: &SyncNames) -> Result<()> {
+    let mut pre = ctx.phase(Phase::Preflight, preflight(ctx, names)).await?;
+    let _lock = pre.lock.take();
+    if pre.complete {
+        lock(&ctx.report).resumed = true;
+        return finish_complete_copy(ctx, &pre, names).await;
+    }
+    retire_old_replication(ctx, &pre, names).await?;
+    let snap = ctx
+        .phase(
+            Phase::Snapshot,
+            take_snapshot(ctx, pre.sync.then_some(names)),
+        )
+        .await?;
     let slot = snap.slot.clone();
-    let copied = async {
-        prepare_target(&ctx, &pre).await?;
-        run(&ctx, pre, snap).await
+    prepare_target(ctx, &pre).await?;
+    run(ctx, &pre, snap).await?;
+    match slot {
+        Some((created, published)) => {
+            let report = ctx
+                .phase(
+                    Phase::Replication,
+                    start_replication(ctx, names, created.consistent_point, published),
+                )
+                .await?;
+            lock(&ctx.report).sync = Some(report);
+        }
+        None => drop_bookkeeping(ctx).await?,
     }
-    .await;
-    if let Err(e) = copied {
-        abandon_sync(&ctx, sync_names.as_ref()).await;
-        return Err(e);
+    Ok(())
+}
+
+/// After a failure or a stop: take away what this run made and no later run could use. A
+/// slot it made for a copy that did not complete is worth nothing (the next run needs its own
+/// snapshot) and would make the source keep WAL for ever; a database it created before any row
+/// moved holds only what a rerun makes again in seconds. Best effort: what cannot be done is
+/// said in a warning with the command that does it.
+async fn clean_up(ctx: &Ctx, names: &SyncNames) {
+    let made = *lock(&ctx.made);
+    let o = &ctx.opts;
+    if made.replication && !made.complete {
+        match sync::abandon(&o.source, &o.target, names).await {
+            Ok(dropped) if !dropped.is_empty() => ctx.warn(format!(
+                "dropped the {} made for this copy",
+                dropped.join(" and ")
+            )),
+            Ok(_) => {}
+            Err(e) => ctx.warn(format!(
+                "the copy failed and its replication slot {} could not be dropped ({e}); drop it \
+                 with `postgres-seren-replicator sync --stop` or SELECT \
+                 pg_drop_replication_slot('{}') on the source, or the source keeps WAL for it",
+                names.slot, names.slot
+            )),
+        }
     }
-    if let (Some(names), Some((created, published))) = (sync_names, slot) {
-        let report = ctx
-            .phase(
-                Phase::Replication,
-                start_replication(&ctx, names, created, published),
-            )
-            .await?;
-        lock(&ctx.report).sync = Some(report);
+    if made.rows || o.resume {
+        return;
     }
-    let report = lock(&ctx.report).clone();
-    Ok(report)
+    if made.database {
+        let dropped = async {
+            let maintenance = target::connect_maintenance(&o.target).await?;
+            target::drop_database(&maintenance, &o.target).await
+        }
+        .await;
+        match dropped {
+            Ok(()) => ctx.warn(format!(
+                "removed the target database {} this run had created: nothing had been copied \
+                 into it yet",
+                o.target.dbname
+            )),
+            Err(e) => ctx.warn(format!(
+                "the target database {} this run created could not be removed ({e}); rerun with \
+                 --drop-existing",
+                o.target.dbname
+            )),
+        }
+    } else if made.bookkeeping && !made.pre_data {
+        let dropped = async {
+            let t = connect(&o.target, Side::Target).await?;
+            target::drop_bookkeeping(&t).await
+        }
+        .await;
+        if let Err(e) = dropped {
+            ctx.warn(format!(
+                "the bookkeeping schema {} could not be removed from the target database {} \
+                 ({e}); drop it, or rerun with --drop-existing",
+                target::BOOKKEEPING_SCHEMA,
+                o.target.dbname
+            ));
+        }
+    }
 }
 
 /// A target about to be replaced may still be subscribed to the source (an earlier sync). Its
 /// subscription goes first: left running, it would reattach to the slot this run creates under
 /// the same name and consume changes meant for the new copy. Without sync in this run, the old
 /// slot and publication go too, or the source would keep WAL for them.
-async fn retire_old_replication(ctx: &Ctx, pre: &Preflight) -> Result<()> {
+async fn retire_old_replication(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -> Result<()> {
     let o = &ctx.opts;
     if pre.create_with.is_none() || pre.state == TargetState::Missing {
         return Ok(());
     }
-    let names = SyncNames::for_target(&o.target);
     if let Ok(old) = connect(&o.target, Side::Target).await {
-        if sync::drop_subscription(&old, &names).await? {
+        if sync::drop_subscription(&old, names).await? {
             tracing::info!(subscription = %names.subscription, "dropped the replaced target's subscription");
         }
     }
     if !pre.sync {
         let source = connect(&o.source, Side::Source).await?;
-        sync::drop_source_objects(&source, &names).await?;
+        sync::drop_source_objects(&source, names).await?;
     }
     Ok(())
 }
 
-/// After a failed copy, drop the slot and publication made for it: a slot left behind makes
-/// the source keep WAL for ever. Best effort; a failure here is logged, not returned.
-async fn abandon_sync(ctx: &Ctx, names: Option<&SyncNames>) {
-    let Some(names) = names else { return };
-    match sync::abandon(&ctx.opts.source, &ctx.opts.target, names).await {
-        Ok(dropped) if !dropped.is_empty() => {
-            tracing::info!(
-                ?dropped,
-                "dropped the replication set up for the failed copy"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => ctx.warn(format!(
-            "the copy failed and its replication slot {} could not be dropped ({e}); drop it \
-             with `postgres-seren-replicator sync --stop` or SELECT pg_drop_replication_slot('{}') \
-             on the source, or the source keeps WAL for it",
-            names.slot, names.slot
-        )),
-    }
-}
-
 /// The copy is complete: subscribe the target to the slot, so that replication starts exactly
-/// where the copy's snapshot ended. When the target cannot subscribe, the slot and publication
-/// are kept so that `sync` can start it later from the same point.
+/// where the copy's snapshot ended, and remove the bookkeeping in the same transaction. When
+/// the target cannot subscribe, the slot, the publication and the bookkeeping (which records
+/// the copy as complete) are kept, so that `sync` can start it later from the same point.
 async fn start_replication(
     ctx: &Ctx,
-    names: SyncNames,
-    created: crate::replication::CreatedSlot,
+    names: &SyncNames,
+    consistent_point: String,
     published: usize,
 ) -> Result<SyncReport> {
     let o = &ctx.opts;
@@ -288,7 +397,7 @@ async fn start_replication(
         );
     }
     let target = connect(&o.target, Side::Target).await?;
-    if let Err(e) = sync::create_subscription(&target, &names, via).await {
+    if let Err(e) = sync::create_subscription(&target, names, via).await {
         return Err(Error::Preflight(format!(
             "the copy is complete, but replication did not start: {e}. The slot {} keeps the \
              source's changes since the copy; fix the cause and run `postgres-seren-replicator \
@@ -297,23 +406,55 @@ async fn start_replication(
         )));
     }
     Ok(SyncReport {
-        names,
-        consistent_point: created.consistent_point,
+        names: names.clone(),
+        consistent_point,
         published_tables: published,
     })
 }
 
-struct Preflight {
-    tools: schema::Tools,
-    source_major: u32,
-    resumed: bool,
-    state: TargetState,
-    /// The session on the target's maintenance database, for DROP/CREATE DATABASE.
-    maintenance: Client,
-    /// The locale to create the target database with, when it is to be (re)created.
-    create_with: Option<target::DatabaseLocale>,
-    /// Whether replication follows the copy.
-    sync: bool,
+/// `--resume` of a copy that had completed: start its replication from the slot it made, or,
+/// when replication does not follow, drop the slot and the bookkeeping.
+async fn finish_complete_copy(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -> Result<()> {
+    let o = &ctx.opts;
+    let source = connect(&o.source, Side::Source).await?;
+    let (slot, publication) = sync::source_objects(&source, names).await?;
+    if pre.sync && slot && publication {
+        let (point, published) = sync::slot_origin(&source, names).await?;
+        let report = ctx
+            .phase(
+                Phase::Replication,
+                start_replication(ctx, names, point, published),
+            )
+            .await?;
+        lock(&ctx.report).sync = Some(report);
+        return Ok(());
+    }
+    if o.sync != SyncMode::Off && !slot {
+        ctx.warn(format!(
+            "the copy is complete, but its replication slot {} is gone, so replication cannot \
+             start without a gap: `postgres-seren-replicator sync --force` copies again and \
+             replicates",
+            names.slot
+        ));
+    }
+    let dropped = sync::drop_source_objects(&source, names).await?;
+    if !dropped.is_empty() {
+        ctx.warn(format!(
+            "dropped the {} of the complete copy: replication does not follow it",
+            dropped.join(" and ")
+        ));
+    }
+    drop_bookkeeping(ctx).await
+}
+
+/// Remove the bookkeeping once the copy is complete (retried: dropping it twice is harmless).
+async fn drop_bookkeeping(ctx: &Ctx) -> Result<()> {
+    let o = &ctx.opts;
+    with_retries(ctx, "remove the bookkeeping", || async {
+        let t = connect(&o.target, Side::Target).await?;
+        target::drop_bookkeeping(&t).await
+    })
+    .await
 }
 
 /// Drop and/or create the target database. Runs only after every check has passed, so a
@@ -327,165 +468,12 @@ async fn prepare_target(ctx: &Ctx, pre: &Preflight) -> Result<()> {
         // Its subscription, if any, went in retire_old_replication.
         target::drop_database(&pre.maintenance, &o.target).await?;
     }
-    if let Some(w) = target::create_database(&pre.maintenance, &o.target, locale).await? {
+    let warning = target::create_database(&pre.maintenance, &o.target, locale).await?;
+    ctx.made(|m| m.database = true);
+    if let Some(w) = warning {
         ctx.warn(w);
     }
     Ok(())
-}
-
-async fn preflight(ctx: &Ctx) -> Result<Preflight> {
-    let o = &ctx.opts;
-    let (source, maintenance) = tokio::try_join!(
-        connect(&o.source, Side::Source),
-        target::connect_maintenance(&o.target)
-    )?;
-    let source_major = catalog::major_version(&source, Side::Source).await?;
-    let target_major = catalog::major_version(&maintenance, Side::Target).await?;
-    if target_major < source_major {
-        return Err(Error::Preflight(format!(
-            "the target server runs PostgreSQL {target_major}, older than the source's \
-             {source_major}: copy into a server of version {source_major} or newer"
-        )));
-    }
-    if same_database(&source, &maintenance, &o.source, &o.target).await? {
-        return Err(Error::Preflight(format!(
-            "source and target are the same database ({}): name a different target",
-            o.target.redacted()
-        )));
-    }
-    let tools = schema::find_tools(o.pg_bindir.as_deref(), source_major).await?;
-
-    let state = target::state(&maintenance, &o.target).await?;
-    let mut resumed = false;
-    match (&state, o.drop_existing, o.resume) {
-        (_, true, true) => {
-            return Err(Error::Usage(
-                "--resume and --drop-existing contradict each other: pick one".into(),
-            ))
-        }
-        (TargetState::Interrupted, false, true) => resumed = true,
-        (_, false, true) => {
-            return Err(Error::Usage(format!(
-                "--resume: the target database {} holds no interrupted run to finish",
-                o.target.dbname
-            )))
-        }
-        (TargetState::NonEmpty(n), false, false) => {
-            return Err(Error::TargetNotEmpty(format!(
-                "the target database {} is not empty ({n} objects): pass --drop-existing to \
-                 replace it (everything in it is lost), or name an empty or new database",
-                o.target.dbname
-            )))
-        }
-        (TargetState::Interrupted, false, false) => {
-            return Err(Error::TargetNotEmpty(format!(
-                "the target database {} holds an interrupted copy: pass --resume to finish it \
-                 or --drop-existing to start over",
-                o.target.dbname
-            )))
-        }
-        _ => {}
-    }
-    // Extensions the source uses must be installable on the target before anything changes.
-    let (_, missing) = target::missing_extensions(&source, &maintenance).await?;
-    if !missing.is_empty() {
-        return Err(Error::Preflight(format!(
-            "extension(s) {} used by the source are not available on the target server: \
-             install them there first (their packages for PostgreSQL {target_major})",
-            missing.join(", ")
-        )));
-    }
-
-    let create_with = if o.drop_existing || state == TargetState::Missing {
-        Some(target::source_locale(&source).await?)
-    } else {
-        None
-    };
-    let sync = match o.sync {
-        SyncMode::Off => false,
-        mode => {
-            let mut problems = sync::source_problems(&source).await?;
-            problems.extend(sync::target_problems(&maintenance).await?);
-            if resumed {
-                problems.push(
-                    "--resume finishes a copy made from an older snapshot, so replication could \
-                     not start where it ends"
-                        .into(),
-                );
-            }
-            if !o.filter.row_filters.is_empty() {
-                problems.push(
-                    "--table-filter copies part of a table while replication would carry all of \
-                     its changes"
-                        .into(),
-                );
-            }
-            match (problems.is_empty(), mode) {
-                (true, _) => true,
-                (false, SyncMode::Required) => {
-                    return Err(Error::Preflight(format!(
-                        "--sync: replication cannot follow this copy: {}",
-                        problems.join("; ")
-                    )))
-                }
-                (false, _) => {
-                    ctx.warn(format!(
-                        "copying only, without replication afterwards: {} (--no-sync skips this check)",
-                        problems.join("; ")
-                    ));
-                    false
-                }
-            }
-        }
-    };
-    Ok(Preflight {
-        tools,
-        source_major,
-        resumed,
-        state,
-        maintenance,
-        create_with,
-        sync,
-    })
-}
-
-/// Whether two sessions are on the same database of the same server: by the cluster's system
-/// identifier where we may read it, else by its start time and port.
-async fn same_database(
-    source: &Client,
-    maintenance: &Client,
-    s: &ConnUrl,
-    t: &ConnUrl,
-) -> Result<bool> {
-    if s.dbname != t.dbname {
-        return Ok(false);
-    }
-    let (a, b) = tokio::join!(server_fingerprint(source), server_fingerprint(maintenance));
-    Ok(a.is_some() && a == b)
-}
-
-/// What tells one running server from another: its system identifier and its start time.
-/// The identifier alone is shared by every server made from the same base backup (a promoted
-/// replica, a restored copy), which are different servers.
-async fn server_fingerprint(c: &Client) -> Option<String> {
-    match c
-        .query_one(
-            "SELECT system_identifier::text || '/' || pg_postmaster_start_time()::text \
-             FROM pg_control_system()",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => Some(row.get::<_, String>(0)),
-        Err(_) => c
-            .query_one(
-                "SELECT pg_postmaster_start_time()::text || '/' || current_setting('port')",
-                &[],
-            )
-            .await
-            .ok()
-            .map(|r| r.get::<_, String>(0)),
-    }
 }
 
 struct Snap {
@@ -497,37 +485,58 @@ struct Snap {
     slot: Option<(crate::replication::CreatedSlot, usize)>,
 }
 
-/// The tables whose rows a run copies.
-fn tables_to_copy(catalog: &Catalog, filter: &Filter) -> Vec<QualName> {
-    catalog
-        .tables
-        .iter()
-        .filter(|t| filter.selects(&t.name) && !filter.is_schema_only(&t.name))
-        .map(|t| t.name.clone())
-        .collect()
+/// What the publication carries and what it leaves out.
+struct Published {
+    tables: Vec<QualName>,
+    left_out: HashSet<QualName>,
 }
 
-/// With sync: publish the tables the copy will fill, then create the slot whose exported
-/// snapshot the copy uses. The publication comes first because pgoutput decides what a change
-/// belongs to by the catalog as of that change.
+/// With sync: publish the tables the copy will fill that replication can keep exact, then
+/// create the slot whose exported snapshot the copy uses. The publication comes first because
+/// pgoutput decides what a change belongs to by the catalog as of that change. Tables that are
+/// not permanent, or whose UPDATE and DELETE replication cannot carry, are copied and left out,
+/// with a warning: publishing a table without a replica identity would make the application's
+/// UPDATE and DELETE on it fail.
 async fn snapshot_with_slot(
     ctx: &Ctx,
     names: &SyncNames,
-) -> Result<(Snapshot, crate::replication::CreatedSlot, Vec<QualName>)> {
+) -> Result<(Snapshot, crate::replication::CreatedSlot, Published)> {
     let o = &ctx.opts;
     let plain = connect(&o.source, Side::Source).await?;
     let now = catalog::read(&plain).await?;
-    let (published, skipped) = sync::replicable(&plain, &tables_to_copy(&now, &o.filter)).await?;
-    if !skipped.is_empty() {
-        let list: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    let (persistent, unlogged) = sync::replicable(&plain, &tables_to_copy(&now, &o.filter)).await?;
+    if !unlogged.is_empty() {
+        let list: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
         ctx.warn(format!(
             "copied but not replicated (logical replication carries permanent tables only): {}",
             list.join(", ")
         ));
     }
-    sync::create_publication(&plain, names, &published).await?;
+    let gaps = checks::identity_problems(&plain, Some(&persistent)).await?;
+    if !gaps.is_empty() {
+        let list: Vec<String> = gaps.iter().map(ToString::to_string).collect();
+        ctx.warn(format!(
+            "copied but not replicated: {}; publishing them would make UPDATE and DELETE on them \
+             fail on the source or stop the subscription, so changes to them after the copy do \
+             not reach the target: {}",
+            checks::name_list(&list, 10),
+            checks::IDENTITY_FIX
+        ));
+    }
+    let gap_tables: HashSet<&QualName> = gaps.iter().map(|g| &g.table).collect();
+    let tables: Vec<QualName> = persistent
+        .iter()
+        .filter(|t| !gap_tables.contains(t))
+        .cloned()
+        .collect();
+    let left_out: HashSet<QualName> = unlogged
+        .into_iter()
+        .chain(gaps.into_iter().map(|g| g.table))
+        .collect();
+    ctx.made(|m| m.replication = true);
+    sync::create_publication(&plain, names, &tables, &o.target).await?;
     let (snapshot, created) = sync::create_slot(&o.source, &plain, names).await?;
-    Ok((snapshot, created, published))
+    Ok((snapshot, created, Published { tables, left_out }))
 }
 
 async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap> {
@@ -572,12 +581,12 @@ async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap
         Some((created, published)) => {
             // A table created between the publication and the slot would be copied and then
             // never replicated: refuse rather than drift.
-            let published_set: HashSet<&QualName> = published.iter().collect();
+            let published_set: HashSet<&QualName> = published.tables.iter().collect();
             let (persistent, _) =
                 sync::replicable(&client, &tables_to_copy(&catalog, filter)).await?;
             let missing: Vec<String> = persistent
                 .iter()
-                .filter(|t| !published_set.contains(t))
+                .filter(|t| !published_set.contains(t) && !published.left_out.contains(t))
                 .map(ToString::to_string)
                 .collect();
             if !missing.is_empty() {
@@ -587,7 +596,7 @@ async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap
                     missing.join(", ")
                 )));
             }
-            Some((created, published.len()))
+            Some((created, published.tables.len()))
         }
         None => None,
     };
@@ -600,35 +609,30 @@ async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap
     })
 }
 
-/// A post-data item or any other statement the pool runs on the target.
-#[derive(Debug, Clone)]
-struct Item {
-    /// Bookkeeping key; `None` for work that is not recorded (ANALYZE).
-    key: Option<String>,
-    label: String,
-    sql: String,
-    /// Estimated build cost: a table's costliest indexes start first.
-    cost: u64,
-    /// A plain index (SHARE lock: builds alongside others on its table).
-    is_index: bool,
-}
-
-async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
+/// The plan of this run: a fresh one recorded in new bookkeeping, or the interrupted run's,
+/// with its split tables that did not finish planned again whole. Returns the units and the
+/// keys of the steps already done.
+async fn plan_units(
+    ctx: &Ctx,
+    pre: &Preflight,
+    catalog: &Catalog,
+    copy: &[bool],
+) -> Result<(Vec<plan::Unit>, HashSet<String>)> {
     let o = &ctx.opts;
-    let Snap {
-        snapshot,
-        catalog,
-        copy,
-        excluded,
-        slot: _,
-    } = snap;
-    let snapshot = Arc::new(snapshot);
-    let catalog = Arc::new(catalog);
     let bookkeeping = connect(&o.target, Side::Target).await?;
-
-    // The plan: fresh, or the interrupted run's.
-    let (units, done_steps) = if pre.resumed {
+    if pre.resumed {
         let (records, steps) = target::load_bookkeeping(&bookkeeping).await?;
+        // Rows updated since the interrupted run's snapshot may have moved between blocks: a
+        // split table must not mix ranges of two snapshots, so it is copied again whole.
+        let (records, redo) = plan::restart_unfinished_splits(records);
+        for r in &redo {
+            target::replace_units(&bookkeeping, &r.schema, &r.table, r).await?;
+            ctx.warn(format!(
+                "copying {}.{} again in one piece: not all of its block ranges had finished \
+                 before the interruption, and rows may have moved between blocks since",
+                r.schema, r.table
+            ));
+        }
         let units = plan::from_records(&records, &catalog.tables, &o.filter)?;
         ctx.warn(
             "resuming an interrupted run: its finished units are kept and the rest are copied \
@@ -637,16 +641,34 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
              --drop-existing"
                 .into(),
         );
-        (units, steps.into_iter().collect::<HashSet<String>>())
-    } else {
-        let policy = SplitPolicy {
-            tid_range_scan: o.split.tid_range_scan && pre.source_major >= 14,
-            ..o.split
-        };
-        let units = plan::plan(&catalog.tables, &copy, &o.filter, policy, o.jobs as u64);
-        target::create_bookkeeping(&bookkeeping, &plan::records(&units, &catalog.tables)).await?;
-        (units, HashSet::new())
+        return Ok((units, steps.into_iter().collect()));
+    }
+    let policy = SplitPolicy {
+        tid_range_scan: o.split.tid_range_scan && pre.source_major >= 14,
+        ..o.split
     };
+    let units = plan::plan(&catalog.tables, copy, &o.filter, policy, o.jobs as u64);
+    target::create_bookkeeping(
+        &bookkeeping,
+        &plan::records(&units, &catalog.tables),
+        &pre.source_identity,
+        &o.filter.describe(),
+    )
+    .await?;
+    ctx.made(|m| m.bookkeeping = true);
+    Ok((units, HashSet::new()))
+}
+
+async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<()> {
+    let o = &ctx.opts;
+    let Snap {
+        snapshot,
+        catalog,
+        copy,
+        excluded,
+        slot: _,
+    } = snap;
+    let (units, done_steps) = plan_units(ctx, pre, &catalog, &copy).await?;
     {
         let mut r = lock(&ctx.report);
         r.resumed = pre.resumed;
@@ -672,6 +694,7 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
             ),
         )
         .await?;
+        ctx.made(|m| m.pre_data = true);
     }
     let post = schema::dump_post_data(&pre.tools, &o.source, snapshot.name(), &dump_opts).await?;
     let classified = classify(&post, &catalog, &done_steps);
@@ -700,12 +723,17 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
     ctx.emit(Event::Planned(summary.clone()));
 
     // The pool.
-    let mut workers = Vec::with_capacity(o.jobs);
+    let mut pairs = Vec::with_capacity(o.jobs);
     for id in 0..o.jobs {
-        workers.push(Worker::open(ctx, id, snapshot.name(), &post).await?);
+        pairs.push(Pair::open(ctx, id, snapshot.name(), &post).await?);
     }
-    let tracker = Arc::new(Tracker::new(&units));
-    let units = Arc::new(units);
+    let shared = Shared {
+        snapshot: Arc::new(snapshot),
+        catalog: Arc::new(catalog),
+        tracker: Arc::new(Tracker::new(&units)),
+        units: Arc::new(units),
+    };
+    let (catalog, units, tracker) = (&shared.catalog, &shared.units, &shared.tracker);
 
     // Data, and each table's indexes and constraints as soon as its rows are in.
     let mut sched = Sched::default();
@@ -716,6 +744,8 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
             *remaining
                 .entry(catalog.tables[u.table].name.clone())
                 .or_default() += 1;
+        } else {
+            ctx.rows_moved();
         }
     }
     for (table, items) in by_table {
@@ -726,48 +756,37 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
         }
     }
     sched.remaining = remaining;
-    // Every pass of the pool shares the snapshot, catalog, plan and counters.
-    let pool = |workers: Vec<Worker>, sched: Sched| {
-        run_pool(
-            ctx,
-            workers,
-            sched,
-            &snapshot,
-            catalog.clone(),
-            units.clone(),
-            tracker.clone(),
-        )
-    };
     let ticker = tracker.clone().start_ticker(ctx.clone());
-    let data = ctx.phase(Phase::Data, pool(workers, sched)).await;
+    let data = ctx
+        .phase(Phase::Data, run_pool(ctx, pairs, sched, &shared))
+        .await;
     ticker.abort();
     tracker.emit_progress(ctx);
-    let workers = data?;
+    let pairs = data?;
 
     // Constraints built as indexes become constraints; then foreign keys (in parallel: every
     // index and key they need exists now); then the rest in order.
     let post_phase = async {
-        let mut workers = workers;
+        let mut pairs = pairs;
         for items in [attach, foreign_keys] {
             let mut sched = Sched::default();
             sched.tasks.extend(items.into_iter().map(Task::Item));
-            workers = pool(workers, sched).await?;
+            pairs = run_pool(ctx, pairs, sched, &shared).await?;
         }
-        let first = workers
-            .first_mut()
-            .ok_or_else(|| Error::Usage("no workers".into()))?;
-        for item in rest {
-            first.run_item(ctx, &item).await?;
-            tracker.items_done.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(workers)
+        let mut sched = Sched::default();
+        sched.tasks.extend(rest.into_iter().map(Task::Item));
+        // In dump order: one pair works the queue.
+        let mut rest_pairs = pairs;
+        let others = rest_pairs.split_off(1.min(rest_pairs.len()));
+        let first = run_pool(ctx, rest_pairs, sched, &shared).await?;
+        Ok::<_, Error>(first.into_iter().chain(others).collect::<Vec<_>>())
     };
-    let workers = ctx.phase(Phase::PostData, post_phase).await?;
+    let pairs = ctx.phase(Phase::PostData, post_phase).await?;
     lock(&ctx.report).post_data_items = tracker.items_done.load(Ordering::Relaxed);
 
     ctx.phase(
         Phase::Finish,
-        finish(ctx, &snapshot, &catalog, &bookkeeping, &done_steps),
+        finish::finish(ctx, &shared.snapshot, catalog, &done_steps),
     )
     .await?;
 
@@ -784,632 +803,20 @@ async fn run(ctx: &Arc<Ctx>, pre: Preflight, snap: Snap) -> Result<()> {
             }));
         }
     }
-    ctx.phase(Phase::Analyze, pool(workers, sched)).await?;
+    ctx.phase(Phase::Analyze, run_pool(ctx, pairs, sched, &shared))
+        .await?;
 
-    target::drop_bookkeeping(&bookkeeping).await?;
-    {
-        let mut r = lock(&ctx.report);
-        r.rows = tracker.rows.load(Ordering::Relaxed);
-        r.bytes = tracker.bytes.load(Ordering::Relaxed);
-        r.units_run = tracker.units_done.load(Ordering::Relaxed);
-    }
-    drop(snapshot);
-    Ok(())
-}
-
-/// Split post-data into: items bound to one table (indexes, constraints), foreign keys, and
-/// everything else in dump order. Items an interrupted run finished are dropped.
-/// Post-data items sorted for the run.
-#[derive(Debug, Default)]
-struct Classified {
-    /// Each table's indexes and constraints, built as soon as its rows are in.
-    by_table: HashMap<QualName, Vec<Item>>,
-    /// `ADD CONSTRAINT … USING INDEX` for the constraints built as indexes beside the others;
-    /// run before the foreign keys.
-    attach: Vec<Item>,
-    /// Foreign keys, in parallel once every table's indexes exist.
-    foreign_keys: Vec<Item>,
-    /// Everything else, in the dump's order.
-    rest: Vec<Item>,
-}
-
-impl Classified {
-    fn len(&self) -> usize {
-        self.by_table.values().map(Vec::len).sum::<usize>()
-            + self.attach.len()
-            + self.foreign_keys.len()
-            + self.rest.len()
-    }
-}
-
-fn classify(post: &ParsedDump, catalog: &Catalog, done: &HashSet<String>) -> Classified {
-    let mut out = Classified::default();
-    // Tables with plain indexes to build: a primary key or unique constraint of theirs is built
-    // as an index beside them (a SHARE lock) instead of before them (ADD CONSTRAINT's ACCESS
-    // EXCLUSIVE lock would wait for every index build on the table), and attached afterwards.
-    let indexed: HashSet<&QualName> = post
-        .entries
-        .iter()
-        .filter(|e| e.kind == "INDEX")
-        .filter_map(|e| {
-            catalog
-                .indexes
-                .get(&(e.schema.clone(), e.tag.clone()))
-                .map(|i| &i.table)
-        })
-        .collect();
-    for (i, e) in post.entries.iter().enumerate() {
-        let key = format!("post:{i}:{}:{}:{}", e.kind, e.schema, e.tag);
-        if done.contains(&key) {
-            continue;
-        }
-        let lookup = (e.schema.clone(), e.tag.clone());
-        // A constraint's index usually bears the constraint's name (the tag's last word).
-        let index_name = if e.kind == "INDEX" {
-            e.tag.as_str()
-        } else {
-            e.tag.rsplit(' ').next().unwrap_or("")
-        };
-        let cost = catalog
-            .indexes
-            .get(&(e.schema.clone(), index_name.to_owned()))
-            .map_or(0, |i| i.build_cost);
-        let label = format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag);
-        let item = Item {
-            key: Some(key.clone()),
-            label: label.clone(),
-            sql: e.sql.clone(),
-            cost,
-            is_index: e.kind == "INDEX",
-        };
-        let table = match e.kind.as_str() {
-            "INDEX" => catalog.indexes.get(&lookup).map(|i| &i.table),
-            "CONSTRAINT" | "CHECK CONSTRAINT" => catalog.constraint_tables.get(&lookup),
-            _ => None,
-        };
-        let separable = (e.kind == "CONSTRAINT")
-            .then(|| catalog.separable_constraints.get(&lookup))
-            .flatten()
-            .filter(|_| table.is_some_and(|t| indexed.contains(t)));
-        match (e.kind.as_str(), table, separable) {
-            (_, Some(t), Some(sep)) => {
-                let index_key = format!("{key}:index");
-                if !done.contains(&index_key) {
-                    out.by_table.entry(t.clone()).or_default().push(Item {
-                        key: Some(index_key),
-                        label: format!("{label} (its index)"),
-                        sql: sep.index_sql.clone(),
-                        cost,
-                        is_index: true,
-                    });
-                }
-                out.attach.push(Item {
-                    key: Some(key),
-                    label,
-                    sql: sep.attach_sql.clone(),
-                    cost: 0,
-                    is_index: false,
-                });
-            }
-            (_, Some(t), None) => out.by_table.entry(t.clone()).or_default().push(item),
-            ("FK CONSTRAINT", None, _) => out.foreign_keys.push(item),
-            _ => out.rest.push(item),
-        }
-    }
-    // Constraints first: ADD PRIMARY KEY/UNIQUE takes an ACCESS EXCLUSIVE lock that would
-    // wait for any index build on the table. Then indexes, costliest first.
-    for items in out.by_table.values_mut() {
-        items.sort_by_key(|i| (i.is_index, std::cmp::Reverse(i.cost)));
-    }
-    out
-}
-
-#[derive(Debug)]
-enum Task {
-    Unit(usize),
-    Item(Item),
-}
-
-/// The shared queue. Items become ready when the last unit of their table finishes; they go to
-/// the front so a table's indexes build while other tables are still loading.
-#[derive(Debug, Default)]
-struct Sched {
-    tasks: VecDeque<Task>,
-    waiting: HashMap<QualName, Vec<Item>>,
-    remaining: HashMap<QualName, usize>,
-    copied: HashMap<QualName, (u64, u64)>,
-    in_flight: usize,
-    error: Option<Error>,
-}
-
-/// Live counters of the data phase.
-struct Tracker {
-    started: Instant,
-    bytes: AtomicU64,
-    rows: AtomicU64,
-    estimate_done: AtomicU64,
-    estimate_total: u64,
-    units_done: AtomicUsize,
-    units_total: usize,
-    items_done: AtomicUsize,
-    active: Mutex<HashMap<usize, (String, u64, u64)>>,
-}
-
-impl Tracker {
-    fn new(units: &[Unit]) -> Self {
-        Self {
-            started: Instant::now(),
-            bytes: AtomicU64::new(0),
-            rows: AtomicU64::new(0),
-            estimate_done: AtomicU64::new(0),
-            estimate_total: units.iter().filter(|u| !u.done).map(|u| u.est_bytes).sum(),
-            units_done: AtomicUsize::new(0),
-            units_total: units.iter().filter(|u| !u.done).count(),
-            items_done: AtomicUsize::new(0),
-            active: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn snapshot(&self) -> DataProgress {
-        let active = lock(&self.active);
-        let running: u64 = active
-            .values()
-            .map(|(_, moved, est)| (*moved).min(*est))
-            .sum();
-        let mut labels: Vec<String> = active.values().map(|(l, _, _)| l.clone()).collect();
-        labels.sort();
-        drop(active);
-        let done = (self.estimate_done.load(Ordering::Relaxed) + running).min(self.estimate_total);
-        let secs = self.started.elapsed().as_secs_f64();
-        let rate = if secs > 0.5 {
-            (done as f64 / secs) as u64
-        } else {
-            0
-        };
-        DataProgress {
-            bytes_copied: self.bytes.load(Ordering::Relaxed),
-            rows_copied: self.rows.load(Ordering::Relaxed),
-            estimate_done: done,
-            estimate_total: self.estimate_total,
-            units_done: self.units_done.load(Ordering::Relaxed),
-            units_total: self.units_total,
-            post_items_done: self.items_done.load(Ordering::Relaxed),
-            active: labels,
-            bytes_per_sec: rate,
-            eta_secs: (rate > 0).then(|| (self.estimate_total - done) / rate),
-        }
-    }
-
-    fn emit_progress(&self, ctx: &Ctx) {
-        ctx.emit(Event::Progress(self.snapshot()));
-    }
-
-    fn start_ticker(self: Arc<Self>, ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                self.emit_progress(&ctx);
-            }
-        })
-    }
-}
-
-/// A new source and target session, opened together.
-async fn connect_pair(o: &InitOptions) -> Result<(Client, Client)> {
-    tokio::try_join!(
-        connect(&o.source, Side::Source),
-        connect(&o.target, Side::Target)
-    )
-}
-
-/// One connection pair of the pool.
-struct Worker {
-    id: usize,
-    source: Client,
-    target: Client,
-    target_setup: String,
-}
-
-impl Worker {
-    async fn open(ctx: &Ctx, id: usize, snapshot: &str, post: &ParsedDump) -> Result<Self> {
-        let o = &ctx.opts;
-        let (source, target) = connect_pair(o).await?;
-        // The dump's own session settings (search_path, check_function_bodies …) first, so
-        // post-data items run as they would under psql.
-        let target_setup = format!(
-            "{}\nSET synchronous_commit = off; SET statement_timeout = 0; SET lock_timeout = 0; \
-             SET idle_in_transaction_session_timeout = 0; SET maintenance_work_mem = {};",
-            post.preamble,
-            crate::sql::literal(&o.maintenance_work_mem)
-        );
-        let w = Worker {
-            id,
-            source,
-            target,
-            target_setup,
-        };
-        w.setup(snapshot).await?;
-        Ok(w)
-    }
-
-    async fn setup(&self, snapshot: &str) -> Result<()> {
-        snapshot::import(&self.source, snapshot).await?;
-        self.target
-            .batch_execute(&self.target_setup)
+    with_retries(ctx, "record the copy as complete", || async {
+        let t = connect(&o.target, Side::Target).await?;
+        t.batch_execute(&target::record_step_sql(target::COMPLETE_STEP))
             .await
-            .map_err(|e| Error::sql(Side::Target, "set up a session", e))
-    }
-
-    async fn reconnect(&mut self, ctx: &Ctx, snapshot: &Snapshot) -> Result<()> {
-        if !snapshot.is_alive() {
-            return Err(Error::Preflight(
-                "the session holding the snapshot was lost, so the copy cannot go on \
-                 consistently; run again with --resume to finish (not consistent) or \
-                 --drop-existing to start over"
-                    .into(),
-            ));
-        }
-        (self.source, self.target) = connect_pair(&ctx.opts).await?;
-        self.setup(snapshot.name()).await
-    }
-
-    async fn run_unit(
-        &self,
-        ctx: &Ctx,
-        unit: &Unit,
-        catalog: &Catalog,
-        tracker: &Tracker,
-    ) -> Result<(u64, u64)> {
-        let table = &catalog.tables[unit.table];
-        let format = if ctx.opts.format == FormatChoice::Auto && table.binary_ok {
-            Format::Binary
-        } else {
-            Format::Text
-        };
-        // A whole-table unit may empty the table in its own transaction, which lets COPY FREEZE
-        // write frozen, all-visible rows: no hint-bit rewrite or freeze vacuum later.
-        let freeze = unit.slice.from_block.is_none() && unit.slice.to_block.is_none();
-        let begin = if freeze {
-            format!("BEGIN; TRUNCATE ONLY {}", table.name.quoted())
-        } else {
-            "BEGIN".to_owned()
-        };
-        let t = Side::Target;
-        self.target
-            .batch_execute(&begin)
-            .await
-            .map_err(|e| Error::sql(t, format!("start copying {}", table.name), e))?;
-        let result = async {
-            let out_sql = copy_out_sql(table, &unit.slice, format);
-            let in_sql = copy_in_sql(table, format, freeze);
-            let (rows, bytes) = pump(&self.source, &self.target, &out_sql, &in_sql, |n| {
-                tracker.bytes.fetch_add(n, Ordering::Relaxed);
-                if let Some(entry) = lock(&tracker.active).get_mut(&self.id) {
-                    entry.1 += n;
-                }
-            })
-            .await?;
-            self.target
-                .batch_execute(&format!(
-                    "{} COMMIT;",
-                    target::record_unit_sql(&unit.id, rows, bytes)
-                ))
-                .await
-                .map_err(|e| Error::sql(t, format!("commit {}", unit.id), e))?;
-            Ok((rows, bytes))
-        }
-        .await;
-        if result.is_err() {
-            let _ = self.target.batch_execute("ROLLBACK").await;
-        }
-        result.map_err(|e| match e {
-            Error::Sql {
-                side,
-                context,
-                message,
-                code,
-            } => Error::Sql {
-                side,
-                context: format!("{context} ({})", unit.id),
-                message,
-                code,
-            },
-            other => other,
-        })
-    }
-
-    async fn run_item(&self, _ctx: &Ctx, item: &Item) -> Result<()> {
-        let record = item
-            .key
-            .as_deref()
-            .map(target::record_step_sql)
-            .unwrap_or_default();
-        let sql = if item.key.is_some() {
-            format!("BEGIN;\n{}\n{record}\nCOMMIT;", item.sql)
-        } else {
-            item.sql.clone()
-        };
-        let result = self.target.batch_execute(&sql).await;
-        if let Err(e) = result {
-            let _ = self.target.batch_execute("ROLLBACK").await;
-            return Err(Error::sql(Side::Target, item.label.clone(), e));
-        }
-        Ok(())
-    }
-}
-
-async fn run_pool(
-    ctx: &Arc<Ctx>,
-    workers: Vec<Worker>,
-    sched: Sched,
-    snapshot: &Arc<Snapshot>,
-    catalog: Arc<Catalog>,
-    units: Arc<Vec<Unit>>,
-    tracker: Arc<Tracker>,
-) -> Result<Vec<Worker>> {
-    let sched = Arc::new(Mutex::new(sched));
-    let notify = Arc::new(Notify::new());
-    let mut set = tokio::task::JoinSet::new();
-    for mut worker in workers {
-        let (ctx, sched, notify, catalog, units, tracker) = (
-            ctx.clone(),
-            sched.clone(),
-            notify.clone(),
-            catalog.clone(),
-            units.clone(),
-            tracker.clone(),
-        );
-        let snapshot = snapshot.clone();
-        set.spawn(async move {
-            loop {
-                let task = {
-                    let mut s = lock(&sched);
-                    if s.error.is_some() {
-                        break;
-                    }
-                    match s.tasks.pop_front() {
-                        Some(t) => {
-                            s.in_flight += 1;
-                            Some(t)
-                        }
-                        None if s.in_flight == 0 => break,
-                        None => None,
-                    }
-                };
-                let Some(task) = task else {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(100), notify.notified()).await;
-                    continue;
-                };
-                let outcome = run_task(
-                    &ctx,
-                    &mut worker,
-                    &task,
-                    &snapshot,
-                    &catalog,
-                    &units,
-                    &tracker,
-                )
-                .await;
-                let mut s = lock(&sched);
-                s.in_flight -= 1;
-                match outcome {
-                    Ok((rows, bytes)) => {
-                        if let Task::Unit(i) = task {
-                            let table = &catalog.tables[units[i].table].name;
-                            let total = s.copied.entry(table.clone()).or_default();
-                            total.0 += rows;
-                            total.1 += bytes;
-                            let left = s.remaining.get_mut(table).map(|n| {
-                                *n -= 1;
-                                *n
-                            });
-                            if left == Some(0) {
-                                let (rows, bytes) = s.copied.remove(table).unwrap_or_default();
-                                ctx.emit(Event::TableCopied {
-                                    table: table.to_string(),
-                                    rows,
-                                    bytes,
-                                });
-                                if let Some(items) = s.waiting.remove(table) {
-                                    for item in items.into_iter().rev() {
-                                        s.tasks.push_front(Task::Item(item));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        if s.error.is_none() {
-                            s.error = Some(e);
-                        }
-                    }
-                }
-                drop(s);
-                notify.notify_waiters();
-            }
-            worker
-        });
-    }
-    let mut back = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok(w) => back.push(w),
-            Err(e) => {
-                lock(&sched)
-                    .error
-                    .get_or_insert(Error::Usage(format!("a worker task failed: {e}")));
-            }
-        }
-    }
-    back.sort_by_key(|w| w.id);
-    let error = lock(&sched).error.take();
-    match error {
-        Some(e) => Err(e),
-        None => Ok(back),
-    }
-}
-
-/// Run one task with retries: on a retryable error, reconnect the pair (re-importing the
-/// snapshot) and try again with backoff.
-async fn run_task(
-    ctx: &Ctx,
-    worker: &mut Worker,
-    task: &Task,
-    snapshot: &Snapshot,
-    catalog: &Catalog,
-    units: &[Unit],
-    tracker: &Tracker,
-) -> Result<(u64, u64)> {
-    let label = match task {
-        Task::Unit(i) => units[*i].id.clone(),
-        Task::Item(item) => item.label.clone(),
-    };
-    let est = match task {
-        Task::Unit(i) => units[*i].est_bytes,
-        Task::Item(_) => 0,
-    };
-    let mut attempt = 0;
-    loop {
-        let started = Instant::now();
-        lock(&tracker.active).insert(worker.id, (label.clone(), 0, est));
-        let result = match task {
-            Task::Unit(i) => worker
-                .run_unit(ctx, &units[*i], catalog, tracker)
-                .await
-                .inspect(|(rows, _)| {
-                    tracker.rows.fetch_add(*rows, Ordering::Relaxed);
-                    tracker.estimate_done.fetch_add(est, Ordering::Relaxed);
-                    tracker.units_done.fetch_add(1, Ordering::Relaxed);
-                }),
-            Task::Item(item) => worker.run_item(ctx, item).await.map(|()| {
-                if item.key.is_some() {
-                    tracker.items_done.fetch_add(1, Ordering::Relaxed);
-                }
-                (0, 0)
-            }),
-        };
-        lock(&tracker.active).remove(&worker.id);
-        match result {
-            Ok(done) => {
-                tracing::info!(worker = worker.id, task = %label, rows = done.0, bytes = done.1,
-                    secs = started.elapsed().as_secs_f64(), "done");
-                return Ok(done);
-            }
-            Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
-                attempt += 1;
-                ctx.emit(Event::Retrying {
-                    what: label.clone(),
-                    attempt,
-                    error: e.to_string(),
-                });
-                tracing::warn!(unit = %label, attempt, error = %e, "retrying");
-                tokio::time::sleep(Duration::from_millis(500 * (1 << attempt.min(5)))).await;
-                worker.reconnect(ctx, snapshot).await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Sequence values and large objects, read under the snapshot.
-/// Set each of `sequences` on the target to its value on the source (read in whatever
-/// snapshot `source` is in); returns how many the target has.
-pub(crate) async fn copy_sequences(
-    source: &Client,
-    target: &Client,
-    sequences: impl Iterator<Item = &QualName>,
-) -> Result<usize> {
-    let mut n = 0;
-    for seq in sequences {
-        let row = source
-            .query_one(
-                &format!("SELECT last_value, is_called FROM {}", seq.quoted()),
-                &[],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Source, format!("read sequence {seq}"), e))?;
-        let (value, called): (i64, bool) = (row.get(0), row.get(1));
-        let set = target
-            .query_opt(
-                "SELECT pg_catalog.setval(to_regclass($1), $2, $3) WHERE to_regclass($1) IS NOT NULL",
-                &[&seq.quoted(), &value, &called],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Target, format!("set sequence {seq}"), e))?;
-        n += usize::from(set.is_some());
-    }
-    Ok(n)
-}
-
-async fn finish(
-    ctx: &Ctx,
-    snapshot: &Snapshot,
-    catalog: &Catalog,
-    target_client: &Client,
-    done: &HashSet<String>,
-) -> Result<()> {
-    let o = &ctx.opts;
-    let source = connect(&o.source, Side::Source).await?;
-    snapshot::import(&source, snapshot.name()).await?;
-    let (s, t) = (Side::Source, Side::Target);
-    let sequences = copy_sequences(
-        &source,
-        target_client,
-        catalog.sequences.iter().filter(|q| o.filter.selects(q)),
-    )
+            .map_err(|e| Error::sql(Side::Target, "record the copy as complete", e))
+    })
     .await?;
-    let mut large_objects = 0;
-    const CHUNK: i32 = 1 << 20;
-    for &oid in &catalog.large_objects {
-        let key = format!("lo:{oid}");
-        if done.contains(&key) {
-            continue;
-        }
-        target_client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| Error::sql(t, "copy large objects", e))?;
-        let copy_one = async {
-            target_client
-                .execute(
-                    "SELECT lo_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE oid = $1)",
-                    &[&oid],
-                )
-                .await
-                .map_err(|e| Error::sql(t, format!("create large object {oid}"), e))?;
-            let mut offset: i64 = 0;
-            loop {
-                let data: Vec<u8> = source
-                    .query_one("SELECT lo_get($1, $2, $3)", &[&oid, &offset, &CHUNK])
-                    .await
-                    .map_err(|e| Error::sql(s, format!("read large object {oid}"), e))?
-                    .get(0);
-                if !data.is_empty() {
-                    target_client
-                        .execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &data])
-                        .await
-                        .map_err(|e| Error::sql(t, format!("write large object {oid}"), e))?;
-                }
-                offset += data.len() as i64;
-                if data.len() < CHUNK as usize {
-                    break;
-                }
-            }
-            target_client
-                .batch_execute(&format!("{} COMMIT;", target::record_step_sql(&key)))
-                .await
-                .map_err(|e| Error::sql(t, format!("commit large object {oid}"), e))
-        };
-        if let Err(e) = copy_one.await {
-            let _ = target_client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-        large_objects += 1;
-    }
+    ctx.made(|m| m.complete = true);
     let mut r = lock(&ctx.report);
-    r.sequences = sequences;
-    r.large_objects = large_objects;
+    r.rows = tracker.rows.load(Ordering::Relaxed);
+    r.bytes = tracker.bytes.load(Ordering::Relaxed);
+    r.units_run = tracker.units_done.load(Ordering::Relaxed);
     Ok(())
 }

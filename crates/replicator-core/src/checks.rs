@@ -1,0 +1,829 @@
+//! The checks a copy (and the replication after it) depends on, each defined once, with its
+//! SQL, its verdict and its fix. `init`'s preflight refuses on the same [`Check`] values that
+//! `validate` prints and a remote `validate` job records, so what `init` refuses and what
+//! `validate` reports cannot drift apart.
+//!
+//! Every query here runs against real servers in the tests; a check that cannot read what it
+//! needs says so as a warning instead of passing.
+
+use std::collections::BTreeSet;
+
+use tokio_postgres::Client;
+
+use crate::conninfo::ConnUrl;
+use crate::error::{Error, Result, Side};
+use crate::filter::QualName;
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Fine.
+    Pass,
+    /// Works, with a caveat.
+    Warn,
+    /// Will not work as it is.
+    Fail,
+}
+
+impl Verdict {
+    /// `pass`, `warn` or `fail`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
+/// One check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Short stable name (`source.wal_level`, …).
+    pub name: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do (empty when it passed).
+    pub fix: String,
+}
+
+impl Check {
+    /// A check with a verdict, a finding and a fix.
+    pub fn new(
+        name: &'static str,
+        verdict: Verdict,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            name,
+            verdict,
+            detail: detail.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// A check that passed.
+    pub fn pass(name: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(name, Verdict::Pass, detail, "")
+    }
+
+    /// Whether it failed.
+    pub fn failed(&self) -> bool {
+        self.verdict == Verdict::Fail
+    }
+
+    /// The finding and its fix as one clause, for an error line.
+    pub fn problem(&self) -> String {
+        if self.fix.is_empty() {
+            self.detail.clone()
+        } else {
+            format!("{} ({})", self.detail, self.fix)
+        }
+    }
+}
+
+async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> Option<T> {
+    c.query_one(sql, &[]).await.ok().map(|r| r.get(0))
+}
+
+/// A limit and its use (`sql` returns the setting and the count in use): passes while one is
+/// free.
+async fn capacity(c: &Client, name: &'static str, sql: &str, what: &str, fix: &str) -> Check {
+    let read: Option<(i32, i64)> = c
+        .query_one(sql, &[])
+        .await
+        .ok()
+        .map(|r| (r.get(0), r.get(1)));
+    match read {
+        Some((max, used)) if i64::from(max) > used => {
+            Check::pass(name, format!("{used} of {max} {what} in use"))
+        }
+        Some((max, used)) => Check::new(
+            name,
+            Verdict::Fail,
+            format!("{used} of {max} {what} in use on the source: none free"),
+            fix,
+        ),
+        None => Check::new(
+            name,
+            Verdict::Warn,
+            format!("{what}: could not be read"),
+            "",
+        ),
+    }
+}
+
+/// `wal_level = logical` on the source.
+pub async fn wal_level(source: &Client) -> Check {
+    let level: Option<String> = one(source, "SELECT current_setting('wal_level')").await;
+    match level.as_deref() {
+        Some("logical") => Check::pass("source.wal_level", "wal_level = logical"),
+        Some(other) => Check::new(
+            "source.wal_level",
+            Verdict::Fail,
+            format!("the source has wal_level = {other}, not logical"),
+            "set wal_level = logical on the source and restart it (on RDS: rds.logical_replication = 1)",
+        ),
+        None => Check::new("source.wal_level", Verdict::Fail, "wal_level could not be read", ""),
+    }
+}
+
+/// A free replication slot on the source.
+pub async fn replication_slots(source: &Client) -> Check {
+    capacity(
+        source,
+        "source.max_replication_slots",
+        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)",
+        "replication slots",
+        "raise max_replication_slots (restart) or drop an unused slot",
+    )
+    .await
+}
+
+/// A free WAL sender on the source.
+pub async fn wal_senders(source: &Client) -> Check {
+    capacity(
+        source,
+        "source.max_wal_senders",
+        "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)",
+        "WAL senders",
+        "raise max_wal_senders (restart)",
+    )
+    .await
+}
+
+/// The source role may replicate.
+pub async fn replication_privilege(source: &Client) -> Check {
+    let may: Option<bool> = one(
+        source,
+        "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .await;
+    if may == Some(true) {
+        Check::pass("source.replication_privilege", "the role may replicate")
+    } else {
+        Check::new(
+            "source.replication_privilege",
+            Verdict::Fail,
+            "the source role has no REPLICATION privilege",
+            "ALTER ROLE <role> REPLICATION, or use a role that has it (on RDS: GRANT rds_replication TO <role>)",
+        )
+    }
+}
+
+/// The target role may create a subscription and the target runs logical replication workers.
+pub async fn subscription(target: &Client) -> Check {
+    let row = target
+        .query_one(
+            "SELECT rolsuper OR (current_setting('server_version_num')::int >= 160000 \
+                    AND pg_has_role(current_user, 'pg_create_subscription', 'MEMBER')), \
+                    current_setting('max_logical_replication_workers')::int \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await;
+    let row = match row {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::new(
+                "target.subscription",
+                Verdict::Warn,
+                format!(
+                    "could not check subscription privileges: {}",
+                    crate::error::pg_message(&e)
+                ),
+                "",
+            )
+        }
+    };
+    let mut problems = Vec::new();
+    if !row.get::<_, bool>(0) {
+        problems.push(
+            "the target role may not create subscriptions (a superuser, or on PostgreSQL 16+ a member of pg_create_subscription)",
+        );
+    }
+    if row.get::<_, i32>(1) < 1 {
+        problems.push("the target has max_logical_replication_workers = 0");
+    }
+    if problems.is_empty() {
+        Check::pass("target.subscription", "the role may create a subscription")
+    } else {
+        Check::new(
+            "target.subscription",
+            Verdict::Fail,
+            problems.join("; "),
+            "use a superuser on the target (or on PostgreSQL 16+ a member of pg_create_subscription), or copy with --no-sync",
+        )
+    }
+}
+
+/// Everything replication after the copy needs of the two servers, in the order `validate`
+/// prints them. The tables' replica identity is [`replica_identity`].
+pub async fn replication(source: &Client, target: Option<&Client>) -> Vec<Check> {
+    let mut out = vec![
+        wal_level(source).await,
+        replication_slots(source).await,
+        wal_senders(source).await,
+        replication_privilege(source).await,
+    ];
+    if let Some(t) = target {
+        out.push(subscription(t).await);
+    }
+    out
+}
+
+/// Why logical replication cannot carry a table's UPDATE and DELETE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityGap {
+    /// No replica identity: no primary key under `DEFAULT`, `NOTHING`, or `USING INDEX` of an
+    /// index that is gone. Once the table is published, UPDATE and DELETE on it fail on the
+    /// source.
+    None,
+    /// `REPLICA IDENTITY FULL` over a column whose type has no equality operator (`json`,
+    /// `point`, `xml` …): the target cannot find the row an UPDATE or DELETE names, and its
+    /// apply worker stops (for every table) at the first one.
+    FullWithoutEquality(Vec<String>),
+}
+
+/// A table that replication cannot keep exact, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityProblem {
+    /// The table.
+    pub table: QualName,
+    /// Why.
+    pub gap: IdentityGap,
+}
+
+impl std::fmt::Display for IdentityProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.gap {
+            IdentityGap::None => write!(f, "{} (no primary key or replica identity)", self.table),
+            IdentityGap::FullWithoutEquality(cols) => write!(
+                f,
+                "{} (REPLICA IDENTITY FULL over {}, which has no equality operator)",
+                self.table,
+                cols.join(", ")
+            ),
+        }
+    }
+}
+
+/// The permanent tables of the source (those of `only`, when given) that logical replication
+/// cannot carry UPDATE and DELETE for. Publishing one would make the application's UPDATE and
+/// DELETE on it fail on the source ([`IdentityGap::None`]) or stop the subscription
+/// ([`IdentityGap::FullWithoutEquality`]).
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn identity_problems(
+    source: &Client,
+    only: Option<&[QualName]>,
+) -> Result<Vec<IdentityProblem>> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) = only
+        .unwrap_or_default()
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .unzip();
+    let scope = "c.relkind = 'r' AND c.relpersistence = 'p' \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' \
+         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                         AND d.objid = c.oid AND d.deptype = 'e') \
+         AND ($1::text[] IS NULL OR (n.nspname::text, c.relname::text) IN \
+              (SELECT * FROM unnest($1::text[], $2::text[])))";
+    let (s, r): (Option<Vec<&str>>, Option<Vec<&str>>) = match only {
+        Some(_) => (Some(schemas), Some(names)),
+        None => (None, None),
+    };
+    let none = source
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {scope} \
+                   AND (c.relreplident = 'n' \
+                        OR (c.relreplident = 'd' AND NOT EXISTS \
+                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+                        OR (c.relreplident = 'i' AND NOT EXISTS \
+                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))) \
+                 ORDER BY 1, 2"
+            ),
+            &[&s, &r],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "check the tables' replica identity", e))?;
+    // Under FULL the subscriber compares every column with its type's default equality
+    // (btree or hash opclass, through binary coercion), looking through domains and arrays.
+    let full = source
+        .query(
+            &format!(
+                "WITH RECURSIVE full_tables AS ( \
+                   SELECT c.oid, n.nspname::text AS s, c.relname::text AS r FROM pg_class c \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE {scope} AND c.relreplident = 'f'), \
+                 base(relid, attname, t) AS ( \
+                   SELECT a.attrelid, a.attname::text, a.atttypid FROM pg_attribute a \
+                   JOIN full_tables f ON f.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped \
+                   UNION \
+                   SELECT b.relid, b.attname, CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.typelem END \
+                   FROM base b JOIN pg_type ty ON ty.oid = b.t \
+                   WHERE ty.typtype = 'd' OR (ty.typelem <> 0 AND ty.typlen = -1)) \
+                 SELECT f.s, f.r, string_agg(DISTINCT format('%s (%s)', b.attname, format_type(ty.oid, NULL)), ', ') \
+                 FROM base b JOIN pg_type ty ON ty.oid = b.t JOIN full_tables f ON f.oid = b.relid \
+                 WHERE ty.typtype NOT IN ('d', 'e', 'r', 'm', 'c') AND NOT (ty.typelem <> 0 AND ty.typlen = -1) \
+                   AND NOT EXISTS (SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod \
+                       WHERE am.amname IN ('btree', 'hash') AND oc.opcdefault \
+                         AND (oc.opcintype = ty.oid OR EXISTS (SELECT 1 FROM pg_cast k \
+                              WHERE k.castsource = ty.oid AND k.casttarget = oc.opcintype \
+                                AND k.castmethod = 'b'))) \
+                 GROUP BY 1, 2 ORDER BY 1, 2"
+            ),
+            &[&s, &r],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "check the tables' replica identity", e))?;
+    let mut out: Vec<IdentityProblem> = none
+        .iter()
+        .map(|row| IdentityProblem {
+            table: QualName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+            gap: IdentityGap::None,
+        })
+        .collect();
+    out.extend(full.iter().map(|row| {
+        IdentityProblem {
+            table: QualName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+            gap: IdentityGap::FullWithoutEquality(
+                row.get::<_, String>(2)
+                    .split(", ")
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        }
+    }));
+    out.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(out)
+}
+
+/// The fix for tables replication cannot carry.
+pub const IDENTITY_FIX: &str = "give each a primary key (or REPLICA IDENTITY USING INDEX on a \
+     unique index of NOT NULL columns), then `sync --force`; REPLICA IDENTITY FULL works too, at a \
+     cost: every UPDATE and DELETE then writes the whole old row to the WAL and the target finds \
+     each row by a scan of the table";
+
+/// A list of names for a one-line message: the first few, then how many more.
+pub fn name_list(names: &[String], shown: usize) -> String {
+    if names.len() <= shown {
+        names.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            names[..shown].join(", "),
+            names.len() - shown
+        )
+    }
+}
+
+/// `source.replica_identity`: tables whose changes replication could not carry (all of the
+/// source's, or those of `only`). `init` leaves them out of the publication with a warning
+/// (or, with `--sync`, refuses); this check says so before.
+pub async fn replica_identity(source: &Client, only: Option<&[QualName]>) -> Check {
+    match identity_problems(source, only).await {
+        Ok(p) if p.is_empty() => Check::pass(
+            "source.replica_identity",
+            "every table has a primary key or a usable replica identity",
+        ),
+        Ok(p) => {
+            let names: Vec<String> = p.iter().map(ToString::to_string).collect();
+            Check::new(
+                "source.replica_identity",
+                Verdict::Warn,
+                format!(
+                    "{} table(s) that replication cannot keep in step: {}; init copies them but \
+                     leaves them out of replication (with --sync it refuses), since publishing \
+                     them would make UPDATE and DELETE fail on the source or stop the subscription",
+                    p.len(),
+                    name_list(&names, 5)
+                ),
+                IDENTITY_FIX,
+            )
+        }
+        Err(e) => Check::new(
+            "source.replica_identity",
+            Verdict::Warn,
+            format!("could not be read: {e}"),
+            "",
+        ),
+    }
+}
+
+/// The target server's major version is at least the source's.
+pub fn target_version(source_major: u32, target_major: u32) -> Check {
+    if target_major >= source_major {
+        Check::pass(
+            "target.version",
+            format!("PostgreSQL {target_major} (source {source_major})"),
+        )
+    } else {
+        Check::new(
+            "target.version",
+            Verdict::Fail,
+            format!(
+                "the target server runs PostgreSQL {target_major}, older than the source's {source_major}"
+            ),
+            format!("copy into a server of version {source_major} or newer"),
+        )
+    }
+}
+
+/// Every extension of the source can be installed on the target.
+pub async fn extensions(source: &Client, target: &Client, target_major: u32) -> Check {
+    match crate::target::missing_extensions(source, target).await {
+        Ok((needed, missing)) if missing.is_empty() => Check::pass(
+            "target.extensions",
+            format!("{} extension(s) of the source available", needed.len()),
+        ),
+        Ok((_, missing)) => Check::new(
+            "target.extensions",
+            Verdict::Fail,
+            format!(
+                "extension(s) {} used by the source are not available on the target server",
+                missing.join(", ")
+            ),
+            format!("install them there first (their packages for PostgreSQL {target_major})"),
+        ),
+        Err(e) => Check::new(
+            "target.extensions",
+            Verdict::Warn,
+            format!("could not compare extensions: {e}"),
+            "check that both roles may read pg_extension and pg_available_extensions",
+        ),
+    }
+}
+
+/// Roles the source's objects need on the target, by what `pg_dump` would write for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MissingRoles {
+    /// Owners (`ALTER … OWNER TO`; left out with `--no-owner`).
+    pub owners: BTreeSet<String>,
+    /// Grantees and grantors of privileges and default privileges (left out with
+    /// `--no-privileges`).
+    pub privileges: BTreeSet<String>,
+    /// Roles named by row-level security policies and user mappings (needed either way).
+    pub always: BTreeSet<String>,
+}
+
+/// Which roles the source's objects name that the target server lacks.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRoles> {
+    let user_ns = crate::catalog::USER_NAMESPACES;
+    // Objects an extension made are not dumped (their owner is not written); the public
+    // schema's default owner is not written either.
+    let not_ext = |cls: &str, oid: &str| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM pg_depend dep WHERE dep.classid = '{cls}'::regclass \
+             AND dep.objid = {oid} AND dep.deptype = 'e')"
+        )
+    };
+    let sql = format!(
+        "WITH owners(r) AS (
+            SELECT n.nspowner FROM pg_namespace n WHERE {user_ns}
+              AND NOT (n.nspname = 'public' AND n.nspowner IN (10, 6171))
+              AND {nsp}
+          UNION SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE {user_ns} AND c.relkind IN ('r','p','v','m','S','f') AND {cls}
+          UNION SELECT p.proowner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE {user_ns} AND {pro}
+          UNION SELECT t.typowner FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+              WHERE {user_ns} AND t.typrelid = 0 AND t.typelem = 0 AND {typ}
+          UNION SELECT o.oprowner FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+              WHERE {user_ns} AND {opr}
+          UNION SELECT co.collowner FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace
+              WHERE {user_ns} AND {coll}
+          UNION SELECT cv.conowner FROM pg_conversion cv JOIN pg_namespace n ON n.oid = cv.connamespace
+              WHERE {user_ns}
+          UNION SELECT d.dictowner FROM pg_ts_dict d JOIN pg_namespace n ON n.oid = d.dictnamespace
+              WHERE {user_ns} AND {dict}
+          UNION SELECT c.cfgowner FROM pg_ts_config c JOIN pg_namespace n ON n.oid = c.cfgnamespace
+              WHERE {user_ns} AND {cfg}
+          UNION SELECT s.stxowner FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+              WHERE {user_ns}
+          UNION SELECT l.lomowner FROM pg_largeobject_metadata l
+          UNION SELECT f.fdwowner FROM pg_foreign_data_wrapper f WHERE {fdw}
+          UNION SELECT s.srvowner FROM pg_foreign_server s WHERE {srv}
+          UNION SELECT e.evtowner FROM pg_event_trigger e WHERE {evt}
+          UNION SELECT p.pubowner FROM pg_publication p WHERE p.pubname !~ '^seren_'
+        ), acls(a) AS (
+            SELECT n.nspacl FROM pg_namespace n WHERE {user_ns}
+          UNION ALL SELECT c.relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE {user_ns}
+          UNION ALL SELECT a.attacl FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns} AND a.attacl IS NOT NULL
+          UNION ALL SELECT p.proacl FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE {user_ns}
+          UNION ALL SELECT t.typacl FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+              WHERE {user_ns}
+          UNION ALL SELECT l.lomacl FROM pg_largeobject_metadata l
+          UNION ALL SELECT f.fdwacl FROM pg_foreign_data_wrapper f
+          UNION ALL SELECT s.srvacl FROM pg_foreign_server s
+          UNION ALL SELECT d.defaclacl FROM pg_default_acl d
+        ), privileged(r) AS (
+            SELECT (aclexplode(a)).grantee FROM acls WHERE a IS NOT NULL
+          UNION SELECT (aclexplode(a)).grantor FROM acls WHERE a IS NOT NULL
+          UNION SELECT d.defaclrole FROM pg_default_acl d
+        ), always(r) AS (
+            SELECT unnest(p.polroles) FROM pg_policy p
+          UNION SELECT u.umuser FROM pg_user_mapping u
+        )
+        SELECT 'owner', rolname::text FROM owners JOIN pg_roles ON pg_roles.oid = owners.r
+        UNION SELECT 'privilege', rolname::text FROM privileged JOIN pg_roles ON pg_roles.oid = privileged.r
+        UNION SELECT 'always', rolname::text FROM always JOIN pg_roles ON pg_roles.oid = always.r",
+        nsp = not_ext("pg_namespace", "n.oid"),
+        cls = not_ext("pg_class", "c.oid"),
+        pro = not_ext("pg_proc", "p.oid"),
+        typ = not_ext("pg_type", "t.oid"),
+        opr = not_ext("pg_operator", "o.oid"),
+        coll = not_ext("pg_collation", "co.oid"),
+        dict = not_ext("pg_ts_dict", "d.oid"),
+        cfg = not_ext("pg_ts_config", "c.oid"),
+        fdw = not_ext("pg_foreign_data_wrapper", "f.oid"),
+        srv = not_ext("pg_foreign_server", "s.oid"),
+        evt = not_ext("pg_event_trigger", "e.oid"),
+    );
+    let needed: Vec<(String, String)> = source
+        .query(&sql, &[])
+        .await
+        .map_err(|e| Error::sql(Side::Source, "list the roles the source's objects name", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<&str> = needed.iter().map(|(_, n)| n.as_str()).collect();
+    let present: BTreeSet<String> = target
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "list roles", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = MissingRoles::default();
+    for (kind, name) in needed {
+        if present.contains(&name) {
+            continue;
+        }
+        match kind.as_str() {
+            "owner" => out.owners.insert(name),
+            "privilege" => out.privileges.insert(name),
+            _ => out.always.insert(name),
+        };
+    }
+    Ok(out)
+}
+
+/// `target.roles`: the roles the restore would name exist on the target (`no_owner` and
+/// `no_privileges` as `init` would pass them to pg_dump).
+pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileges: bool) -> Check {
+    let missing = match missing_roles(source, target).await {
+        Ok(m) => m,
+        Err(e) => {
+            return Check::new(
+                "target.roles",
+                Verdict::Warn,
+                format!("could not compare roles: {e}"),
+                "",
+            )
+        }
+    };
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
+    if !no_owner && !missing.owners.is_empty() {
+        problems.push(format!(
+            "role(s) {} own objects in the source but do not exist on the target server",
+            list(&missing.owners)
+        ));
+        fixes.push("or pass --no-owner to give everything to the target role");
+    }
+    if !no_privileges && !missing.privileges.is_empty() {
+        problems.push(format!(
+            "role(s) {} hold or grant privileges in the source but do not exist on the target server",
+            list(&missing.privileges)
+        ));
+        fixes.push("or pass --no-privileges to leave GRANTs out");
+    }
+    if !missing.always.is_empty() {
+        problems.push(format!(
+            "role(s) {} are named by row-level security policies or user mappings but do not \
+             exist on the target server",
+            list(&missing.always)
+        ));
+    }
+    if problems.is_empty() {
+        return Check::pass(
+            "target.roles",
+            "every role the source's objects name exists on the target",
+        );
+    }
+    let fix = if fixes.is_empty() {
+        "create them on the target first (pg_dumpall --roles-only on the source lists them)"
+            .to_owned()
+    } else {
+        format!(
+            "create them on the target first (pg_dumpall --roles-only on the source lists them), {}",
+            fixes.join(", ")
+        )
+    };
+    Check::new("target.roles", Verdict::Fail, problems.join("; "), fix)
+}
+
+/// `target.tablespaces`: tablespaces the source's tables and indexes use exist on the target.
+pub async fn tablespaces(source: &Client, target: &Client) -> Check {
+    let user_ns = crate::catalog::USER_NAMESPACES;
+    let used: std::result::Result<Vec<String>, _> = source
+        .query(
+            &format!(
+                "SELECT DISTINCT t.spcname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_tablespace t ON t.oid = c.reltablespace \
+                 WHERE c.reltablespace <> 0 AND {user_ns} ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect());
+    let used = match used {
+        Ok(u) => u,
+        Err(e) => {
+            return Check::new(
+                "target.tablespaces",
+                Verdict::Warn,
+                format!(
+                    "could not list tablespaces: {}",
+                    crate::error::pg_message(&e)
+                ),
+                "",
+            )
+        }
+    };
+    let present: BTreeSet<String> = match target
+        .query(
+            "SELECT spcname::text FROM pg_tablespace WHERE spcname = ANY($1)",
+            &[&used],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => {
+            return Check::new(
+                "target.tablespaces",
+                Verdict::Warn,
+                format!(
+                    "could not list tablespaces: {}",
+                    crate::error::pg_message(&e)
+                ),
+                "",
+            )
+        }
+    };
+    let missing: Vec<String> = used.into_iter().filter(|t| !present.contains(t)).collect();
+    if missing.is_empty() {
+        Check::pass(
+            "target.tablespaces",
+            "every tablespace the source's tables use exists on the target",
+        )
+    } else {
+        Check::new(
+            "target.tablespaces",
+            Verdict::Fail,
+            format!(
+                "tablespace(s) {} hold tables or indexes in the source but do not exist on the target server",
+                missing.join(", ")
+            ),
+            "create them on the target first (CREATE TABLESPACE … LOCATION …)",
+        )
+    }
+}
+
+/// Whether two sessions are on the same database of the same server: by the cluster's system
+/// identifier and start time where we may read them, else by start time and port.
+pub async fn same_database(
+    source: &Client,
+    maintenance: &Client,
+    s: &ConnUrl,
+    t: &ConnUrl,
+) -> bool {
+    if s.dbname != t.dbname {
+        return false;
+    }
+    let (a, b) = tokio::join!(server_fingerprint(source), server_fingerprint(maintenance));
+    a.is_some() && a == b
+}
+
+/// What tells one running server from another: its system identifier and its start time.
+/// The identifier alone is shared by every server made from the same base backup (a promoted
+/// replica, a restored copy), which are different servers.
+async fn server_fingerprint(c: &Client) -> Option<String> {
+    match c
+        .query_one(
+            "SELECT system_identifier::text || '/' || pg_postmaster_start_time()::text \
+             FROM pg_control_system()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => Some(row.get::<_, String>(0)),
+        Err(_) => {
+            one(
+                c,
+                "SELECT pg_postmaster_start_time()::text || '/' || current_setting('port')",
+            )
+            .await
+        }
+    }
+}
+
+/// `target.distinct`: the target is not the source itself.
+pub async fn distinct(source: &Client, maintenance: &Client, s: &ConnUrl, t: &ConnUrl) -> Check {
+    if same_database(source, maintenance, s, t).await {
+        Check::new(
+            "target.distinct",
+            Verdict::Fail,
+            format!("source and target are the same database ({})", t.redacted()),
+            "name a different target",
+        )
+    } else {
+        Check::pass(
+            "target.distinct",
+            "the target is another database than the source",
+        )
+    }
+}
+
+/// `source.leftover_slots`: inactive replication slots this tool made (`seren_…`), with the
+/// WAL each keeps on the source. `status` and `init` drop the one an interrupted copy into
+/// the same target left; any other is named here with the way to drop it.
+pub async fn leftover_slots(source: &Client) -> Check {
+    match crate::sync::inactive_slots(source).await {
+        Ok(slots) if slots.is_empty() => Check::pass(
+            "source.leftover_slots",
+            "no inactive replication slot of postgres-seren-replicator",
+        ),
+        Ok(slots) => {
+            let list: Vec<String> = slots.iter().map(ToString::to_string).collect();
+            Check::new(
+                "source.leftover_slots",
+                Verdict::Warn,
+                format!(
+                    "inactive replication slot(s) of postgres-seren-replicator: {}; a slot nobody \
+                     reads from keeps WAL until the disk fills",
+                    list.join("; ")
+                ),
+                "run `postgres-seren-replicator status` with the slot's target (it drops one an \
+                 interrupted copy left), `sync --stop` to end a replication, or SELECT \
+                 pg_drop_replication_slot('<slot>') on the source once nothing uses it",
+            )
+        }
+        Err(e) => Check::new(
+            "source.leftover_slots",
+            Verdict::Warn,
+            format!("could not list replication slots: {e}"),
+            "",
+        ),
+    }
+}
+
+/// Turn failed checks into the error `init` refuses with (`None` when none failed).
+pub fn refusal(checks: &[Check]) -> Option<Error> {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.failed())
+        .map(Check::problem)
+        .collect();
+    (!failed.is_empty()).then(|| Error::Preflight(failed.join("; ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_check_reads_as_one_clause_with_its_fix() {
+        let c = Check::new("x", Verdict::Fail, "it is off", "turn it on");
+        assert_eq!(c.problem(), "it is off (turn it on)");
+        assert!(refusal(&[Check::pass("y", "fine")]).is_none());
+        let e = refusal(&[c, Check::pass("y", "fine")]).expect("refused");
+        assert_eq!(e.to_string(), "it is off (turn it on)");
+    }
+
+    #[test]
+    fn long_name_lists_are_cut() {
+        let names: Vec<String> = (1..=7).map(|i| format!("t{i}")).collect();
+        assert_eq!(name_list(&names[..2], 5), "t1, t2");
+        assert_eq!(name_list(&names, 5), "t1, t2, t3, t4, t5 and 2 more");
+    }
+}

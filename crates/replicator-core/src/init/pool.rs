@@ -1,0 +1,537 @@
+//! The pool: `jobs` connection pairs working one queue of units (a table or a block range of
+//! one) and post-data items, with retries.
+//!
+//! Every unit and every recorded item claims its record as the first statement of the
+//! transaction that does it ([`target::claim_unit`], [`target::claim_step`]), so a retry after
+//! a lost connection, or a lost reply to COMMIT, finds out what committed before it does
+//! anything: an attempt whose predecessor committed does nothing, one whose predecessor is
+//! still committing waits for it, and one whose predecessor rolled back does the work in full.
+//! No range is ever appended twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+
+use super::post_data::Item;
+use super::{lock, Ctx, FormatChoice};
+use crate::catalog::Catalog;
+use crate::connect::connect;
+use crate::copy::{copy_in_sql, copy_out_sql, pump, Format};
+use crate::error::{Error, Result, Side};
+use crate::filter::QualName;
+use crate::plan::Unit;
+use crate::progress::{DataProgress, Event};
+use crate::schema::ParsedDump;
+use crate::snapshot::{self, Snapshot};
+use crate::target::{self, Claim};
+
+#[derive(Debug)]
+pub(crate) enum Task {
+    Unit(usize),
+    Item(Item),
+}
+
+/// The shared queue. Items become ready when the last unit of their table finishes; they go to
+/// the front so a table's indexes build while other tables are still loading.
+#[derive(Debug, Default)]
+pub(crate) struct Sched {
+    pub tasks: VecDeque<Task>,
+    pub waiting: HashMap<QualName, Vec<Item>>,
+    pub remaining: HashMap<QualName, usize>,
+    copied: HashMap<QualName, (u64, u64)>,
+    in_flight: usize,
+    error: Option<Error>,
+}
+
+/// Live counters of the data phase.
+pub(crate) struct Tracker {
+    started: Instant,
+    pub bytes: AtomicU64,
+    pub rows: AtomicU64,
+    estimate_done: AtomicU64,
+    estimate_total: u64,
+    pub units_done: AtomicUsize,
+    units_total: usize,
+    pub items_done: AtomicUsize,
+    active: Mutex<HashMap<usize, (String, u64, u64)>>,
+}
+
+impl Tracker {
+    pub fn new(units: &[Unit]) -> Self {
+        Self {
+            started: Instant::now(),
+            bytes: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            estimate_done: AtomicU64::new(0),
+            estimate_total: units.iter().filter(|u| !u.done).map(|u| u.est_bytes).sum(),
+            units_done: AtomicUsize::new(0),
+            units_total: units.iter().filter(|u| !u.done).count(),
+            items_done: AtomicUsize::new(0),
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn snapshot(&self) -> DataProgress {
+        let active = lock(&self.active);
+        let running: u64 = active
+            .values()
+            .map(|(_, moved, est)| (*moved).min(*est))
+            .sum();
+        let mut labels: Vec<String> = active.values().map(|(l, _, _)| l.clone()).collect();
+        labels.sort();
+        drop(active);
+        let done = (self.estimate_done.load(Ordering::Relaxed) + running).min(self.estimate_total);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.5 {
+            (done as f64 / secs) as u64
+        } else {
+            0
+        };
+        DataProgress {
+            bytes_copied: self.bytes.load(Ordering::Relaxed),
+            rows_copied: self.rows.load(Ordering::Relaxed),
+            estimate_done: done,
+            estimate_total: self.estimate_total,
+            units_done: self.units_done.load(Ordering::Relaxed),
+            units_total: self.units_total,
+            post_items_done: self.items_done.load(Ordering::Relaxed),
+            active: labels,
+            bytes_per_sec: rate,
+            eta_secs: (rate > 0).then(|| (self.estimate_total - done) / rate),
+        }
+    }
+
+    pub fn emit_progress(&self, ctx: &Ctx) {
+        ctx.emit(Event::Progress(self.snapshot()));
+    }
+
+    pub fn start_ticker(self: Arc<Self>, ctx: Arc<Ctx>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                self.emit_progress(&ctx);
+            }
+        })
+    }
+}
+
+/// A new source and target session, opened together.
+async fn connect_pair(ctx: &Ctx) -> Result<(Client, Client)> {
+    let o = &ctx.opts;
+    tokio::try_join!(
+        connect(&o.source, Side::Source),
+        connect(&o.target, Side::Target)
+    )
+}
+
+/// The pause before attempt `attempt` (1, 2, …): doubling from one second, at most 30 s, with
+/// jitter so that the pool's pairs do not reconnect in step after a server restart.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500) * (1u32 << attempt.min(6));
+    let base = base.min(Duration::from_secs(30));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // Between 3/4 and 5/4 of the base.
+    base.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
+}
+
+/// Run `work` (which opens its own sessions) until it succeeds, a non-retryable error comes,
+/// or `ctx.opts.retries` retries are spent. `work` must be idempotent: every step it records
+/// claims its record first.
+pub(crate) async fn with_retries<T, F, Fut>(ctx: &Ctx, what: &str, mut work: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match work().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
+                attempt += 1;
+                ctx.emit(Event::Retrying {
+                    what: what.to_owned(),
+                    attempt,
+                    error: e.to_string(),
+                });
+                tracing::warn!(what, attempt, error = %e, "retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection pair of the pool.
+pub(crate) struct Pair {
+    id: usize,
+    source: Client,
+    target: Client,
+    target_setup: String,
+}
+
+/// What a unit's attempt did.
+enum UnitDone {
+    /// Copied now: (rows, bytes).
+    Copied(u64, u64),
+    /// An earlier attempt had committed it: its recorded (rows, bytes).
+    Earlier(u64, u64),
+}
+
+impl Pair {
+    pub async fn open(ctx: &Ctx, id: usize, snapshot: &str, post: &ParsedDump) -> Result<Self> {
+        let (source, target) = connect_pair(ctx).await?;
+        // The dump's own session settings (search_path, check_function_bodies …) first, so
+        // post-data items run as they would under psql.
+        let target_setup = format!(
+            "{}\nSET synchronous_commit = off; SET maintenance_work_mem = {};",
+            post.preamble,
+            crate::sql::literal(&ctx.opts.maintenance_work_mem)
+        );
+        let p = Pair {
+            id,
+            source,
+            target,
+            target_setup,
+        };
+        p.setup(snapshot).await?;
+        Ok(p)
+    }
+
+    async fn setup(&self, snapshot: &str) -> Result<()> {
+        snapshot::import(&self.source, snapshot).await?;
+        self.target
+            .batch_execute(&self.target_setup)
+            .await
+            .map_err(|e| Error::sql(Side::Target, "set up a session", e))
+    }
+
+    async fn reconnect(&mut self, ctx: &Ctx, snapshot: &Snapshot) -> Result<()> {
+        if !snapshot.is_alive() {
+            return Err(Error::Preflight(
+                "the session holding the snapshot was lost, so the copy cannot go on \
+                 consistently; run again with --resume to finish (not consistent) or \
+                 --drop-existing to start over"
+                    .into(),
+            ));
+        }
+        (self.source, self.target) = connect_pair(ctx).await?;
+        self.setup(snapshot.name()).await
+    }
+
+    async fn run_unit(
+        &self,
+        ctx: &Ctx,
+        unit: &Unit,
+        catalog: &Catalog,
+        tracker: &Tracker,
+    ) -> Result<UnitDone> {
+        let table = &catalog.tables[unit.table];
+        let format = if ctx.opts.format == FormatChoice::Auto && table.binary_ok {
+            Format::Binary
+        } else {
+            Format::Text
+        };
+        // A whole-table unit may empty the table in its own transaction, which lets COPY FREEZE
+        // write frozen, all-visible rows: no hint-bit rewrite or freeze vacuum later.
+        let freeze = unit.slice.from_block.is_none() && unit.slice.to_block.is_none();
+        let t = Side::Target;
+        self.target
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| Error::sql(t, format!("start copying {}", table.name), e))?;
+        let result = async {
+            if target::claim_unit(&self.target, &unit.id).await? == Claim::AlreadyDone {
+                return Ok(None);
+            }
+            if freeze {
+                self.target
+                    .batch_execute(&format!("TRUNCATE ONLY {}", table.name.quoted()))
+                    .await
+                    .map_err(|e| Error::sql(t, format!("empty {}", table.name), e))?;
+            }
+            let out_sql = copy_out_sql(table, &unit.slice, format);
+            let in_sql = copy_in_sql(table, format, freeze);
+            let (rows, bytes) = pump(&self.source, &self.target, &out_sql, &in_sql, |n| {
+                tracker.bytes.fetch_add(n, Ordering::Relaxed);
+                if let Some(entry) = lock(&tracker.active).get_mut(&self.id) {
+                    entry.1 += n;
+                }
+            })
+            .await?;
+            self.target
+                .batch_execute(&format!(
+                    "{} COMMIT;",
+                    target::record_unit_sql(&unit.id, rows, bytes)
+                ))
+                .await
+                .map_err(|e| Error::sql(t, format!("commit {}", unit.id), e))?;
+            Ok(Some((rows, bytes)))
+        }
+        .await;
+        match result {
+            Ok(Some((rows, bytes))) => Ok(UnitDone::Copied(rows, bytes)),
+            Ok(None) => {
+                let _ = self.target.batch_execute("ROLLBACK").await;
+                let (rows, bytes) = target::unit_counts(&self.target, &unit.id).await?;
+                tracing::info!(unit = %unit.id, "committed by an earlier attempt");
+                Ok(UnitDone::Earlier(rows, bytes))
+            }
+            Err(e) => {
+                let _ = self.target.batch_execute("ROLLBACK").await;
+                Err(match e {
+                    Error::Sql {
+                        side,
+                        context,
+                        message,
+                        code,
+                    } => Error::Sql {
+                        side,
+                        context: format!("{context} ({})", unit.id),
+                        message,
+                        code,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Run one item; a recorded one claims its key first and is skipped when an earlier
+    /// attempt committed it.
+    pub async fn run_item(&self, item: &Item) -> Result<()> {
+        let fail = |e| Error::sql(Side::Target, item.label.clone(), e);
+        let Some(key) = &item.key else {
+            return self.target.batch_execute(&item.sql).await.map_err(fail);
+        };
+        self.target.batch_execute("BEGIN").await.map_err(fail)?;
+        let result = async {
+            if target::claim_step(&self.target, key).await? == Claim::AlreadyDone {
+                return Ok(false);
+            }
+            self.target
+                .batch_execute(&format!("{}\nCOMMIT;", item.sql))
+                .await
+                .map_err(fail)?;
+            Ok(true)
+        }
+        .await;
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::info!(item = %item.label, "committed by an earlier attempt");
+                self.target.batch_execute("ROLLBACK").await.map_err(fail)
+            }
+            Err(e) => {
+                let _ = self.target.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What every pass of the pool shares.
+pub(crate) struct Shared {
+    pub snapshot: Arc<Snapshot>,
+    pub catalog: Arc<Catalog>,
+    pub units: Arc<Vec<Unit>>,
+    pub tracker: Arc<Tracker>,
+}
+
+pub(crate) async fn run_pool(
+    ctx: &Arc<Ctx>,
+    pairs: Vec<Pair>,
+    sched: Sched,
+    shared: &Shared,
+) -> Result<Vec<Pair>> {
+    let sched = Arc::new(Mutex::new(sched));
+    let notify = Arc::new(Notify::new());
+    let mut set = tokio::task::JoinSet::new();
+    for mut pair in pairs {
+        let (ctx, sched, notify) = (ctx.clone(), sched.clone(), notify.clone());
+        let (snapshot, catalog, units, tracker) = (
+            shared.snapshot.clone(),
+            shared.catalog.clone(),
+            shared.units.clone(),
+            shared.tracker.clone(),
+        );
+        set.spawn(async move {
+            loop {
+                let task = {
+                    let mut s = lock(&sched);
+                    if s.error.is_some() {
+                        break;
+                    }
+                    match s.tasks.pop_front() {
+                        Some(t) => {
+                            s.in_flight += 1;
+                            Some(t)
+                        }
+                        None if s.in_flight == 0 => break,
+                        None => None,
+                    }
+                };
+                let Some(task) = task else {
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(100), notify.notified()).await;
+                    continue;
+                };
+                let outcome = run_task(
+                    &ctx, &mut pair, &task, &snapshot, &catalog, &units, &tracker,
+                )
+                .await;
+                let mut s = lock(&sched);
+                s.in_flight -= 1;
+                match outcome {
+                    Ok((rows, bytes)) => {
+                        if let Task::Unit(i) = task {
+                            let table = &catalog.tables[units[i].table].name;
+                            let total = s.copied.entry(table.clone()).or_default();
+                            total.0 += rows;
+                            total.1 += bytes;
+                            let left = s.remaining.get_mut(table).map(|n| {
+                                *n -= 1;
+                                *n
+                            });
+                            if left == Some(0) {
+                                let (rows, bytes) = s.copied.remove(table).unwrap_or_default();
+                                ctx.emit(Event::TableCopied {
+                                    table: table.to_string(),
+                                    rows,
+                                    bytes,
+                                });
+                                if let Some(items) = s.waiting.remove(table) {
+                                    for item in items.into_iter().rev() {
+                                        s.tasks.push_front(Task::Item(item));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if s.error.is_none() {
+                            s.error = Some(e);
+                        }
+                    }
+                }
+                drop(s);
+                notify.notify_waiters();
+            }
+            pair
+        });
+    }
+    let mut back = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(p) => back.push(p),
+            Err(e) => {
+                lock(&sched)
+                    .error
+                    .get_or_insert(Error::Usage(format!("a worker task failed: {e}")));
+            }
+        }
+    }
+    back.sort_by_key(|p| p.id);
+    let error = lock(&sched).error.take();
+    match error {
+        Some(e) => Err(e),
+        None => Ok(back),
+    }
+}
+
+/// Run one task with retries: on a retryable error, reconnect the pair (re-importing the
+/// snapshot) and try again with backoff; a reconnect that fails counts as an attempt.
+async fn run_task(
+    ctx: &Ctx,
+    pair: &mut Pair,
+    task: &Task,
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    units: &[Unit],
+    tracker: &Tracker,
+) -> Result<(u64, u64)> {
+    let label = match task {
+        Task::Unit(i) => units[*i].id.clone(),
+        Task::Item(item) => item.label.clone(),
+    };
+    let est = match task {
+        Task::Unit(i) => units[*i].est_bytes,
+        Task::Item(_) => 0,
+    };
+    let mut attempt = 0;
+    loop {
+        let started = Instant::now();
+        lock(&tracker.active).insert(pair.id, (label.clone(), 0, est));
+        let result = async {
+            if attempt > 0 {
+                pair.reconnect(ctx, snapshot).await?;
+            }
+            match task {
+                Task::Unit(i) => {
+                    let done = pair.run_unit(ctx, &units[*i], catalog, tracker).await?;
+                    let (rows, bytes) = match done {
+                        UnitDone::Copied(r, b) | UnitDone::Earlier(r, b) => (r, b),
+                    };
+                    ctx.rows_moved();
+                    tracker.rows.fetch_add(rows, Ordering::Relaxed);
+                    tracker.estimate_done.fetch_add(est, Ordering::Relaxed);
+                    tracker.units_done.fetch_add(1, Ordering::Relaxed);
+                    Ok((rows, bytes))
+                }
+                Task::Item(item) => {
+                    pair.run_item(item).await?;
+                    if item.key.is_some() {
+                        tracker.items_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((0, 0))
+                }
+            }
+        }
+        .await;
+        let result: Result<(u64, u64)> = result;
+        lock(&tracker.active).remove(&pair.id);
+        match result {
+            Ok(done) => {
+                tracing::info!(pair = pair.id, task = %label, rows = done.0, bytes = done.1,
+                    secs = started.elapsed().as_secs_f64(), "done");
+                return Ok(done);
+            }
+            Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
+                attempt += 1;
+                ctx.emit(Event::Retrying {
+                    what: label.clone(),
+                    attempt,
+                    error: e.to_string(),
+                });
+                tracing::warn!(unit = %label, attempt, error = %e, "retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for attempt in 1..10 {
+            let b = backoff(attempt);
+            let base = (Duration::from_millis(500) * (1u32 << attempt.min(6)))
+                .min(Duration::from_secs(30));
+            assert!(
+                b >= base.mul_f64(0.75) && b <= base.mul_f64(1.25),
+                "{attempt}: {b:?}"
+            );
+        }
+        assert!(backoff(20) <= Duration::from_millis(37_500));
+    }
+}

@@ -1,0 +1,254 @@
+//! Everything `init` checks before it changes anything, on the same [`crate::checks`] that
+//! `validate` reports, plus what only a run decides: the target's state against `--resume` and
+//! `--drop-existing`, the source a resumed copy came from, whether replication follows.
+
+use tokio_postgres::Client;
+
+use super::Ctx;
+use crate::catalog;
+use crate::checks::{self, Check};
+use crate::connect::connect;
+use crate::error::{Error, Result, Side};
+use crate::filter::QualName;
+use crate::schema;
+use crate::sync::{self, RunLock, SyncMode, SyncNames};
+use crate::target::{self, SourceIdentity, TargetState};
+
+pub(crate) struct Preflight {
+    pub tools: schema::Tools,
+    pub source_major: u32,
+    /// This run finishes an interrupted one.
+    pub resumed: bool,
+    /// The interrupted run had copied everything: only its replication is left to start.
+    pub complete: bool,
+    pub state: TargetState,
+    /// The session on the target's maintenance database, for DROP/CREATE DATABASE.
+    pub maintenance: Client,
+    /// The locale to create the target database with, when it is to be (re)created.
+    pub create_with: Option<target::DatabaseLocale>,
+    /// Whether replication follows the copy.
+    pub sync: bool,
+    /// Held for the whole run: marks it in progress for sweeps and other runs.
+    pub lock: Option<RunLock>,
+    /// The source, as the bookkeeping records it.
+    pub source_identity: SourceIdentity,
+}
+
+fn refuse(check: Check) -> Result<()> {
+    match checks::refusal(std::slice::from_ref(&check)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The tables a run copies rows of.
+pub(crate) fn tables_to_copy(catalog: &catalog::Catalog, filter: &crate::Filter) -> Vec<QualName> {
+    catalog
+        .tables
+        .iter()
+        .filter(|t| filter.selects(&t.name) && !filter.is_schema_only(&t.name))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight> {
+    let o = &ctx.opts;
+    let (source, maintenance) = tokio::try_join!(
+        connect(&o.source, Side::Source),
+        target::connect_maintenance(&o.target)
+    )?;
+    let source_major = catalog::major_version(&source, Side::Source).await?;
+    let target_major = catalog::major_version(&maintenance, Side::Target).await?;
+    refuse(checks::target_version(source_major, target_major))?;
+    refuse(checks::distinct(&source, &maintenance, &o.source, &o.target).await)?;
+    let tools = schema::find_tools(o.pg_bindir.as_deref(), source_major).await?;
+
+    // From here on this run owns the target's name on the source: another run into the same
+    // target is refused, and no sweep takes this run's slot for a leftover.
+    let lock = sync::lock_run(&o.source, names, &o.target).await?;
+    let sweep = sync::sweep(&source, &o.target, names, true).await?;
+    for d in sweep.dropped {
+        ctx.warn(format!("dropped the {d}"));
+    }
+    for n in sweep.notes {
+        ctx.warn(n);
+    }
+
+    // A process killed with kill -9 can leave a psql child still restoring into the target, or
+    // backends still committing: end them before reading what the target holds.
+    let ended = target::end_leftover_sessions(&maintenance, &o.target).await?;
+    if ended > 0 {
+        ctx.warn(format!(
+            "ended {ended} session(s) an interrupted run had left on the target database {}",
+            o.target.dbname
+        ));
+    }
+    let state = target::state(&maintenance, &o.target).await?;
+    let (mut resumed, mut complete) = (false, false);
+    match (&state, o.drop_existing, o.resume) {
+        (_, true, true) => {
+            return Err(Error::Usage(
+                "--resume and --drop-existing contradict each other: pick one".into(),
+            ))
+        }
+        (TargetState::Interrupted, false, true) => resumed = true,
+        (TargetState::AwaitingReplication, false, true) => (resumed, complete) = (true, true),
+        (_, false, true) => {
+            return Err(Error::Usage(format!(
+                "--resume: the target database {} holds no interrupted run to finish",
+                o.target.dbname
+            )))
+        }
+        (TargetState::NonEmpty(n), false, false) => {
+            return Err(Error::TargetNotEmpty(format!(
+                "the target database {} is not empty ({n} objects): pass --drop-existing to \
+                 replace it (everything in it is lost), or name an empty or new database",
+                o.target.dbname
+            )))
+        }
+        (TargetState::Interrupted, false, false) => {
+            return Err(Error::TargetNotEmpty(format!(
+                "the target database {} holds an interrupted copy: pass --resume to finish it \
+                 or --drop-existing to start over",
+                o.target.dbname
+            )))
+        }
+        (TargetState::AwaitingReplication, false, false) => {
+            return Err(Error::TargetNotEmpty(format!(
+                "the target database {} holds a complete copy whose replication has not started: \
+                 run `postgres-seren-replicator sync` (or init --resume) to start it from where \
+                 the copy ended, or pass --drop-existing to start over",
+                o.target.dbname
+            )))
+        }
+        _ => {}
+    }
+
+    let source_identity = SourceIdentity::read(&source, &o.source).await?;
+    if resumed {
+        check_same_source(ctx, &source_identity).await?;
+    }
+    if !complete {
+        refuse(checks::extensions(&source, &maintenance, target_major).await)?;
+        refuse(checks::roles(&source, &maintenance, o.no_owner, o.no_privileges).await)?;
+        refuse(checks::tablespaces(&source, &maintenance).await)?;
+    }
+
+    let create_with = if o.drop_existing || state == TargetState::Missing {
+        Some(target::source_locale(&source).await?)
+    } else {
+        None
+    };
+    let sync = decide_sync(ctx, &source, &maintenance, resumed, complete).await?;
+    Ok(Preflight {
+        tools,
+        source_major,
+        resumed,
+        complete,
+        state,
+        maintenance,
+        create_with,
+        sync,
+        lock: Some(lock),
+        source_identity,
+    })
+}
+
+/// A resumed copy must come from the source the interrupted one came from, with the same
+/// filters.
+async fn check_same_source(ctx: &Ctx, now: &SourceIdentity) -> Result<()> {
+    let o = &ctx.opts;
+    let target = connect(&o.target, Side::Target).await?;
+    match target::recorded_source(&target).await? {
+        Some((was, fingerprint)) => {
+            if let Some(why) = was.mismatch(now) {
+                return Err(Error::Preflight(format!(
+                    "--resume: {why}; resume from the same source, or start over with \
+                     --drop-existing"
+                )));
+            }
+            let filters = o.filter.describe();
+            if fingerprint != filters {
+                return Err(Error::Usage(format!(
+                    "--resume: the interrupted copy was made with {fingerprint}, this run asks \
+                     for {filters}: resume with the same table flags, or start over with \
+                     --drop-existing"
+                )));
+            }
+        }
+        None => ctx.warn(
+            "the interrupted copy does not record which source it came from (it was made by an \
+             older version): make sure --source names the same database"
+                .into(),
+        ),
+    }
+    Ok(())
+}
+
+/// Whether replication follows the copy: the replication checks (the same `validate` makes),
+/// the options, and with `--sync` the tables' replica identity. A failure refuses with
+/// `--sync` and is one warning otherwise.
+async fn decide_sync(
+    ctx: &Ctx,
+    source: &Client,
+    maintenance: &Client,
+    resumed: bool,
+    complete: bool,
+) -> Result<bool> {
+    let o = &ctx.opts;
+    let mode = o.sync;
+    if mode == SyncMode::Off {
+        return Ok(false);
+    }
+    let mut problems: Vec<String> = checks::replication(source, Some(maintenance))
+        .await
+        .iter()
+        .filter(|c| c.failed())
+        .map(Check::problem)
+        .collect();
+    if resumed && !complete {
+        problems.push(
+            "--resume finishes a copy made from an older snapshot, so replication could not \
+             start where it ends"
+                .into(),
+        );
+    }
+    if !o.filter.row_filters.is_empty() {
+        problems.push(
+            "--table-filter copies part of a table while replication would carry all of its \
+             changes"
+                .into(),
+        );
+    }
+    if mode == SyncMode::Required && problems.is_empty() && !complete {
+        // Tables it would have to leave out: with --sync that is a refusal, before anything
+        // is created.
+        let now = catalog::read(source).await?;
+        let (persistent, _) = sync::replicable(source, &tables_to_copy(&now, &o.filter)).await?;
+        let gaps = checks::identity_problems(source, Some(&persistent)).await?;
+        if !gaps.is_empty() {
+            let list: Vec<String> = gaps.iter().map(ToString::to_string).collect();
+            problems.push(format!(
+                "replication cannot keep {} table(s) in step: {} ({}), or copy without --sync, \
+                 which copies them and leaves them out of replication",
+                gaps.len(),
+                checks::name_list(&list, 10),
+                checks::IDENTITY_FIX
+            ));
+        }
+    }
+    match (problems.is_empty(), mode) {
+        (true, _) => Ok(true),
+        (false, SyncMode::Required) => Err(Error::Preflight(format!(
+            "--sync: replication cannot follow this copy: {}",
+            problems.join("; ")
+        ))),
+        (false, _) => {
+            ctx.warn(format!(
+                "copying only, without replication afterwards: {} (--no-sync skips this check)",
+                problems.join("; ")
+            ));
+            Ok(false)
+        }
+    }
+}

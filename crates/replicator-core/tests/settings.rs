@@ -1,0 +1,112 @@
+//! A source whose database renders values its own way (`DateStyle = 'SQL, DMY'`,
+//! `extra_float_digits = 0`, `IntervalStyle = sql_standard`, `bytea_output = escape`, another
+//! time zone) into a target server with other defaults (`DateStyle = 'SQL, MDY'`, a third time
+//! zone): every value arrives unchanged, through text COPY (a composite column forces it, and
+//! `--copy-format text` forces it for every table) as through binary, `reg*` columns keep naming
+//! the right object, and `verify` calls the two equal.
+
+mod common;
+
+use common::*;
+use pg_harness::{Cluster, Options};
+use replicator_core::verify::{self, VerifyOptions};
+use replicator_core::FormatChoice;
+
+const SCHEMA: &str = "
+CREATE TYPE pair AS (x int, y text);
+CREATE TABLE ref_target (id int PRIMARY KEY);
+-- A composite column: the whole table goes through text COPY.
+CREATE TABLE texty (id int PRIMARY KEY, p pair, d date, f float8, r real, i interval,
+                    ts timestamptz, b bytea, rc regclass, m money);
+-- The same values, binary-capable but for the regclass.
+CREATE TABLE plain (id int PRIMARY KEY, d date, f float8, r real, i interval, ts timestamptz,
+                    b bytea, m money);
+INSERT INTO texty VALUES
+  (1, '(1,a)', '2024-01-02', pi(), 1.1::real, '1 year 2 mons -3 days 04:05:06.789',
+   '2024-03-04 05:06:07.891+02', '\\x00ff5c27', 'public.ref_target', 12.34),
+  (2, '(2,\"b, c\")', '1999-12-31', 1e-300, 3.4e38::real, '-1 day +02:00',
+   '1970-01-01 00:00:00+00', '\\x', 'pg_catalog.pg_class', -0.01),
+  (3, NULL, '0044-03-15 BC', 'NaN', '-Infinity', '178000000 years', 'infinity', NULL, NULL, NULL);
+INSERT INTO plain SELECT id, d, f, r, i, ts, b, m FROM texty;
+";
+
+/// Every row of `table` as text, rendered the same way whatever the server's defaults.
+fn rows(c: &Cluster, db: &str, table: &str) -> String {
+    let out = c
+        .psql_command(db)
+        .env(
+            "PGOPTIONS",
+            "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
+             -c bytea_output=hex -c timezone=UTC -c lc_monetary=C -c search_path=",
+        )
+        .args([
+            "-c",
+            &format!("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM public.{table} t"),
+        ])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+fn check(format: FormatChoice) {
+    let src = Cluster::start(&Options {
+        settings: vec![("timezone".into(), "'Asia/Kolkata'".into())],
+        ..Options::source()
+    });
+    let dst = Cluster::start(&Options {
+        settings: vec![
+            ("timezone".into(), "'America/New_York'".into()),
+            ("datestyle".into(), "'SQL, MDY'".into()),
+            ("extra_float_digits".into(), "-3".into()),
+        ],
+        ..Options::target()
+    });
+    src.create_db("app");
+    src.psql("app", SCHEMA);
+    src.psql(
+        "postgres",
+        "ALTER DATABASE app SET datestyle = 'SQL, DMY';
+         ALTER DATABASE app SET extra_float_digits = 0;
+         ALTER DATABASE app SET intervalstyle = 'sql_standard';
+         ALTER DATABASE app SET bytea_output = 'escape';
+         ALTER DATABASE app SET search_path = 'pg_catalog';",
+    );
+    let mut opts = options(&src, "app", &dst, "copy");
+    opts.format = format;
+    let (result, _) = run_init(opts.clone());
+    result.expect("init");
+    for table in ["texty", "plain"] {
+        assert_eq!(
+            rows(&dst, "copy", table),
+            rows(&src, "app", table),
+            "{table} arrived changed ({format:?})"
+        );
+    }
+    assert_eq!(
+        dst.psql(
+            "copy",
+            "SELECT rc::oid = 'public.ref_target'::regclass::oid FROM public.texty WHERE id = 1"
+        ),
+        "t",
+        "the regclass names the target's own table"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = rt
+        .block_on(verify::verify(VerifyOptions::new(opts.source, opts.target)))
+        .expect("verify");
+    assert!(report.equal(), "verify: {:?}", report.tables);
+}
+
+#[test]
+fn odd_session_defaults_change_no_value_in_binary_and_text_copies() {
+    check(FormatChoice::Auto);
+}
+
+#[test]
+fn odd_session_defaults_change_no_value_with_copy_format_text() {
+    check(FormatChoice::Text);
+}
