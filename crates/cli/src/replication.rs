@@ -270,13 +270,33 @@ pub async fn sync_cmd(args: &SyncArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     // Only a complete copy may start replicating: one still being made (or interrupted) would
-    // miss the rows it has yet to copy.
-    let state = replicator_core::inspect_target(&target_url).await?;
-    if state == replicator_core::TargetState::Interrupted {
+    // have changes applied to rows it has yet to copy.
+    if let Some(pid) = sync::run_in_progress(&source, &names).await? {
         bail!(
-            "the copy into {} is not complete (interrupted, or still running): finish it with \
-             `init --resume`, or copy again with `sync --force`",
+            "a copy into {} is in progress (source session {pid}): it starts its replication \
+             itself when it completes",
             target_url.redacted()
+        );
+    }
+    let state = replicator_core::inspect_target(&target_url).await?;
+    if state != replicator_core::TargetState::AwaitingReplication {
+        bail!(
+            "the target {} holds no complete copy waiting for replication ({}), so replication \
+             cannot start without a gap: finish an interrupted copy with `init --resume`, or copy \
+             again and replicate with `sync --force`",
+            target_url.redacted(),
+            match state {
+                replicator_core::TargetState::Interrupted => "its copy was interrupted",
+                replicator_core::TargetState::Missing => "the database does not exist",
+                _ => "its copy is not marked complete",
+            }
+        );
+    }
+    if sync::slot_lost(&source, &names).await? {
+        bail!(
+            "the replication slot {} was invalidated (the source removed WAL it needed), so \
+             replication cannot start without a gap: run `sync --force` to copy again and replicate",
+            names.slot
         );
     }
     let (slot, publication) = sync::source_objects(&source, &names).await?;

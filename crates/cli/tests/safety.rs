@@ -91,6 +91,7 @@ fn a_table_without_replica_identity_is_copied_but_never_published() {
         "app",
         "CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (1, 'x'), (2, 'y');
          CREATE TABLE keyed (a int PRIMARY KEY, b text); INSERT INTO keyed VALUES (1, 'x');
+         CREATE TABLE defpk (a int PRIMARY KEY DEFERRABLE, b text); INSERT INTO defpk VALUES (1, 'x');
          CREATE TABLE jsonfull (a int, b text, j json);
          ALTER TABLE jsonfull REPLICA IDENTITY FULL; INSERT INTO jsonfull VALUES (1, 'x', '{}');",
     );
@@ -133,7 +134,9 @@ fn a_table_without_replica_identity_is_copied_but_never_published() {
         .find(|l| l.starts_with("warning: copied but not replicated"))
         .unwrap_or_else(|| panic!("a warning naming the tables: {all}"));
     assert!(
-        warning.contains("public.nopk") && warning.contains("public.jsonfull"),
+        warning.contains("public.nopk")
+            && warning.contains("public.jsonfull")
+            && warning.contains("public.defpk"),
         "{warning}"
     );
     assert!(all.contains("replicating:"), "{all}");
@@ -144,7 +147,7 @@ fn a_table_without_replica_identity_is_copied_but_never_published() {
         ),
         "keyed"
     );
-    for table in ["nopk", "jsonfull", "keyed"] {
+    for table in ["nopk", "jsonfull", "defpk", "keyed"] {
         let out = app_writes(&src, "app", table);
         assert!(
             out.status.success(),
@@ -161,6 +164,19 @@ fn a_table_without_replica_identity_is_copied_but_never_published() {
     wait_for("the insert to replicate", || {
         dst.psql("app", "SELECT count(*) FROM keyed") == "2"
     });
+    // A cutover that would not look at the tables left out is refused, before anything changes.
+    let out = run(&s, &t, &["cutover", "--role", "postgres", "--skip-verify"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("copied but not replicated") && text(&out).contains("public.nopk"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        src.psql("postgres", "SELECT count(*) FROM pg_db_role_setting"),
+        "0",
+        "no role was frozen"
+    );
     let out = run(&s, &t, &["sync", "--stop"]);
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -338,6 +354,10 @@ fn sigterm_mid_copy_drops_the_slot_and_keeps_what_finished_for_resume() {
         Action::Stall,
     ));
     let child = stalled_init(&src, &via(&proxy, "app"), &["--jobs", "2"]);
+    // `sync` must not start replication into a copy still being made.
+    let out = run(&src.url("app"), &via(&proxy, "app"), &["sync"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("in progress"), "{}", text(&out));
     wait_for("the other table to be in", || {
         dst.psql(
             "app",
@@ -539,4 +559,46 @@ fn a_complete_copy_whose_subscription_failed_is_kept_and_resume_starts_it() {
     );
     let out = run(&s, &t, &["sync", "--stop"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_slot_of_the_same_name_made_for_another_server_is_never_taken() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    dst.create_db("app");
+    let (s, t) = (src.url("app"), dst.url("app"));
+    let status = run(&s, &t, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let name = v["slot_name"].as_str().expect("slot name").to_owned();
+    // Another machine's "same" target (its own localhost, say) replicates from this slot.
+    src.psql(
+        "app",
+        &format!(
+            "SELECT pg_create_logical_replication_slot('{name}', 'pgoutput');
+             CREATE PUBLICATION {name} FOR TABLE t;
+             COMMENT ON PUBLICATION {name} IS
+               'postgres-seren-replicator: replication into elsewhere [target system 42]';"
+        ),
+    );
+    let out = run(&s, &t, &["status"]);
+    assert!(
+        text(&out).contains("another server (system 42)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(slots(&src), name, "status leaves it");
+    let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("already exists on the source"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(slots(&src), name, "init leaves it");
+    assert_eq!(publications(&src, "app"), name);
 }

@@ -165,7 +165,9 @@ pub async fn read(client: &Client) -> Result<Catalog> {
     // A type can travel in binary only if it (or, for arrays, its element; for domains, its
     // base) has send and receive functions. Composite and extension types without them go as
     // text. So do the reg* types: their binary form is the OID, which names another object (or
-    // none) on the target, while their text form is the object's qualified name.
+    // none) on the target, while their text form is the object's qualified name. And arrays of
+    // types made in the database (enums, domains, extension types): their binary form carries
+    // the element type's OID, which differs on the target, and not every server accepts that.
     let columns = client
         .query(
             "WITH RECURSIVE base(root, t) AS (
@@ -179,7 +181,8 @@ pub async fn read(client: &Client) -> Result<Catalog> {
                  SELECT b.root, bool_and(ty.typsend <> 0 AND ty.typreceive <> 0 AND ty.typtype <> 'c'
                      AND NOT (ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN
                        ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype',
-                        'regrole', 'regnamespace', 'regconfig', 'regdictionary', 'regcollation'))) AS ok
+                        'regrole', 'regnamespace', 'regconfig', 'regdictionary', 'regcollation'))
+                     AND NOT (ty.typelem <> 0 AND ty.typlen = -1 AND ty.typelem >= 16384)) AS ok
                  FROM base b JOIN pg_type ty ON ty.oid = b.t GROUP BY b.root)
              SELECT a.attrelid, a.attname, a.attgenerated <> '' AS generated, coalesce(ok.ok, false)
              FROM pg_attribute a LEFT JOIN ok ON ok.root = a.atttypid

@@ -91,9 +91,16 @@ async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> O
 
 /// A limit and its use (`sql` returns the setting and the count in use): passes while one is
 /// free.
-async fn capacity(c: &Client, name: &'static str, sql: &str, what: &str, fix: &str) -> Check {
+async fn capacity(
+    c: &Client,
+    name: &'static str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+    fix: &str,
+) -> Check {
     let read: Option<(i32, i64)> = c
-        .query_one(sql, &[])
+        .query_one(sql, params)
         .await
         .ok()
         .map(|r| (r.get(0), r.get(1)));
@@ -131,12 +138,15 @@ pub async fn wal_level(source: &Client) -> Check {
     }
 }
 
-/// A free replication slot on the source.
-pub async fn replication_slots(source: &Client) -> Check {
+/// A free replication slot on the source. A slot named `own` is not counted: it is this
+/// target's, and a run replaces it (or, for a complete copy, uses it).
+pub async fn replication_slots(source: &Client, own: Option<&str>) -> Check {
     capacity(
         source,
         "source.max_replication_slots",
-        "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots)",
+        "SELECT current_setting('max_replication_slots')::int, \
+                (SELECT count(*) FROM pg_replication_slots WHERE slot_name IS DISTINCT FROM $1)",
+        &[&own],
         "replication slots",
         "raise max_replication_slots (restart) or drop an unused slot",
     )
@@ -149,17 +159,21 @@ pub async fn wal_senders(source: &Client) -> Check {
         source,
         "source.max_wal_senders",
         "SELECT current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)",
+        &[],
         "WAL senders",
         "raise max_wal_senders (restart)",
     )
     .await
 }
 
-/// The source role may replicate.
+/// The source role may replicate: `REPLICATION`, superuser, or on RDS and Aurora a member of
+/// `rds_replication`.
 pub async fn replication_privilege(source: &Client) -> Check {
     let may: Option<bool> = one(
         source,
-        "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+        "SELECT rolreplication OR rolsuper OR coalesce((SELECT pg_has_role(current_user, r.oid, 'MEMBER') \
+                FROM pg_roles r WHERE r.rolname = 'rds_replication'), false) \
+         FROM pg_roles WHERE rolname = current_user",
     )
     .await;
     if may == Some(true) {
@@ -221,11 +235,16 @@ pub async fn subscription(target: &Client) -> Check {
 }
 
 /// Everything replication after the copy needs of the two servers, in the order `validate`
-/// prints them. The tables' replica identity is [`replica_identity`].
-pub async fn replication(source: &Client, target: Option<&Client>) -> Vec<Check> {
+/// prints them; `own_slot` is the slot of this target (not counted as taken). The tables'
+/// replica identity is [`replica_identity`].
+pub async fn replication(
+    source: &Client,
+    target: Option<&Client>,
+    own_slot: Option<&str>,
+) -> Vec<Check> {
     let mut out = vec![
         wal_level(source).await,
-        replication_slots(source).await,
+        replication_slots(source, own_slot).await,
         wal_senders(source).await,
         replication_privilege(source).await,
     ];
@@ -238,8 +257,8 @@ pub async fn replication(source: &Client, target: Option<&Client>) -> Vec<Check>
 /// Why logical replication cannot carry a table's UPDATE and DELETE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityGap {
-    /// No replica identity: no primary key under `DEFAULT`, `NOTHING`, or `USING INDEX` of an
-    /// index that is gone. Once the table is published, UPDATE and DELETE on it fail on the
+    /// No replica identity: no primary key under `DEFAULT` (a deferrable one does not count),
+    /// `NOTHING`, or `USING INDEX` of an index that is gone. Once the table is published, UPDATE and DELETE on it fail on the
     /// source.
     None,
     /// `REPLICA IDENTITY FULL` over a column whose type has no equality operator (`json`,
@@ -305,9 +324,11 @@ pub async fn identity_problems(
                  WHERE {scope} \
                    AND (c.relreplident = 'n' \
                         OR (c.relreplident = 'd' AND NOT EXISTS \
-                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary \
+                               AND i.indimmediate AND i.indisvalid)) \
                         OR (c.relreplident = 'i' AND NOT EXISTS \
-                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))) \
+                            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident \
+                               AND i.indimmediate AND i.indisvalid))) \
                  ORDER BY 1, 2"
             ),
             &[&s, &r],
@@ -325,7 +346,8 @@ pub async fn identity_problems(
                    WHERE {scope} AND c.relreplident = 'f'), \
                  base(relid, attname, t) AS ( \
                    SELECT a.attrelid, a.attname::text, a.atttypid FROM pg_attribute a \
-                   JOIN full_tables f ON f.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped \
+                   JOIN full_tables f ON f.oid = a.attrelid \
+                   WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
                    UNION \
                    SELECT b.relid, b.attname, CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.typelem END \
                    FROM base b JOIN pg_type ty ON ty.oid = b.t \

@@ -91,6 +91,43 @@ async fn lag(source: &Client, names: &SyncNames) -> Result<i64> {
         })
 }
 
+/// Tables the copy filled that replication does not carry (left out of the publication:
+/// unlogged, or without a usable replica identity): on both sides, not published. Their
+/// changes since the copy are not in the target.
+async fn not_replicated(
+    source: &Client,
+    target: &Client,
+    names: &SyncNames,
+) -> Result<Vec<String>> {
+    let list = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                  AND n.nspname !~ '^pg_' AND n.nspname <> '_seren_replicator'";
+    let on_target: std::collections::HashSet<String> = target
+        .query(list, &[])
+        .await
+        .map_err(|e| Error::sql(Side::Target, "list tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = source
+        .query(
+            &format!(
+                "{list} AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p \
+                 WHERE p.pubname = $1 AND p.schemaname = n.nspname AND p.tablename = c.relname) \
+                 ORDER BY 1"
+            ),
+            &[&names.publication],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "list the tables replication leaves out", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|t| on_target.contains(t))
+        .collect())
+}
+
 async fn writable_session(url: &ConnUrl, side: Side) -> Result<Client> {
     let c = connect(url, side).await?;
     // Our own statements must still write after the roles (maybe ours) are frozen.
@@ -163,6 +200,24 @@ pub async fn cutover(
         report.steps.push(s);
     };
 
+    let left_out = not_replicated(&source, &target, &names).await?;
+    if !left_out.is_empty() && !o.verify {
+        return Err(Error::Usage(format!(
+            "--skip-verify: {} are copied but not replicated, so changes made to them since the \
+             copy are not in the target; cut over with verify (it compares them), or copy them \
+             again first",
+            crate::checks::name_list(&left_out, 10)
+        )));
+    }
+    if !left_out.is_empty() {
+        step(
+            format!(
+                "not replicated, so compared by verify before detaching: {}",
+                crate::checks::name_list(&left_out, 10)
+            ),
+            &mut report,
+        );
+    }
     let now = lag(&source, &names).await?;
     if o.dry_run {
         for s in [

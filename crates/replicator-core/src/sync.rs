@@ -95,8 +95,54 @@ pub async fn replicable(
         .partition(|t| !unlogged.iter().any(|(s, n)| *s == t.schema && *n == t.name)))
 }
 
-/// Create the publication of `tables` on the source, replacing one of ours left by an earlier
-/// failed run. Its comment names the target it feeds, so that a leftover can be traced.
+/// The comment of the publication feeding `target`: the target's URL (no password) and, when
+/// known, the system identifier of the target's server, which tells two servers reached by the
+/// same name (two machines' `localhost`) apart.
+pub fn publication_comment(target: &ConnUrl, target_system: Option<&str>) -> String {
+    match target_system {
+        Some(id) => format!(
+            "{PUBLICATION_COMMENT_PREFIX}{} [target system {id}]",
+            target.redacted()
+        ),
+        None => format!("{PUBLICATION_COMMENT_PREFIX}{}", target.redacted()),
+    }
+}
+
+/// The target system identifier a publication comment records.
+fn comment_target_system(comment: &str) -> Option<&str> {
+    let at = comment.rfind("[target system ")?;
+    comment[at + "[target system ".len()..].strip_suffix(']')
+}
+
+/// Refuse when a slot or publication of `names` is still on the source: every leftover this run
+/// may take away is gone by now (the sweep, the retired subscription), so what is left belongs
+/// to a replication that is not this run's to end.
+///
+/// # Errors
+/// [`Error::Preflight`] naming it and how to drop it; [`Error::Sql`].
+pub async fn refuse_existing(source: &Client, names: &SyncNames) -> Result<()> {
+    let (slot, publication) = source_objects(source, names).await?;
+    if !slot && !publication {
+        return Ok(());
+    }
+    let what = match (slot, publication) {
+        (true, true) => format!("replication slot and publication {}", names.slot),
+        (true, false) => format!("replication slot {}", names.slot),
+        _ => format!("publication {}", names.publication),
+    };
+    Err(Error::Preflight(format!(
+        "the {what} already exists on the source and feeds a replication this run may not end \
+         (another server reached by the same name and database, or one in use); if nothing \
+         replicates from it, drop it with `postgres-seren-replicator sync --stop` and the \
+         --target it was made for, or SELECT pg_drop_replication_slot('{}') and DROP PUBLICATION \
+         {} on the source",
+        names.slot,
+        ident(&names.publication)
+    )))
+}
+
+/// Create the publication of `tables` on the source. Its comment names the target it feeds
+/// ([`publication_comment`]), so that a leftover can be traced.
 ///
 /// # Errors
 /// [`Error::Sql`].
@@ -104,21 +150,21 @@ pub async fn create_publication(
     source: &Client,
     names: &SyncNames,
     tables: &[QualName],
-    target: &ConnUrl,
+    comment: &str,
 ) -> Result<()> {
     let list: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
         .collect();
     let sql = format!(
-        "DROP PUBLICATION IF EXISTS {p}; CREATE PUBLICATION {p}{tables}; COMMENT ON PUBLICATION {p} IS {c}",
+        "CREATE PUBLICATION {p}{tables}; COMMENT ON PUBLICATION {p} IS {c}",
         p = ident(&names.publication),
         tables = if list.is_empty() {
             String::new()
         } else {
             format!(" FOR TABLE {}", list.join(", "))
         },
-        c = literal(&format!("{PUBLICATION_COMMENT_PREFIX}{}", target.redacted())),
+        c = literal(comment),
     );
     source.batch_execute(&sql).await.map_err(|e| {
         Error::sql(
@@ -130,8 +176,8 @@ pub async fn create_publication(
 }
 
 /// Create the slot on a replication connection and return the snapshot it exported (held
-/// open) with what the server answered. An inactive slot of ours left by an earlier failed run
-/// is dropped first.
+/// open) with what the server answered. A slot of the same name must not exist
+/// ([`refuse_existing`]).
 ///
 /// # Errors
 /// [`Error::Connect`] / [`Error::Sql`].
@@ -140,7 +186,7 @@ pub async fn create_slot(
     source: &Client,
     names: &SyncNames,
 ) -> Result<(Snapshot, CreatedSlot)> {
-    drop_slot(source, &names.slot).await?;
+    let _ = source;
     let mut session = ReplicationSession::connect(source_url).await?;
     let created = session.create_logical_slot(&names.slot).await?;
     tracing::info!(slot = %created.slot_name, lsn = %created.consistent_point, "replication slot created");
@@ -315,7 +361,9 @@ pub async fn source_objects(source: &Client, names: &SyncNames) -> Result<(bool,
 pub async fn slot_origin(source: &Client, names: &SyncNames) -> Result<(String, usize)> {
     let row = source
         .query_opt(
-            "SELECT confirmed_flush_lsn::text,                     (SELECT count(*) FROM pg_publication_tables WHERE pubname = $2)              FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT confirmed_flush_lsn::text, \
+                    (SELECT count(*) FROM pg_publication_tables WHERE pubname = $2) \
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&names.slot, &names.publication],
         )
         .await
@@ -331,6 +379,25 @@ pub async fn slot_origin(source: &Client, names: &SyncNames) -> Result<(String, 
         lsn.unwrap_or_default(),
         usize::try_from(row.get::<_, i64>(1)).unwrap_or(0),
     ))
+}
+
+/// Whether the slot exists but can no longer stream: invalidated because the WAL it needed
+/// was removed (`wal_status = 'lost'`, PostgreSQL 13+) or by a recovery conflict (16+). A
+/// subscription on it would never receive a change.
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn slot_lost(source: &Client, names: &SyncNames) -> Result<bool> {
+    Ok(source
+        .query_opt(
+            "SELECT coalesce(to_jsonb(s) ->> 'wal_status', '') = 'lost' \
+                    OR coalesce((to_jsonb(s) ->> 'conflicting')::bool, false) \
+             FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&names.slot],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "read the replication slot", e))?
+        .is_some_and(|r| r.get::<_, bool>(0)))
 }
 
 /// What one replication consists of, as `init` started it.
@@ -541,6 +608,8 @@ pub struct Sweep {
 
 /// What the target says about our slot.
 enum TargetSays {
+    /// The slot was made for another server reached by the same name (its publication says so).
+    Elsewhere(String),
     /// The target database does not exist.
     Missing,
     /// It holds our subscription: a replication, perhaps disconnected just now.
@@ -553,11 +622,19 @@ enum TargetSays {
     Unknown(String),
 }
 
-async fn ask_target(target_url: &ConnUrl, names: &SyncNames) -> TargetSays {
+async fn ask_target(target_url: &ConnUrl, names: &SyncNames, made_for: Option<&str>) -> TargetSays {
     let maintenance = match crate::target::connect_maintenance(target_url).await {
         Ok(m) => m,
         Err(e) => return TargetSays::Unknown(e.to_string()),
     };
+    if let (Some(was), Some(now)) = (
+        made_for,
+        crate::target::server_identifier(&maintenance).await,
+    ) {
+        if was != now {
+            return TargetSays::Elsewhere(was.to_owned());
+        }
+    }
     match crate::target::state(&maintenance, target_url).await {
         Ok(crate::target::TargetState::Missing) => return TargetSays::Missing,
         Ok(crate::target::TargetState::AwaitingReplication) => return TargetSays::Awaiting,
@@ -593,6 +670,15 @@ pub async fn sweep(
     let slots = inactive_slots(source).await?;
     let (slot_exists, publication_exists) = source_objects(source, names).await?;
     let ours = slots.iter().find(|s| s.name == names.slot);
+    let comment: Option<String> = source
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1",
+            &[&names.publication],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "read the publication", e))?
+        .and_then(|r| r.get(0));
+    let made_for = comment.as_deref().and_then(comment_target_system);
     // Our publication without its slot is a leftover too (a run killed between the two).
     if ours.is_some() || (publication_exists && !slot_exists) {
         let busy = if own_lock {
@@ -601,7 +687,7 @@ pub async fn sweep(
             run_in_progress(source, names).await?
         };
         let retained = ours.map(|s| s.retained_bytes);
-        match (busy, ask_target(target_url, names).await) {
+        match (busy, ask_target(target_url, names, made_for).await) {
             (Some(pid), _) => out.notes.push(format!(
                 "a copy into {} is in progress (source session {pid}); its replication slot {} \
                  is left alone",
@@ -609,6 +695,15 @@ pub async fn sweep(
                 names.slot
             )),
             (None, TargetSays::Subscribed) => {}
+            (None, TargetSays::Elsewhere(id)) => out.notes.push(format!(
+                "the inactive replication slot {} on the source was made for a copy into another \
+                 server (system {id}) reached as {}: left alone; once nothing replicates from it, \
+                 drop it with `sync --stop` from where that server is reached, or SELECT \
+                 pg_drop_replication_slot('{}') on the source",
+                names.slot,
+                target_url.redacted(),
+                names.slot
+            )),
             (None, TargetSays::Awaiting) => out.notes.push(format!(
                 "the replication slot {} holds the source's changes since a complete copy into {}: \
                  run `postgres-seren-replicator sync` to start replication from it, or \

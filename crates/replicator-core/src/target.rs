@@ -112,6 +112,17 @@ pub async fn state(maintenance: &Client, target: &ConnUrl) -> Result<TargetState
     })
 }
 
+/// The server's system identifier, when the role may read it.
+pub async fn server_identifier(c: &Client) -> Option<String> {
+    c.query_one(
+        "SELECT system_identifier::text FROM pg_control_system()",
+        &[],
+    )
+    .await
+    .ok()
+    .map(|r| r.get(0))
+}
+
 /// Encoding and locale to create the target database with.
 #[derive(Debug, Clone)]
 pub struct DatabaseLocale {
@@ -300,15 +311,8 @@ impl SourceIdentity {
             )
             .await
             .map_err(|e| Error::sql(Side::Source, "read the source database's identity", e))?;
-        // Only superusers and pg_monitor-like roles may call it on some servers.
-        let system_identifier = source
-            .query_one(
-                "SELECT system_identifier::text FROM pg_control_system()",
-                &[],
-            )
-            .await
-            .ok()
-            .map(|r| r.get(0));
+        // Managed servers may not let every role call pg_control_system().
+        let system_identifier = server_identifier(source).await;
         Ok(Self {
             system_identifier,
             database_oid: row.get(0),

@@ -103,7 +103,8 @@ pub async fn validate(
         .await
         .unwrap_or(0);
     // Replication settings: the same checks init's preflight refuses on.
-    out.extend(checks::replication(&src, None).await);
+    let own = crate::sync::SyncNames::for_target(target);
+    out.extend(checks::replication(&src, None, Some(&own.slot)).await);
     let keep: Option<String> = one(
         &src,
         "SELECT current_setting('max_slot_wal_keep_size', true)",

@@ -39,7 +39,7 @@ fn a_slot_snapshot_sees_exactly_what_came_before_its_consistent_point() {
             &plain,
             &names,
             &[replicator_core::QualName::new("public", "t")],
-            &target,
+            &sync::publication_comment(&target, None),
         )
         .await
         .expect("publication");
@@ -121,7 +121,7 @@ fn a_wrong_password_and_a_server_without_logical_wal_say_so() {
             .expect_err("wal_level=replica");
         assert!(err.to_string().contains("wal_level"), "{err}");
         let plain = connect(&good, Side::Source).await.expect("connect");
-        let checks = replicator_core::checks::replication(&plain, None).await;
+        let checks = replicator_core::checks::replication(&plain, None, None).await;
         assert!(
             checks
                 .iter()

@@ -155,9 +155,15 @@ enum Done {
 }
 
 /// Run the work. `tracker` gets the phase of the commands that report no progress themselves.
-async fn perform(work: Work, tracker: &Tracker) -> replicator_core::Result<Done> {
+/// When `halt` resolves, a copy stops as the engine stops one on a signal (the unit in flight
+/// rolls back, what it made and cannot use again is removed) and returns `Cancelled`.
+async fn perform(
+    work: Work,
+    tracker: &Tracker,
+    halt: impl Future<Output = ()>,
+) -> replicator_core::Result<Done> {
     match work {
-        Work::Init(opts) => replicator_core::init(opts, tracker.observer())
+        Work::Init(opts) => replicator_core::init_until(opts, tracker.observer(), halt)
             .await
             .map(Done::Copied),
         Work::Verify(opts) => {
@@ -465,7 +471,10 @@ pub async fn run(
 
     let tracker = Tracker::default();
     tracker.set_phase("starting");
-    let engine = perform(work, &tracker);
+    let (halt, halted) = tokio::sync::oneshot::channel::<()>();
+    let engine = perform(work, &tracker, async move {
+        let _ = halted.await;
+    });
     tokio::pin!(engine);
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(cfg.heartbeat_every);
@@ -485,8 +494,17 @@ pub async fn run(
             }
         }
     };
-    // The engine future is dropped here when it did not finish: its connections close and the
-    // target keeps every table finished so far.
+    // A copy that did not finish is told to stop and given time to clean up after itself (its
+    // connections close, the target keeps every table finished so far).
+    if !matches!(ended, Stop::Done(_)) {
+        let _ = halt.send(());
+        if tokio::time::timeout(Duration::from_secs(60), &mut engine)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the engine did not stop within 60 s; leaving it");
+        }
+    }
     if matches!(ended, Stop::Done(Ok(_))) {
         tracker.set_phase("done");
     }

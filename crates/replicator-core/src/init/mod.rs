@@ -174,6 +174,8 @@ pub(crate) struct Ctx {
     observer: Observer,
     report: Mutex<InitReport>,
     made: Mutex<Made>,
+    /// The target server's system identifier (recorded in the publication's comment).
+    target_system: Mutex<Option<String>>,
 }
 
 impl Ctx {
@@ -212,6 +214,11 @@ impl Ctx {
     }
 }
 
+/// The target server's system identifier, read in the preflight.
+fn pre_target_system(ctx: &Ctx) -> Option<String> {
+    lock(&ctx.target_system).clone()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -246,6 +253,7 @@ pub async fn init_until(
         observer,
         report: Mutex::new(InitReport::default()),
         made: Mutex::new(Made::default()),
+        target_system: Mutex::new(None),
     });
     // Leaving the select drops the losing branch: every session of the run closes.
     let outcome = tokio::select! {
@@ -299,8 +307,18 @@ async fn run_all(ctx: &Arc<Ctx>, names: &SyncNames) -> Result<()> {
 /// moved holds only what a rerun makes again in seconds. Best effort: what cannot be done is
 /// said in a warning with the command that does it.
 async fn clean_up(ctx: &Ctx, names: &SyncNames) {
-    let made = *lock(&ctx.made);
+    let mut made = *lock(&ctx.made);
     let o = &ctx.opts;
+    // What committed decides, not what this process saw: a psql killed with the run may have
+    // committed the pre-data, and a lost reply may hide that the copy was recorded complete.
+    if made.bookkeeping || made.database || o.resume {
+        if let Ok(t) = connect(&o.target, Side::Target).await {
+            if let Ok((_, steps)) = target::load_bookkeeping(&t).await {
+                made.pre_data |= steps.iter().any(|s| s == "pre-data");
+                made.complete |= steps.iter().any(|s| s == target::COMPLETE_STEP);
+            }
+        }
+    }
     if made.replication && !made.complete {
         match sync::abandon(&o.source, &o.target, names).await {
             Ok(dropped) if !dropped.is_empty() => ctx.warn(format!(
@@ -316,7 +334,7 @@ async fn clean_up(ctx: &Ctx, names: &SyncNames) {
             )),
         }
     }
-    if made.rows || o.resume {
+    if made.rows || made.complete || o.resume {
         return;
     }
     if made.database {
@@ -363,12 +381,16 @@ async fn retire_old_replication(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -
     if pre.create_with.is_none() || pre.state == TargetState::Missing {
         return Ok(());
     }
+    let mut subscribed = false;
     if let Ok(old) = connect(&o.target, Side::Target).await {
         if sync::drop_subscription(&old, names).await? {
             tracing::info!(subscription = %names.subscription, "dropped the replaced target's subscription");
+            subscribed = true;
         }
     }
-    if !pre.sync {
+    // The replaced copy's slot and publication were its own (its subscription used them); a
+    // new slot of the same name is made below when sync follows.
+    if subscribed || !pre.sync {
         let source = connect(&o.source, Side::Source).await?;
         sync::drop_source_objects(&source, names).await?;
     }
@@ -418,7 +440,16 @@ async fn finish_complete_copy(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -> 
     let o = &ctx.opts;
     let source = connect(&o.source, Side::Source).await?;
     let (slot, publication) = sync::source_objects(&source, names).await?;
-    if pre.sync && slot && publication {
+    let lost = slot && sync::slot_lost(&source, names).await?;
+    if lost {
+        ctx.warn(format!(
+            "the copy is complete, but its replication slot {} was invalidated (the source \
+             removed WAL it needed, see max_slot_wal_keep_size), so replication cannot start \
+             without a gap: `postgres-seren-replicator sync --force` copies again and replicates",
+            names.slot
+        ));
+    }
+    if pre.sync && slot && publication && !lost {
         let (point, published) = sync::slot_origin(&source, names).await?;
         let report = ctx
             .phase(
@@ -429,7 +460,7 @@ async fn finish_complete_copy(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -> 
         lock(&ctx.report).sync = Some(report);
         return Ok(());
     }
-    if o.sync != SyncMode::Off && !slot {
+    if o.sync != SyncMode::Off && !slot && !lost {
         ctx.warn(format!(
             "the copy is complete, but its replication slot {} is gone, so replication cannot \
              start without a gap: `postgres-seren-replicator sync --force` copies again and \
@@ -533,10 +564,67 @@ async fn snapshot_with_slot(
         .into_iter()
         .chain(gaps.into_iter().map(|g| g.table))
         .collect();
+    warn_money_locale(ctx, &plain, &tables).await?;
+    // Anything of this name still there belongs to a replication this run may not end.
+    sync::refuse_existing(&plain, names).await?;
     ctx.made(|m| m.replication = true);
-    sync::create_publication(&plain, names, &tables, &o.target).await?;
+    let comment = sync::publication_comment(&o.target, pre_target_system(ctx).as_deref());
+    sync::create_publication(&plain, names, &tables, &comment).await?;
     let (snapshot, created) = sync::create_slot(&o.source, &plain, names).await?;
     Ok((snapshot, created, Published { tables, left_out }))
+}
+
+/// Replication carries values as text rendered by the source's WAL sender, which does not pin
+/// `lc_monetary` as this tool's sessions do: a `money` column is read back right only when the
+/// target reads it in the same locale. Warn when the two defaults differ.
+async fn warn_money_locale(
+    ctx: &Ctx,
+    source: &tokio_postgres::Client,
+    tables: &[QualName],
+) -> Result<()> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) = tables
+        .iter()
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .unzip();
+    let with_money: Vec<String> = source
+        .query(
+            "SELECT DISTINCT format('%I.%I', n.nspname, c.relname) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE a.atttypid = 'money'::regtype AND a.attnum > 0 AND NOT a.attisdropped \
+               AND (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+             ORDER BY 1",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "look for money columns", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if with_money.is_empty() {
+        return Ok(());
+    }
+    let default = "SELECT reset_val FROM pg_settings WHERE name = 'lc_monetary'";
+    let theirs: String = source
+        .query_one(default, &[])
+        .await
+        .map_err(|e| Error::sql(Side::Source, "read lc_monetary", e))?
+        .get(0);
+    let maintenance = target::connect_maintenance(&ctx.opts.target).await?;
+    let ours: String = maintenance
+        .query_one(default, &[])
+        .await
+        .map_err(|e| Error::sql(Side::Target, "read lc_monetary", e))?
+        .get(0);
+    if theirs != ours {
+        ctx.warn(format!(
+            "{} have money columns, and the source renders money in lc_monetary {theirs} while \
+             the target reads it in {ours}: replicated changes to them would arrive wrong or stop \
+             the subscription; set lc_monetary = '{theirs}' on the target database (ALTER DATABASE \
+             … SET lc_monetary) before writes start, or use numeric",
+            checks::name_list(&with_money, 5)
+        ));
+    }
+    Ok(())
 }
 
 async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap> {

@@ -174,6 +174,10 @@ pub(crate) struct Pair {
     source: Client,
     target: Client,
     target_setup: String,
+    /// The target session's backend (pid, start time): after a lost connection it may live on
+    /// (a half-open socket lasts until the server's keepalive gives up, hours by default),
+    /// holding the locks of its unfinished transaction, which the retry would wait behind.
+    target_backend: (i32, String),
 }
 
 /// What a unit's attempt did.
@@ -194,22 +198,61 @@ impl Pair {
             post.preamble,
             crate::sql::literal(&ctx.opts.maintenance_work_mem)
         );
-        let p = Pair {
+        let mut p = Pair {
             id,
             source,
             target,
             target_setup,
+            target_backend: (0, String::new()),
         };
         p.setup(snapshot).await?;
         Ok(p)
     }
 
-    async fn setup(&self, snapshot: &str) -> Result<()> {
+    async fn setup(&mut self, snapshot: &str) -> Result<()> {
         snapshot::import(&self.source, snapshot).await?;
         self.target
             .batch_execute(&self.target_setup)
             .await
-            .map_err(|e| Error::sql(Side::Target, "set up a session", e))
+            .map_err(|e| Error::sql(Side::Target, "set up a session", e))?;
+        let row = self
+            .target
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Target, "set up a session", e))?;
+        self.target_backend = (row.get(0), row.get(1));
+        Ok(())
+    }
+
+    /// End the previous target session's backend if it is still there (the same pid and start
+    /// time, so never another session that reused the pid), and wait until it is gone: its
+    /// transaction then has committed or rolled back, and the retry's claim sees which.
+    async fn end_previous_backend(&self, previous: &(i32, String)) -> Result<()> {
+        let fail = |e| Error::sql(Side::Target, "end the lost session", e);
+        let (pid, started) = previous;
+        for _ in 0..600 {
+            let alive = self
+                .target
+                .query_opt(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid = $1 AND backend_start::text = $2",
+                    &[pid, started],
+                )
+                .await
+                .map_err(fail)?
+                .is_some();
+            if !alive {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Preflight(format!(
+            "the target session {pid} of a lost connection does not end: end it with SELECT \
+             pg_terminate_backend({pid}) on the target and run again with --resume"
+        )))
     }
 
     async fn reconnect(&mut self, ctx: &Ctx, snapshot: &Snapshot) -> Result<()> {
@@ -222,7 +265,9 @@ impl Pair {
             ));
         }
         (self.source, self.target) = connect_pair(ctx).await?;
-        self.setup(snapshot.name()).await
+        let previous = self.target_backend.clone();
+        self.setup(snapshot.name()).await?;
+        self.end_previous_backend(&previous).await
     }
 
     async fn run_unit(

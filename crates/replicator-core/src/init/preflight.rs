@@ -62,6 +62,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     refuse(checks::target_version(source_major, target_major))?;
     refuse(checks::distinct(&source, &maintenance, &o.source, &o.target).await)?;
     let tools = schema::find_tools(o.pg_bindir.as_deref(), source_major).await?;
+    *super::lock(&ctx.target_system) = target::server_identifier(&maintenance).await;
 
     // From here on this run owns the target's name on the source: another run into the same
     // target is refused, and no sweep takes this run's slot for a leftover.
@@ -139,7 +140,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     } else {
         None
     };
-    let sync = decide_sync(ctx, &source, &maintenance, resumed, complete).await?;
+    let sync = decide_sync(ctx, &source, &maintenance, names, resumed, complete).await?;
     Ok(Preflight {
         tools,
         source_major,
@@ -192,6 +193,7 @@ async fn decide_sync(
     ctx: &Ctx,
     source: &Client,
     maintenance: &Client,
+    names: &SyncNames,
     resumed: bool,
     complete: bool,
 ) -> Result<bool> {
@@ -200,12 +202,13 @@ async fn decide_sync(
     if mode == SyncMode::Off {
         return Ok(false);
     }
-    let mut problems: Vec<String> = checks::replication(source, Some(maintenance))
-        .await
-        .iter()
-        .filter(|c| c.failed())
-        .map(Check::problem)
-        .collect();
+    let mut problems: Vec<String> =
+        checks::replication(source, Some(maintenance), Some(&names.slot))
+            .await
+            .iter()
+            .filter(|c| c.failed())
+            .map(Check::problem)
+            .collect();
     if resumed && !complete {
         problems.push(
             "--resume finishes a copy made from an older snapshot, so replication could not \
@@ -239,6 +242,13 @@ async fn decide_sync(
     }
     match (problems.is_empty(), mode) {
         (true, _) => Ok(true),
+        // A complete copy's slot is worth keeping: only an explicit --no-sync gives it up.
+        (false, SyncMode::Auto) if complete => Err(Error::Preflight(format!(
+            "the copy is complete, but its replication cannot start now: {}; fix that and run \
+             --resume again (the slot keeps the source's changes meanwhile), or pass --no-sync \
+             to finish the copy without replication, which drops the slot",
+            problems.join("; ")
+        ))),
         (false, SyncMode::Required) => Err(Error::Preflight(format!(
             "--sync: replication cannot follow this copy: {}",
             problems.join("; ")
