@@ -49,10 +49,10 @@ ensure_moto() {
     .venv-moto/bin/pip install -q 'moto[server]>=5,<6'
 }
 
-# The folder holding pagila/ (SEREN_DATASETS, else ../shared/datasets); exits saying so when
+# The folder holding pagila/ (SEREN_DATASETS, else the repository's datasets/); exits saying so when
 # pagila is not there.
 datasets_dir() {
-    local d=${SEREN_DATASETS:-../shared/datasets}
+    local d=${SEREN_DATASETS:-$PWD/datasets}
     if [ ! -f "$d/pagila/pagila-schema.sql" ]; then
         echo "pagila not found under $d: set SEREN_DATASETS to the folder holding pagila/" >&2
         exit 1

@@ -614,7 +614,8 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// The shared sample datasets (`../shared/datasets` next to the checkout), when present.
+/// The sample datasets: `SEREN_DATASETS`, else the repository's `datasets/` (pagila, with its
+/// licence).
 pub fn datasets_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("SEREN_DATASETS") {
         return Some(PathBuf::from(dir));
@@ -631,7 +632,7 @@ pub fn datasets_dir() -> Option<PathBuf> {
     .collect();
     for start in &starts {
         for a in start.ancestors() {
-            for candidate in [a.join("shared").join("datasets"), a.join("datasets")] {
+            for candidate in [a.join("datasets")] {
                 if candidate.join("pagila").exists() {
                     return Some(candidate);
                 }
