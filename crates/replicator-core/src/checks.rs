@@ -85,6 +85,16 @@ impl Check {
     }
 }
 
+/// A check whose catalog query failed: a warning saying so (never a pass).
+fn unreadable(name: &'static str, what: &str, e: &tokio_postgres::Error) -> Check {
+    Check::new(
+        name,
+        Verdict::Warn,
+        format!("could not read {what}: {}", crate::error::pg_message(e)),
+        "",
+    )
+}
+
 async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> Option<T> {
     c.query_one(sql, &[]).await.ok().map(|r| r.get(0))
 }
@@ -201,17 +211,7 @@ pub async fn subscription(target: &Client) -> Check {
         .await;
     let row = match row {
         Ok(r) => r,
-        Err(e) => {
-            return Check::new(
-                "target.subscription",
-                Verdict::Warn,
-                format!(
-                    "could not check subscription privileges: {}",
-                    crate::error::pg_message(&e)
-                ),
-                "",
-            )
-        }
+        Err(e) => return unreadable("target.subscription", "subscription privileges", &e),
     };
     let mut problems = Vec::new();
     if !row.get::<_, bool>(0) {
@@ -680,17 +680,7 @@ pub async fn tablespaces(source: &Client, target: &Client) -> Check {
         .map(|rows| rows.iter().map(|r| r.get(0)).collect());
     let used = match used {
         Ok(u) => u,
-        Err(e) => {
-            return Check::new(
-                "target.tablespaces",
-                Verdict::Warn,
-                format!(
-                    "could not list tablespaces: {}",
-                    crate::error::pg_message(&e)
-                ),
-                "",
-            )
-        }
+        Err(e) => return unreadable("target.tablespaces", "tablespaces", &e),
     };
     let present: BTreeSet<String> = match target
         .query(
@@ -700,17 +690,7 @@ pub async fn tablespaces(source: &Client, target: &Client) -> Check {
         .await
     {
         Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-        Err(e) => {
-            return Check::new(
-                "target.tablespaces",
-                Verdict::Warn,
-                format!(
-                    "could not list tablespaces: {}",
-                    crate::error::pg_message(&e)
-                ),
-                "",
-            )
-        }
+        Err(e) => return unreadable("target.tablespaces", "tablespaces", &e),
     };
     let missing: Vec<String> = used.into_iter().filter(|t| !present.contains(t)).collect();
     if missing.is_empty() {

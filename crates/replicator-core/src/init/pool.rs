@@ -141,6 +141,17 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     base.mul_f64(0.75 + f64::from(nanos % 1000) / 2000.0)
 }
 
+/// Say that `what` failed with `error` and will be tried again (attempt `attempt`), then wait.
+async fn retry_after(ctx: &Ctx, what: &str, attempt: u32, error: &Error) {
+    ctx.emit(Event::Retrying {
+        what: what.to_owned(),
+        attempt,
+        error: error.to_string(),
+    });
+    tracing::warn!(what, attempt, error = %error, "retrying");
+    tokio::time::sleep(backoff(attempt)).await;
+}
+
 /// Run `work` (which opens its own sessions) until it succeeds, a non-retryable error comes,
 /// or `ctx.opts.retries` retries are spent. `work` must be idempotent: every step it records
 /// claims its record first.
@@ -155,13 +166,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
                 attempt += 1;
-                ctx.emit(Event::Retrying {
-                    what: what.to_owned(),
-                    attempt,
-                    error: e.to_string(),
-                });
-                tracing::warn!(what, attempt, error = %e, "retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                retry_after(ctx, what, attempt, &e).await;
             }
             Err(e) => return Err(e),
         }
@@ -549,13 +554,7 @@ async fn run_task(
             }
             Err(e) if e.is_retryable() && attempt < ctx.opts.retries => {
                 attempt += 1;
-                ctx.emit(Event::Retrying {
-                    what: label.clone(),
-                    attempt,
-                    error: e.to_string(),
-                });
-                tracing::warn!(unit = %label, attempt, error = %e, "retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                retry_after(ctx, &label, attempt, &e).await;
             }
             Err(e) => return Err(e),
         }
