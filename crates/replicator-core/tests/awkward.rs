@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use pg_harness::{Cluster, Options};
 use replicator_core::Event;
@@ -15,14 +13,7 @@ use replicator_core::Event;
 fn awkward_source() -> Cluster {
     let src = Cluster::start(&Options::source());
     src.create_db("awkward");
-    src.psql_file(
-        "awkward",
-        &Path::new(
-            &std::env::var("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
-        )
-        .join("tests/fixtures/awkward.sql"),
-    );
+    load_awkward(&src, "awkward");
     src
 }
 

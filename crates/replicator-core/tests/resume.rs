@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -16,14 +15,7 @@ use replicator_core::{Error, Event, Observer};
 fn interrupted_run_resumes_without_duplicates_or_losses() {
     let src = Cluster::start(&Options::source());
     src.create_db("awkward");
-    src.psql_file(
-        "awkward",
-        &Path::new(
-            &std::env::var("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned()),
-        )
-        .join("tests/fixtures/awkward.sql"),
-    );
+    load_awkward(&src, "awkward");
     let dst = Cluster::start(&Options::target());
     dst.psql("postgres", "CREATE ROLE reader_role_for_test NOLOGIN");
 

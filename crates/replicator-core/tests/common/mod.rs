@@ -148,3 +148,11 @@ pub fn assert_same(src: &Cluster, src_db: &str, dst: &Cluster, dst_db: &str) {
         "large objects differ"
     );
 }
+
+/// Load the awkward-case schema (`fixtures/awkward.sql`, and `fixtures/awkward-15.sql` for what
+/// needs PostgreSQL 15) into `db`.
+pub fn load_awkward(c: &Cluster, db: &str) {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    c.psql_file(db, &fixtures.join("awkward.sql"));
+    c.psql_file(db, &fixtures.join("awkward-15.sql"));
+}
