@@ -440,6 +440,27 @@ pub async fn replica_identity(source: &Client, only: Option<&[QualName]>) -> Che
     }
 }
 
+/// The oldest source major this tool copies: every catalog query it runs, and the matrix it is
+/// tested on (docs/compatibility.md), start at PostgreSQL 12.
+pub const OLDEST_SOURCE: u32 = 12;
+
+/// The source is a version this tool supports (0, unknown, passes: another check fails first).
+pub fn source_version(source_major: u32) -> Check {
+    if source_major == 0 || source_major >= OLDEST_SOURCE {
+        Check::pass("source.version", format!("PostgreSQL {source_major}"))
+    } else {
+        Check::new(
+            "source.version",
+            Verdict::Fail,
+            format!(
+                "the source server runs PostgreSQL {source_major}; this tool copies from \
+                 PostgreSQL {OLDEST_SOURCE} and newer"
+            ),
+            "upgrade the source in place first (pg_upgrade), or copy it with pg_dump and pg_restore",
+        )
+    }
+}
+
 /// The target server's major version is at least the source's.
 pub fn target_version(source_major: u32, target_major: u32) -> Check {
     if target_major >= source_major {
@@ -812,6 +833,21 @@ pub fn refusal(checks: &[Check]) -> Option<Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_before_12_are_refused_and_older_targets_too() {
+        for major in [9, 10, 11] {
+            let c = source_version(major);
+            assert_eq!(c.verdict, Verdict::Fail, "{major}");
+            assert!(c.detail.contains("PostgreSQL 12 and newer"), "{}", c.detail);
+        }
+        for major in [12, 15, 18] {
+            assert_eq!(source_version(major).verdict, Verdict::Pass, "{major}");
+        }
+        assert_eq!(target_version(12, 18).verdict, Verdict::Pass);
+        assert_eq!(target_version(17, 17).verdict, Verdict::Pass);
+        assert_eq!(target_version(18, 15).verdict, Verdict::Fail);
+    }
 
     #[test]
     fn a_failed_check_reads_as_one_clause_with_its_fix() {

@@ -35,6 +35,8 @@ pub struct ReplicationSession {
     stream: Box<dyn Stream>,
     buf: BytesMut,
     url: String,
+    /// The server's major version, from the `server_version` it reports at startup.
+    major: u32,
 }
 
 impl std::fmt::Debug for ReplicationSession {
@@ -54,6 +56,27 @@ pub struct CreatedSlot {
     pub consistent_point: String,
     /// The exported snapshot, valid while the session stays open and idle.
     pub snapshot_name: String,
+}
+
+/// The major version in a `server_version` string (`15.18 (Debian 15.18-0+deb12u1)` → 15,
+/// `18beta1` → 18).
+fn major_of(version: &str) -> Option<u32> {
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// `CREATE_REPLICATION_SLOT` for a logical `pgoutput` slot that exports its snapshot, spelled
+/// for a server of major version `major`: the parenthesised option list exists from
+/// PostgreSQL 15 on; 10 to 14 know only the keyword form, which 15 and later still accept but
+/// document as deprecated. An unknown version (0) gets the keyword form, which every server
+/// with logical replication understands.
+pub fn create_slot_command(slot: &str, major: u32) -> String {
+    let name = crate::sql::ident(slot);
+    if major >= 15 {
+        format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput (SNAPSHOT 'export')")
+    } else {
+        format!("CREATE_REPLICATION_SLOT {name} LOGICAL pgoutput EXPORT_SNAPSHOT")
+    }
 }
 
 /// A server's `ErrorResponse`, as one line.
@@ -129,6 +152,7 @@ impl ReplicationSession {
             stream,
             buf: BytesMut::with_capacity(8192),
             url: url.redacted(),
+            major: 0,
         };
         session.startup(url).await?;
         Ok(session)
@@ -297,9 +321,12 @@ impl ReplicationSession {
                     return Err((message, retryable));
                 }
                 Message::ReadyForQuery(_) => return Ok(()),
-                Message::ParameterStatus(_)
-                | Message::BackendKeyData(_)
-                | Message::NoticeResponse(_) => {}
+                Message::ParameterStatus(body) => {
+                    if body.name().ok() == Some("server_version") {
+                        self.major = body.value().ok().and_then(major_of).unwrap_or(0);
+                    }
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
                 _ => {
                     return Err((
                         "unsupported authentication method (use password, md5 or scram-sha-256)"
@@ -358,17 +385,19 @@ impl ReplicationSession {
         }
     }
 
-    /// `CREATE_REPLICATION_SLOT name LOGICAL pgoutput (SNAPSHOT 'export')`: a permanent slot
-    /// whose changes start exactly where the exported snapshot ends.
+    /// The server's major version (0 when it did not say).
+    pub fn major(&self) -> u32 {
+        self.major
+    }
+
+    /// Create a permanent logical slot for `pgoutput` whose changes start exactly where the
+    /// snapshot it exports ends ([`create_slot_command`] spells the command for the server).
     ///
     /// # Errors
     /// [`Error::Sql`] (slot exists, no free slot, no privilege, `wal_level` too low).
     pub async fn create_logical_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
         let rows = self
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                crate::sql::ident(slot)
-            ))
+            .simple_query(&create_slot_command(slot, self.major))
             .await
             .map_err(|e| match e {
                 Error::Sql { message, code, .. } => Error::Sql {
@@ -441,5 +470,41 @@ impl HeldSession {
 impl Drop for HeldSession {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_major_version_is_read_from_any_server_version_string() {
+        assert_eq!(major_of("15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(major_of("12.22"), Some(12));
+        assert_eq!(major_of("18beta1"), Some(18));
+        assert_eq!(major_of("18.6"), Some(18));
+        assert_eq!(major_of("devel"), None);
+    }
+
+    #[test]
+    fn servers_before_15_get_the_keyword_form_of_create_replication_slot() {
+        for major in [10, 12, 13, 14, 0] {
+            assert_eq!(
+                create_slot_command("seren_a", major),
+                "CREATE_REPLICATION_SLOT \"seren_a\" LOGICAL pgoutput EXPORT_SNAPSHOT",
+                "major {major}"
+            );
+        }
+        for major in [15, 16, 17, 18] {
+            assert_eq!(
+                create_slot_command("seren_a", major),
+                "CREATE_REPLICATION_SLOT \"seren_a\" LOGICAL pgoutput (SNAPSHOT 'export')",
+                "major {major}"
+            );
+        }
+        assert_eq!(
+            create_slot_command("Odd \"name\"", 14),
+            "CREATE_REPLICATION_SLOT \"Odd \"\"name\"\"\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
     }
 }

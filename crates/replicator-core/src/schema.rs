@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::conninfo::{ConnUrl, LIBPQ_VARS};
@@ -33,12 +33,9 @@ fn candidate_dirs(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(dir) = explicit {
         return vec![dir.to_path_buf()];
     }
-    let mut dirs = Vec::new();
-    for pattern_root in [
-        "/usr/lib/postgresql",
-        "/usr/local/pgsql",
-        "/opt/homebrew/opt",
-    ] {
+    // A source build's default prefix, then the packagers' directories of one major each.
+    let mut dirs = vec![PathBuf::from("/usr/local/pgsql/bin")];
+    for pattern_root in ["/usr/lib/postgresql", "/opt/homebrew/opt", "/usr/local/opt"] {
         if let Ok(entries) = std::fs::read_dir(pattern_root) {
             for e in entries.flatten() {
                 dirs.push(e.path().join("bin"));
@@ -63,6 +60,15 @@ pub fn parse_tool_major(line: &str) -> Option<u32> {
     let after = line.split(')').nth(1)?.trim();
     let number: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
     number.parse().ok()
+}
+
+/// How to install the client tools of `major` on the common platforms.
+fn install_hint(major: u32) -> String {
+    format!(
+        "Debian/Ubuntu: apt-get install postgresql-client-{major} from apt.postgresql.org; \
+         RHEL: dnf install postgresql{major} from the PGDG repository; macOS: brew install \
+         postgresql@{major}"
+    )
 }
 
 /// Find the newest `pg_dump` and `psql` pair; refuse when it is older than `source_major`.
@@ -92,22 +98,28 @@ pub async fn find_tools(explicit: Option<&Path>, source_major: u32) -> Result<To
     }
     let where_ = explicit
         .map(|d| format!(" in {}", d.display()))
-        .unwrap_or_else(|| " on PATH or in /usr/lib/postgresql/*/bin".into());
+        .unwrap_or_else(|| {
+            " on PATH or in /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, /usr/local/pgsql/bin or \
+                 Homebrew's opt/*/bin"
+                .into()
+        });
     match best {
         None => Err(Error::Tool {
             tool: "pg_dump".into(),
             message: format!(
-                "not found{where_}; install the PostgreSQL client tools (Debian/Ubuntu: apt-get \
-                 install postgresql-client-{source_major}) or pass --pg-bindir"
+                "not found{where_}; install the PostgreSQL {source_major} client tools or newer \
+                 ({}) or pass --pg-bindir",
+                install_hint(source_major)
             ),
         }),
         Some(t) if t.major < source_major => Err(Error::Tool {
             tool: "pg_dump".into(),
             message: format!(
                 "version {} ({}) is older than the source server ({source_major}); install \
-                 postgresql-client-{source_major} or newer, or pass --pg-bindir",
+                 the PostgreSQL {source_major} client tools or newer ({}), or pass --pg-bindir",
                 t.major,
-                t.pg_dump.display()
+                t.pg_dump.display(),
+                install_hint(source_major)
             ),
         }),
         Some(t) => Ok(t),
@@ -123,6 +135,24 @@ pub struct DumpOptions {
     pub no_owner: bool,
     /// Do not restore privileges (`--no-privileges`).
     pub no_privileges: bool,
+    /// The target server's major version (0: unknown), for what a newer `pg_dump` writes that
+    /// an older server refuses ([`for_older_server`]).
+    pub target_major: u32,
+}
+
+/// Settings a `pg_dump` newer than the target writes in its script's fixed header, each with
+/// the first major version that knows it: on an older server the `SET` fails and, under
+/// `ON_ERROR_STOP`, so would the restore. Left out there, they change nothing: they only turn
+/// off timeouts that such a server does not have.
+const HEADER_SETTINGS: &[(&str, u32)] = &[("SET transaction_timeout = 0;", 17)];
+
+/// Whether `line`, of a dump's fixed header (before its first entry), is to be left out for
+/// a target of major version `target_major`.
+pub fn for_older_server(line: &str, target_major: u32) -> bool {
+    target_major > 0
+        && HEADER_SETTINGS
+            .iter()
+            .any(|(setting, since)| line.trim_end() == *setting && target_major < *since)
 }
 
 fn literal_pattern(q: &QualName) -> String {
@@ -242,7 +272,25 @@ pub async fn restore_pre_data(
         let input = psql_in.as_mut().ok_or_else(|| pipe_error("psql"))?;
         let output = dump_out.as_mut().ok_or_else(|| pipe_error("pg_dump"))?;
         input.write_all(b"BEGIN;\n").await?;
-        tokio::io::copy(output, input).await?;
+        // The fixed header, up to the first entry, line by line (to leave out what the target
+        // is too old for); then the rest as it comes.
+        // Bytes, not text: a dump of a SQL_ASCII database need not be UTF-8.
+        let mut reader = tokio::io::BufReader::new(output);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).await? == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if !for_older_server(&text, opts.target_major) {
+                input.write_all(&line).await?;
+            }
+            if text.starts_with("-- Name: ") {
+                break;
+            }
+        }
+        tokio::io::copy(&mut reader, input).await?;
         Ok::<_, std::io::Error>(())
     };
     let forwarded = forward.await;
@@ -318,7 +366,16 @@ pub async fn dump_post_data(
             message: stderr_summary(&out.stderr),
         });
     }
-    Ok(parse_dump(&String::from_utf8_lossy(&out.stdout)))
+    let mut parsed = parse_dump(&String::from_utf8_lossy(&out.stdout));
+    // The preamble sets up every session that runs an item: the same header lines as the
+    // pre-data restore leaves out for an older target.
+    parsed.preamble = parsed
+        .preamble
+        .lines()
+        .filter(|l| !for_older_server(l, opts.target_major))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(parsed)
 }
 
 /// One archive entry of a plain-format dump.
@@ -505,6 +562,21 @@ ALTER TABLE ONLY public.film
         );
         assert_eq!(parse_tool_major("pg_dump (PostgreSQL) 17beta1"), Some(17));
         assert_eq!(parse_tool_major("garbage"), None);
+    }
+
+    #[test]
+    fn a_newer_dump_header_loses_only_the_settings_an_older_target_lacks() {
+        let line = "SET transaction_timeout = 0;\n";
+        assert!(for_older_server(line, 16));
+        assert!(for_older_server(line, 12));
+        assert!(!for_older_server(line, 17));
+        assert!(!for_older_server(line, 18));
+        assert!(
+            !for_older_server(line, 0),
+            "an unknown target keeps everything"
+        );
+        assert!(!for_older_server("SET statement_timeout = 0;\n", 12));
+        assert!(!for_older_server("SET transaction_timeout = 5;\n", 12));
     }
 
     #[test]

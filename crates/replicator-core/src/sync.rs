@@ -152,9 +152,12 @@ pub async fn create_publication(
     tables: &[QualName],
     comment: &str,
 ) -> Result<()> {
+    // ONLY: without it a table's inheritance children join the publication too, and a child
+    // left out for want of a replica identity would then refuse the application's UPDATE and
+    // DELETE (through the parent as well as on itself).
     let list: Vec<String> = tables
         .iter()
-        .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
+        .map(|t| format!("ONLY {}.{}", ident(&t.schema), ident(&t.name)))
         .collect();
     let sql = format!(
         "CREATE PUBLICATION {p}{tables}; COMMENT ON PUBLICATION {p} IS {c}",

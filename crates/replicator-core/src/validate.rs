@@ -102,6 +102,7 @@ pub async fn validate(
     let source_major = catalog::major_version(&src, Side::Source)
         .await
         .unwrap_or(0);
+    out.push(checks::source_version(source_major));
     // Replication settings: the same checks init's preflight refuses on.
     let own = crate::sync::SyncNames::for_target(target);
     out.extend(checks::replication(&src, None, Some(&own.slot)).await);

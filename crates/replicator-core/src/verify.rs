@@ -196,38 +196,75 @@ type Bound = Option<Vec<String>>;
 struct Key {
     columns: Vec<String>,
     types: Vec<String>,
+    /// Per column, how ranges order and compare it: the column, or the column `COLLATE "C"`
+    /// when it is text-like and either side would not order it byte by byte. Both servers must
+    /// cut and order ranges alike, and their collations need not agree: another glibc or ICU
+    /// version (the usual case when a major-version upgrade moves to a newer system), or
+    /// another locale, sorts text differently.
+    exprs: Vec<String>,
 }
 
-async fn primary_key(c: &Client, t: &QualName, side: Side) -> Result<Option<Key>> {
+/// One primary key column on one server.
+struct KeyColumn {
+    name: String,
+    ty: String,
+    /// The type takes a collation.
+    collatable: bool,
+    /// The server orders it byte by byte: the libc "C" or "POSIX" collation.
+    bytewise: bool,
+}
+
+/// The primary key of `t` on `side`.
+async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColumn>> {
     let rows = c
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
-             FROM pg_index i \
-             JOIN pg_class r ON r.oid = i.indrelid \
-             JOIN pg_namespace n ON n.oid = r.relnamespace \
-             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-             JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = k.attnum \
-             WHERE i.indisprimary AND n.nspname = $1 AND r.relname = $2 \
-             ORDER BY k.ord",
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attcollation <> 0,                     coalesce(CASE WHEN a.attcollation = 100                       THEN d.datcollate IN ('C', 'POSIX')                            AND coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'                       ELSE co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX') END, false)              FROM pg_index i              JOIN pg_class r ON r.oid = i.indrelid              JOIN pg_namespace n ON n.oid = r.relnamespace              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)              JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = k.attnum              LEFT JOIN pg_collation co ON co.oid = a.attcollation              JOIN pg_database d ON d.datname = current_database()              WHERE i.indisprimary AND n.nspname = $1 AND r.relname = $2              ORDER BY k.ord",
             &[&t.schema, &t.name],
         )
         .await
         .map_err(|e| Error::sql(side, format!("read the primary key of {t}"), e))?;
-    if rows.is_empty() {
+    Ok(rows
+        .iter()
+        .map(|r| KeyColumn {
+            name: r.get(0),
+            ty: r.get(1),
+            collatable: r.get(2),
+            bytewise: r.get(3),
+        })
+        .collect())
+}
+
+/// The source's primary key of `t`, ordered so that both sides agree ([`Key::exprs`]).
+async fn primary_key(source: &Client, target: &Client, t: &QualName) -> Result<Option<Key>> {
+    let (on_source, on_target) = tokio::try_join!(
+        key_columns(source, t, Side::Source),
+        key_columns(target, t, Side::Target)
+    )?;
+    if on_source.is_empty() {
         return Ok(None);
     }
+    let exprs = on_source
+        .iter()
+        .map(|col| {
+            let bytewise_there = on_target
+                .iter()
+                .any(|other| other.name == col.name && other.bytewise);
+            if col.collatable && !(col.bytewise && bytewise_there) {
+                format!("t.{} COLLATE \"C\"", ident(&col.name))
+            } else {
+                format!("t.{}", ident(&col.name))
+            }
+        })
+        .collect();
     Ok(Some(Key {
-        columns: rows.iter().map(|r| r.get(0)).collect(),
-        types: rows.iter().map(|r| r.get(1)).collect(),
+        columns: on_source.iter().map(|c| c.name.clone()).collect(),
+        types: on_source.iter().map(|c| c.ty.clone()).collect(),
+        exprs,
     }))
 }
 
 fn key_list(key: &Key) -> String {
-    key.columns
-        .iter()
-        .map(|c| format!("t.{}", ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    key.exprs.join(", ")
 }
 
 fn key_tuple(key: &Key, values: &[String]) -> String {
@@ -296,15 +333,16 @@ async fn boundaries(c: &Client, t: &QualName, key: &Key, chunk: u64) -> Result<V
         .map(|c| format!("{}::text", ident(c)))
         .collect();
     let sql = format!(
-        "SELECT {text} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS seren_rn \
-         FROM ONLY {table}) s WHERE seren_rn % {chunk} = 0 ORDER BY seren_rn",
+        "SELECT {text} FROM (SELECT {cols}, row_number() OVER (ORDER BY {order}) AS seren_rn \
+         FROM ONLY {table} AS t) s WHERE seren_rn % {chunk} = 0 ORDER BY seren_rn",
         text = text_cols.join(", "),
         cols = key
             .columns
             .iter()
-            .map(|c| ident(c))
+            .map(|c| format!("t.{}", ident(c)))
             .collect::<Vec<_>>()
             .join(", "),
+        order = key_list(key),
         table = t.quoted(),
         chunk = chunk.max(1),
     );
@@ -380,7 +418,7 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
         result.missing_on_target = true;
         return Ok(result);
     }
-    let Some(key) = primary_key(&source, &table, Side::Source).await? else {
+    let Some(key) = primary_key(&source, &target, &table).await? else {
         let mut attempt = 0;
         loop {
             let (s, t) = tokio::try_join!(

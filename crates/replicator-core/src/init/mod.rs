@@ -768,6 +768,7 @@ async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<()> {
         excluded,
         no_owner: o.no_owner,
         no_privileges: o.no_privileges,
+        target_major: pre.target_major,
     };
     if !done_steps.contains("pre-data") {
         ctx.phase(

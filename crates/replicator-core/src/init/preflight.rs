@@ -17,6 +17,7 @@ use crate::target::{self, SourceIdentity, TargetState};
 pub(crate) struct Preflight {
     pub tools: schema::Tools,
     pub source_major: u32,
+    pub target_major: u32,
     /// This run finishes an interrupted one.
     pub resumed: bool,
     /// The interrupted run had copied everything: only its replication is left to start.
@@ -59,6 +60,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     )?;
     let source_major = catalog::major_version(&source, Side::Source).await?;
     let target_major = catalog::major_version(&maintenance, Side::Target).await?;
+    refuse(checks::source_version(source_major))?;
     refuse(checks::target_version(source_major, target_major))?;
     refuse(checks::distinct(&source, &maintenance, &o.source, &o.target).await)?;
     let tools = schema::find_tools(o.pg_bindir.as_deref(), source_major).await?;
@@ -144,6 +146,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     Ok(Preflight {
         tools,
         source_major,
+        target_major,
         resumed,
         complete,
         state,

@@ -1,0 +1,206 @@
+//! A migration with no superuser anywhere, as on managed services: the source role has only
+//! `LOGIN REPLICATION` and owns its database and tables; the target role has `CREATEDB` and, from
+//! PostgreSQL 16 on, `pg_create_subscription`. On 18 `init` copies and replicates, `verify`
+//! finds every table equal after writes and `cutover` freezes the role and detaches. On 15,
+//! where only a superuser may create a subscription, `init --sync` refuses before anything is
+//! made, naming the privilege, and a plain `init` copies, says that replication is off and why,
+//! and `verify` finds the copy equal.
+
+use std::process::{Command, Output, Stdio};
+
+use pg_harness::{client_bindir, server_bindir, Cluster, Options};
+
+const SOURCE_PW: &str = "src-Secret-7";
+const TARGET_PW: &str = "dst-Secret-9";
+
+fn run(source: &str, target: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"))
+        .stdin(Stdio::null())
+        .env("SEREN_SOURCE_URL", source)
+        .env("SEREN_TARGET_URL", target)
+        .env("SEREN_PG_BINDIR", client_bindir())
+        .args(args)
+        .output()
+        .expect("run the CLI")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The application's data, made by the unprivileged owner itself.
+const SCHEMA: &str = "
+CREATE EXTENSION hstore;
+CREATE TABLE accounts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
+                       attrs hstore, balance numeric(12,2), opened date);
+INSERT INTO accounts (name, attrs, balance, opened)
+  SELECT 'a' || g, hstore('k', g::text), g * 1.5, DATE '2020-01-01' + g FROM generate_series(1, 3000) g;
+CREATE TABLE entries (account_id bigint REFERENCES accounts, at timestamptz, amount numeric,
+                      PRIMARY KEY (account_id, at));
+INSERT INTO entries SELECT g % 3000 + 1, TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * interval '1 minute', g
+  FROM generate_series(1, 20000) g;
+CREATE INDEX entries_at ON entries (at);
+CREATE SEQUENCE invoice_no START 1000;
+SELECT nextval('invoice_no') FROM generate_series(1, 12);
+SELECT lo_from_bytea(0, 'an attachment');
+";
+
+/// A source and a target of `major` with password authentication, each with an unprivileged
+/// role `app_owner` (the same name on both, as a restore that keeps ownership needs).
+fn servers(major: u32) -> (Cluster, Cluster, String, String) {
+    let src = Cluster::start(&Options {
+        server_bindir: Some(server_bindir(major)),
+        password: Some("su-src".into()),
+        ..Options::source()
+    });
+    let dst = Cluster::start(&Options {
+        server_bindir: Some(server_bindir(major)),
+        password: Some("su-dst".into()),
+        ..Options::target()
+    });
+    src.psql(
+        "postgres",
+        &format!("CREATE ROLE app_owner LOGIN REPLICATION PASSWORD '{SOURCE_PW}'"),
+    );
+    src.psql("postgres", "CREATE DATABASE app OWNER app_owner");
+    src.psql("app", "REVOKE ALL ON SCHEMA public FROM PUBLIC");
+    src.psql("app", "ALTER SCHEMA public OWNER TO app_owner");
+    let out = src
+        .psql_command("app")
+        .args(["-U", "app_owner", "-c", SCHEMA])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", text(&out));
+    let subscribe = if major >= 16 {
+        "GRANT pg_create_subscription TO app_owner;"
+    } else {
+        ""
+    };
+    dst.psql(
+        "postgres",
+        &format!("CREATE ROLE app_owner LOGIN CREATEDB PASSWORD '{TARGET_PW}'; {subscribe}"),
+    );
+    let s = format!(
+        "postgresql://app_owner:{SOURCE_PW}@127.0.0.1:{}/app?sslmode=disable",
+        src.port()
+    );
+    let t = format!(
+        "postgresql://app_owner:{TARGET_PW}@127.0.0.1:{}/app?sslmode=disable",
+        dst.port()
+    );
+    (src, dst, s, t)
+}
+
+fn nothing_made(src: &Cluster, dst: &Cluster) {
+    assert_eq!(
+        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(src.psql("app", "SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'app'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn on_18_init_sync_verify_and_cutover_work_without_a_superuser() {
+    let (src, dst, s, t) = servers(18);
+    let out = run(&s, &t, &["validate"]);
+    let all = text(&out);
+    assert!(out.status.success(), "validate: {all}");
+
+    let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
+    let all = text(&out);
+    assert!(out.status.success(), "init: {all}");
+    assert!(all.contains("replicating:"), "{all}");
+    assert!(
+        !all.contains(SOURCE_PW) && !all.contains(TARGET_PW),
+        "{all}"
+    );
+    assert_eq!(
+        dst.psql("app", "SELECT subowner::regrole::text FROM pg_subscription"),
+        "app_owner",
+        "the subscription belongs to the unprivileged role"
+    );
+
+    src.psql_command("app")
+        .args([
+            "-U",
+            "app_owner",
+            "-c",
+            "UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0; \
+             DELETE FROM entries WHERE amount::int % 11 = 0; \
+             INSERT INTO accounts (name) VALUES ('late'); \
+             SELECT nextval('invoice_no');",
+        ])
+        .output()
+        .expect("writes");
+    let out = run(&s, &t, &["verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert!(text(&out).contains("tables equal"), "{}", text(&out));
+
+    let out = run(&s, &t, &["cutover", "--role", "app_owner"]);
+    let all = text(&out);
+    assert!(out.status.success(), "cutover: {all}");
+    assert_eq!(
+        src.psql("app", "SELECT last_value FROM invoice_no"),
+        dst.psql("app", "SELECT last_value FROM invoice_no")
+    );
+    assert_eq!(
+        dst.psql("app", "SELECT count(*) FROM pg_largeobject_metadata"),
+        "1"
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM pg_subscription"), "0");
+    assert_eq!(
+        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    let out = run(&s, &t, &["cutover", "--role", "app_owner", "--undo"]);
+    assert!(out.status.success(), "undo: {}", text(&out));
+    for (side, log) in [("source", src.log()), ("target", dst.log())] {
+        assert!(
+            !log.contains(SOURCE_PW) && !log.contains(TARGET_PW),
+            "a password in the {side}'s server log"
+        );
+    }
+}
+
+#[test]
+fn on_15_the_missing_subscription_right_is_named_before_anything_is_made() {
+    let (src, dst, s, t) = servers(15);
+    let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "init --sync must refuse: {all}");
+    assert!(all.contains("superuser"), "{all}");
+    nothing_made(&src, &dst);
+
+    let out = run(&s, &t, &["init", "--progress", "none"]);
+    let all = text(&out);
+    assert!(out.status.success(), "init: {all}");
+    assert!(
+        all.contains("superuser"),
+        "says why replication is off: {all}"
+    );
+    assert_eq!(dst.psql("app", "SELECT count(*) FROM pg_subscription"), "0");
+    assert_eq!(
+        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    let out = run(&s, &t, &["verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert_eq!(
+        dst.psql(
+            "app",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'accounts'"
+        ),
+        "app_owner"
+    );
+}
