@@ -444,9 +444,29 @@ pub async fn replica_identity(source: &Client, only: Option<&[QualName]>) -> Che
 /// tested on (docs/compatibility.md), start at PostgreSQL 12.
 pub const OLDEST_SOURCE: u32 = 12;
 
-/// The source is a version this tool supports (0, unknown, passes: another check fails first).
+/// The newest source major the compatibility matrix covers.
+pub const NEWEST_TESTED: u32 = 18;
+
+/// The source is a version this tool supports.
 pub fn source_version(source_major: u32) -> Check {
-    if source_major == 0 || source_major >= OLDEST_SOURCE {
+    if source_major == 0 {
+        Check::new(
+            "source.version",
+            Verdict::Warn,
+            "could not read the source server's version",
+            "",
+        )
+    } else if source_major > NEWEST_TESTED {
+        Check::new(
+            "source.version",
+            Verdict::Warn,
+            format!(
+                "the source server runs PostgreSQL {source_major}, newer than any this version of \
+                 the tool was tested with ({NEWEST_TESTED})"
+            ),
+            "verify the copy before the switch, or use a release of the tool that lists it",
+        )
+    } else if source_major >= OLDEST_SOURCE {
         Check::pass("source.version", format!("PostgreSQL {source_major}"))
     } else {
         Check::new(
@@ -684,6 +704,86 @@ pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileg
     Check::new("target.roles", Verdict::Fail, problems.join("; "), fix)
 }
 
+/// How one server sorts the source database's text: the default collation's provider (`c`
+/// libc, `i` ICU, `b` builtin) and locale, and the version of the library behind that
+/// provider on this server (None where it has none or does not say).
+async fn sorting(c: &Client, provider: Option<&str>) -> Option<(String, String, Option<String>)> {
+    let row = c
+        .query_one(
+            "WITH d AS (SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') AS provider, \
+                               CASE WHEN coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'i' \
+                                 THEN coalesce(to_jsonb(d) ->> 'daticulocale', \
+                                               to_jsonb(d) ->> 'datlocale', '') \
+                                 ELSE d.datcollate END AS locale \
+                        FROM pg_database d WHERE d.datname = current_database()) \
+             SELECT provider, locale, \
+                    CASE coalesce($1, provider) \
+                      WHEN 'c' THEN (SELECT pg_collation_actual_version(oid) FROM pg_collation \
+                                     WHERE collprovider = 'c' \
+                                       AND collname NOT IN ('C', 'POSIX', 'ucs_basic') \
+                                     ORDER BY collname LIMIT 1) \
+                      WHEN 'i' THEN (SELECT pg_collation_actual_version(oid) FROM pg_collation \
+                                     WHERE collprovider = 'i' \
+                                     ORDER BY collname <> 'und-x-icu', collname LIMIT 1) \
+                    END \
+             FROM d",
+            &[&provider],
+        )
+        .await
+        .ok()?;
+    Some((row.get(0), row.get(1), row.get(2)))
+}
+
+/// `target.collation`: the target sorts text with the same library version as the source.
+/// Another glibc or ICU version (the usual case when a major-version upgrade also moves to a
+/// newer system) may order strings differently. Every index is built on the target by the
+/// target, so none needs a REINDEX; what can change is what the application sees.
+pub async fn collation_library(source: &Client, target: &Client) -> Check {
+    const NAME: &str = "target.collation";
+    let Some((provider, locale, on_source)) = sorting(source, None).await else {
+        return Check::new(
+            NAME,
+            Verdict::Warn,
+            "could not read the source's collation",
+            "",
+        );
+    };
+    let bytewise = provider == "b" || (provider == "c" && matches!(locale.as_str(), "C" | "POSIX"));
+    if bytewise {
+        return Check::pass(NAME, format!("text sorts byte by byte ({locale})"));
+    }
+    let on_target = sorting(target, Some(&provider))
+        .await
+        .and_then(|(_, _, v)| v);
+    let library = if provider == "i" {
+        "ICU"
+    } else {
+        "the C library"
+    };
+    match (on_source, on_target) {
+        (Some(a), Some(b)) if a != b => Check::new(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "text in {locale} sorts by {library} collation version {a} on the source and {b} \
+                 on the target: indexes are built on the target, so none needs a REINDEX, but \
+                 ORDER BY on text may return rows in another order, and a row of a table \
+                 partitioned by ranges of text may belong to another partition there"
+            ),
+            "check the application's sorted output on the target before the switch; verify \
+             compares in an order of its own and is not affected",
+        ),
+        (Some(_), None) if provider == "i" => Check::new(
+            NAME,
+            Verdict::Warn,
+            format!("the source database sorts with ICU ({locale}) and the target server shows no ICU collation"),
+            "use a target server built with ICU",
+        ),
+        (Some(a), _) => Check::pass(NAME, format!("{locale}: {library} collation version {a} on both sides")),
+        (None, _) => Check::pass(NAME, format!("{locale} ({library}; the version is not reported)")),
+    }
+}
+
 /// `target.tablespaces`: tablespaces the source's tables and indexes use exist on the target.
 pub async fn tablespaces(source: &Client, target: &Client) -> Check {
     let user_ns = crate::catalog::USER_NAMESPACES;
@@ -844,6 +944,8 @@ mod tests {
         for major in [12, 15, 18] {
             assert_eq!(source_version(major).verdict, Verdict::Pass, "{major}");
         }
+        assert_eq!(source_version(19).verdict, Verdict::Warn);
+        assert_eq!(source_version(0).verdict, Verdict::Warn);
         assert_eq!(target_version(12, 18).verdict, Verdict::Pass);
         assert_eq!(target_version(17, 17).verdict, Verdict::Pass);
         assert_eq!(target_version(18, 15).verdict, Verdict::Fail);

@@ -71,12 +71,20 @@ fn install_hint(major: u32) -> String {
     )
 }
 
-/// Find the newest `pg_dump` and `psql` pair; refuse when it is older than `source_major`.
+/// Find the `pg_dump` and `psql` pair to use: the newest whose major is between the source's
+/// and the target's (`target_major`, 0 when unknown), since a dump loads best into a server
+/// at least as new as its `pg_dump`; else the newest at all (what a newer `pg_dump` writes that
+/// an older target refuses is left out of the restore, see [`for_older_server`]). Refuse when
+/// even that is older than `source_major`.
 ///
 /// # Errors
 /// [`Error::Tool`] saying what is missing and how to install it.
-pub async fn find_tools(explicit: Option<&Path>, source_major: u32) -> Result<Tools> {
-    let mut best: Option<Tools> = None;
+pub async fn find_tools(
+    explicit: Option<&Path>,
+    source_major: u32,
+    target_major: u32,
+) -> Result<Tools> {
+    let mut found: Vec<Tools> = Vec::new();
     for dir in candidate_dirs(explicit) {
         let (pg_dump, psql) = (dir.join("pg_dump"), dir.join("psql"));
         if !pg_dump.is_file() || !psql.is_file() {
@@ -88,14 +96,26 @@ pub async fn find_tools(explicit: Option<&Path>, source_major: u32) -> Result<To
         let Some(major) = parse_tool_major(&String::from_utf8_lossy(&out.stdout)) else {
             continue;
         };
-        if best.as_ref().is_none_or(|b| major > b.major) {
-            best = Some(Tools {
-                pg_dump,
-                psql,
-                major,
-            });
-        }
+        found.push(Tools {
+            pg_dump,
+            psql,
+            major,
+        });
     }
+    let fits =
+        |t: &&Tools| t.major >= source_major && (target_major == 0 || t.major <= target_major);
+    // The first found of the newest major wins (PATH order after the packagers' directories).
+    let newest = |it: Vec<&Tools>| {
+        it.into_iter()
+            .fold(None::<&Tools>, |best, t| match best {
+                Some(b) if b.major >= t.major => Some(b),
+                _ => Some(t),
+            })
+            .cloned()
+    };
+    let best =
+        newest(found.iter().filter(fits).collect()).or_else(|| newest(found.iter().collect()));
+    let wanted = source_major.max(target_major);
     let where_ = explicit
         .map(|d| format!(" in {}", d.display()))
         .unwrap_or_else(|| {
@@ -109,7 +129,7 @@ pub async fn find_tools(explicit: Option<&Path>, source_major: u32) -> Result<To
             message: format!(
                 "not found{where_}; install the PostgreSQL {source_major} client tools or newer \
                  ({}) or pass --pg-bindir",
-                install_hint(source_major)
+                install_hint(wanted)
             ),
         }),
         Some(t) if t.major < source_major => Err(Error::Tool {
@@ -119,7 +139,7 @@ pub async fn find_tools(explicit: Option<&Path>, source_major: u32) -> Result<To
                  the PostgreSQL {source_major} client tools or newer ({}), or pass --pg-bindir",
                 t.major,
                 t.pg_dump.display(),
-                install_hint(source_major)
+                install_hint(wanted)
             ),
         }),
         Some(t) => Ok(t),

@@ -151,7 +151,11 @@ pub async fn validate(
     });
 
     // Tools.
-    match schema::find_tools(pg_bindir.as_deref(), source_major).await {
+    let target_major = match &tgt {
+        Some(t) => catalog::major_version(t, Side::Target).await.unwrap_or(0),
+        None => 0,
+    };
+    match schema::find_tools(pg_bindir.as_deref(), source_major, target_major).await {
         Ok(t) => out.push(pass(
             "client.tools",
             format!("pg_dump and psql {} (source {source_major})", t.major),
@@ -165,14 +169,12 @@ pub async fn validate(
     }
 
     let Some(tgt) = tgt else { return out };
-    let target_major = catalog::major_version(&tgt, Side::Target)
-        .await
-        .unwrap_or(0);
     out.push(checks::target_version(source_major, target_major));
     out.push(checks::distinct(&src, &tgt, source, target).await);
     out.push(checks::extensions(&src, &tgt, target_major).await);
     out.push(checks::roles(&src, &tgt, false, false).await);
     out.push(checks::tablespaces(&src, &tgt).await);
+    out.push(checks::collation_library(&src, &tgt).await);
     // Privileges.
     let may_create: Option<bool> = one(
         &tgt,

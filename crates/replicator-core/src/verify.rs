@@ -197,10 +197,10 @@ struct Key {
     columns: Vec<String>,
     types: Vec<String>,
     /// Per column, how ranges order and compare it: the column, or the column `COLLATE "C"`
-    /// when it is text-like and either side would not order it byte by byte. Both servers must
-    /// cut and order ranges alike, and their collations need not agree: another glibc or ICU
-    /// version (the usual case when a major-version upgrade moves to a newer system), or
-    /// another locale, sorts text differently.
+    /// when the two servers would sort it differently (another locale, or another glibc or
+    /// ICU version: the usual case when a major-version upgrade moves to a newer system).
+    /// Both sides must cut and order ranges alike; where they already do, the column is left
+    /// as it is, so that the primary key's index serves the ranges.
     exprs: Vec<String>,
 }
 
@@ -210,17 +210,60 @@ struct KeyColumn {
     ty: String,
     /// The type takes a collation.
     collatable: bool,
-    /// The server orders it byte by byte: the libc "C" or "POSIX" collation.
-    bytewise: bool,
+    /// How the server sorts the text in it: `bytes`, or provider, locale and library version
+    /// of its collation; empty when it holds no text. A range, multirange or composite (or an
+    /// array of one) compares the text inside it by the database's default collation.
+    ordering: String,
+    /// A range, multirange or composite type, or an array of one: `COLLATE` cannot reach the
+    /// text inside it.
+    nested: bool,
 }
+
+/// How a collation given as provider `p` and locale `l` sorts, with `v` its library version.
+const ORDERING: &str = "CASE WHEN (p = 'c' AND l IN ('C', 'POSIX')) OR p = 'b' THEN 'bytes' \
+                         ELSE p || ':' || l || ':' || coalesce(v, '?') END";
 
 /// The primary key of `t` on `side`.
 async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColumn>> {
+    let sql = format!(
+        "WITH db AS ( \
+           SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') AS p, \
+                  CASE WHEN coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' THEN d.datcollate \
+                       ELSE coalesce(to_jsonb(d) ->> 'daticulocale', to_jsonb(d) ->> 'datlocale', '') \
+                  END AS l \
+           FROM pg_database d WHERE d.datname = current_database()), \
+         lib AS (SELECT \
+           (SELECT pg_collation_actual_version(oid) FROM pg_collation WHERE collprovider = 'c' \
+              AND collname NOT IN ('C', 'POSIX', 'ucs_basic') ORDER BY collname LIMIT 1) AS libc, \
+           (SELECT pg_collation_actual_version(oid) FROM pg_collation WHERE collprovider = 'i' \
+              ORDER BY collname <> 'und-x-icu', collname LIMIT 1) AS icu), \
+         dflt AS (SELECT ({ORDERING}) AS ordering FROM (SELECT db.p, db.l, \
+           CASE db.p WHEN 'c' THEN lib.libc WHEN 'i' THEN lib.icu END AS v FROM db, lib) x) \
+         SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attcollation <> 0, \
+                CASE WHEN a.attcollation = 100 OR nested THEN dflt.ordering \
+                     WHEN a.attcollation = 0 THEN '' \
+                     ELSE (SELECT ({ORDERING}) FROM (SELECT co.collprovider::text AS p, \
+                             coalesce(CASE WHEN co.collprovider = 'c' THEN co.collcollate END, \
+                                      to_jsonb(co) ->> 'colliculocale', to_jsonb(co) ->> 'colllocale', \
+                                      co.collcollate, '') AS l, \
+                             pg_collation_actual_version(co.oid) AS v \
+                           FROM pg_collation co WHERE co.oid = a.attcollation) x) END, \
+                nested \
+         FROM pg_index i \
+         JOIN pg_class r ON r.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = r.relnamespace \
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+         JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = k.attnum \
+         JOIN pg_type ty ON ty.oid = a.atttypid \
+         LEFT JOIN pg_type el ON el.oid = ty.typelem AND ty.typelem <> 0 \
+         CROSS JOIN LATERAL (SELECT ty.typtype IN ('r', 'm', 'c') \
+                                    OR coalesce(el.typtype IN ('r', 'm', 'c'), false) AS nested) ne \
+         CROSS JOIN dflt \
+         WHERE i.indisprimary AND n.nspname = $1 AND r.relname = $2 \
+         ORDER BY k.ord"
+    );
     let rows = c
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attcollation <> 0,                     coalesce(CASE WHEN a.attcollation = 100                       THEN d.datcollate IN ('C', 'POSIX')                            AND coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c'                       ELSE co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX') END, false)              FROM pg_index i              JOIN pg_class r ON r.oid = i.indrelid              JOIN pg_namespace n ON n.oid = r.relnamespace              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)              JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = k.attnum              LEFT JOIN pg_collation co ON co.oid = a.attcollation              JOIN pg_database d ON d.datname = current_database()              WHERE i.indisprimary AND n.nspname = $1 AND r.relname = $2              ORDER BY k.ord",
-            &[&t.schema, &t.name],
-        )
+        .query(&sql, &[&t.schema, &t.name])
         .await
         .map_err(|e| Error::sql(side, format!("read the primary key of {t}"), e))?;
     Ok(rows
@@ -229,9 +272,33 @@ async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColu
             name: r.get(0),
             ty: r.get(1),
             collatable: r.get(2),
-            bytewise: r.get(3),
+            ordering: r.get(3),
+            nested: r.get(4),
         })
         .collect())
+}
+
+/// How ranges of the source's primary key `source` order each column, given the target's
+/// `target` ([`Key::exprs`]); None when a key column holds text that `COLLATE` cannot reach
+/// and the two servers sort it differently: the table is then compared whole.
+fn key_exprs(source: &[KeyColumn], target: &[KeyColumn]) -> Option<Vec<String>> {
+    source
+        .iter()
+        .map(|col| {
+            let same = target
+                .iter()
+                .any(|other| other.name == col.name && other.ordering == col.ordering);
+            if same || col.ordering.is_empty() {
+                Some(format!("t.{}", ident(&col.name)))
+            } else if col.nested {
+                None
+            } else if col.collatable {
+                Some(format!("t.{} COLLATE \"C\"", ident(&col.name)))
+            } else {
+                Some(format!("t.{}", ident(&col.name)))
+            }
+        })
+        .collect()
 }
 
 /// The source's primary key of `t`, ordered so that both sides agree ([`Key::exprs`]).
@@ -243,19 +310,9 @@ async fn primary_key(source: &Client, target: &Client, t: &QualName) -> Result<O
     if on_source.is_empty() {
         return Ok(None);
     }
-    let exprs = on_source
-        .iter()
-        .map(|col| {
-            let bytewise_there = on_target
-                .iter()
-                .any(|other| other.name == col.name && other.bytewise);
-            if col.collatable && !(col.bytewise && bytewise_there) {
-                format!("t.{} COLLATE \"C\"", ident(&col.name))
-            } else {
-                format!("t.{}", ident(&col.name))
-            }
-        })
-        .collect();
+    let Some(exprs) = key_exprs(&on_source, &on_target) else {
+        return Ok(None);
+    };
     Ok(Some(Key {
         columns: on_source.iter().map(|c| c.name.clone()).collect(),
         types: on_source.iter().map(|c| c.ty.clone()).collect(),
@@ -541,4 +598,64 @@ pub async fn verify(opts: VerifyOptions) -> Result<VerifyReport> {
         tables,
         compared_at_lsn,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, collatable: bool, ordering: &str, nested: bool) -> KeyColumn {
+        KeyColumn {
+            name: name.into(),
+            ty: "text".into(),
+            collatable,
+            ordering: ordering.into(),
+            nested,
+        }
+    }
+
+    #[test]
+    fn text_keys_get_collate_c_only_where_the_two_sides_sort_them_differently() {
+        let icu72 = "i:en-US:153.120";
+        let icu60 = "i:en-US:153.80";
+        // The same ordering on both sides: the column as it is, so its index serves.
+        assert_eq!(
+            key_exprs(
+                &[col("w", true, icu72, false)],
+                &[col("w", true, icu72, false)]
+            ),
+            Some(vec!["t.\"w\"".to_owned()])
+        );
+        // Another ICU version, or bytes against a locale: COLLATE "C".
+        assert_eq!(
+            key_exprs(
+                &[col("w", true, icu72, false)],
+                &[col("w", true, icu60, false)]
+            ),
+            Some(vec!["t.\"w\" COLLATE \"C\"".to_owned()])
+        );
+        assert_eq!(
+            key_exprs(
+                &[col("w", true, "bytes", false)],
+                &[col("w", true, icu72, false)]
+            ),
+            Some(vec!["t.\"w\" COLLATE \"C\"".to_owned()])
+        );
+        // Not text: as it is, whatever the collations.
+        assert_eq!(
+            key_exprs(
+                &[col("id", false, "", false)],
+                &[col("id", false, "", false)]
+            ),
+            Some(vec!["t.\"id\"".to_owned()])
+        );
+        // Text inside a range or composite that the two sides sort differently: no ranges.
+        assert_eq!(
+            key_exprs(
+                &[col("id", false, "", false), col("r", false, icu72, true)],
+                &[col("id", false, "", false), col("r", false, "bytes", true)]
+            ),
+            None
+        );
+    }
 }

@@ -35,6 +35,18 @@ pub(crate) struct Preflight {
     pub source_identity: SourceIdentity,
 }
 
+/// Refuse on a failed check; say a warning's finding and fix.
+fn refuse_or_warn(ctx: &Ctx, check: Check) -> Result<()> {
+    if check.verdict == checks::Verdict::Warn {
+        if check.fix.is_empty() {
+            ctx.warn(check.detail.clone());
+        } else {
+            ctx.warn(format!("{}; {}", check.detail, check.fix));
+        }
+    }
+    refuse(check)
+}
+
 fn refuse(check: Check) -> Result<()> {
     match checks::refusal(std::slice::from_ref(&check)) {
         Some(e) => Err(e),
@@ -60,10 +72,10 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     )?;
     let source_major = catalog::major_version(&source, Side::Source).await?;
     let target_major = catalog::major_version(&maintenance, Side::Target).await?;
-    refuse(checks::source_version(source_major))?;
+    refuse_or_warn(ctx, checks::source_version(source_major))?;
     refuse(checks::target_version(source_major, target_major))?;
     refuse(checks::distinct(&source, &maintenance, &o.source, &o.target).await)?;
-    let tools = schema::find_tools(o.pg_bindir.as_deref(), source_major).await?;
+    let tools = schema::find_tools(o.pg_bindir.as_deref(), source_major, target_major).await?;
     *super::lock(&ctx.target_system) = target::server_identifier(&maintenance).await;
 
     // From here on this run owns the target's name on the source: another run into the same
@@ -135,6 +147,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
         refuse(checks::extensions(&source, &maintenance, target_major).await)?;
         refuse(checks::roles(&source, &maintenance, o.no_owner, o.no_privileges).await)?;
         refuse(checks::tablespaces(&source, &maintenance).await)?;
+        refuse_or_warn(ctx, checks::collation_library(&source, &maintenance).await)?;
     }
 
     let create_with = if o.drop_existing || state == TargetState::Missing {
