@@ -192,6 +192,15 @@ async fn bad_bodies_get_400_naming_the_problem() {
             r#"{"command":"init","source_url":"postgresql://u@a/db","target_url":"postgresql://u@b/db","options":{"jobs":0}}"#.into(),
             "options.jobs",
         ),
+        // No host: stored as localhost, a worker would have connected to itself.
+        (
+            format!(r#"{{"command":"init","source_url":"postgresql://u:{PASSWORD_ENC}@/db","target_url":"postgresql://u@b/db"}}"#),
+            "source_url: names no host",
+        ),
+        (
+            r#"{"command":"init","source_url":"postgresql://u@a/db","target_url":"postgresql://u:pw@:5432/db"}"#.into(),
+            "target_url: names no host",
+        ),
     ];
     for (body, want) in cases {
         let a = call(

@@ -136,12 +136,14 @@ impl ConnUrl {
 
     /// Parse a URL that must carry everything itself: no `PG*` variables, no password file.
     /// This is how a remote job's URLs are read, by the CLI that submits it, the coordinator
-    /// that checks it and the worker that runs it, so that all three agree.
+    /// that checks it and the worker that runs it, so that all three agree. It must name its
+    /// host: the `localhost` that a local URL without one means would be the worker's own
+    /// machine.
     ///
     /// # Errors
-    /// As [`ConnUrl::parse`].
+    /// As [`ConnUrl::parse`], and when the URL names no host.
     pub fn parse_remote(input: &str) -> Result<Self, String> {
-        Self::parse_with_env(input, &|_| None)
+        Self::parse_inner(input, &|_| None, true)
     }
 
     /// [`ConnUrl::parse`] with an explicit environment.
@@ -149,6 +151,10 @@ impl ConnUrl {
     /// # Errors
     /// As [`ConnUrl::parse`].
     pub fn parse_with_env(input: &str, env: EnvLookup<'_>) -> Result<Self, String> {
+        Self::parse_inner(input, env, false)
+    }
+
+    fn parse_inner(input: &str, env: EnvLookup<'_>, require_host: bool) -> Result<Self, String> {
         let input = input.trim();
         let rest = input
             .strip_prefix("postgresql://")
@@ -237,9 +243,17 @@ impl ConnUrl {
             }
         }
 
-        let host = host
-            .or_else(|| env("PGHOST"))
-            .unwrap_or_else(|| "localhost".to_owned());
+        let host = match host.filter(|h| !h.is_empty()).or_else(|| env("PGHOST")) {
+            Some(h) => h,
+            None if require_host => {
+                return Err(
+                    "names no host: a worker would connect to its own machine; put the \
+                            database server's host name or address in the URL"
+                        .to_owned(),
+                )
+            }
+            None => "localhost".to_owned(),
+        };
         let port = match port {
             Some(p) => p,
             None => env("PGPORT")
@@ -509,6 +523,26 @@ mod tests {
         std::fs::write(&path, text).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         path
+    }
+
+    #[test]
+    fn a_remote_url_must_name_its_host() {
+        for url in [
+            "postgresql://u:p@/db",
+            "postgresql://u:p@:5432/db",
+            "postgresql://u@/db?host=",
+            "postgres:///db?user=u",
+        ] {
+            let err = ConnUrl::parse_remote(url).expect_err(url);
+            assert!(err.contains("names no host"), "{url}: {err}");
+        }
+        let ok = ConnUrl::parse_remote("postgresql://u:p@db.example.com/db").expect("a host");
+        assert_eq!(ok.host, "db.example.com");
+        let ok = ConnUrl::parse_remote("postgresql://u:p@/db?host=10.0.0.5").expect("host=");
+        assert_eq!(ok.host, "10.0.0.5");
+        // Locally, no host still means localhost (or PGHOST), as with libpq.
+        let local = ConnUrl::parse_with_env("postgresql://u@/db", &|_| None).expect("local");
+        assert_eq!(local.host, "localhost");
     }
 
     #[test]
