@@ -250,11 +250,33 @@ async fn unknown_routes_methods_and_ids_get_json_404_and_405() {
         (a.status, a.error_code().as_str()),
         (StatusCode::NOT_FOUND, "not_found")
     );
+    let not_found = a.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let a = call(&f.router, request("DELETE", "/jobs", Some(KEY_A), None)).await;
     assert_eq!(
         (a.status, a.error_code().as_str()),
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
     );
+    // The document both messages send the caller to exists in the repository.
+    let not_allowed = a.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for message in [not_found, not_allowed] {
+        let doc = message
+            .split_whitespace()
+            .find(|w| w.starts_with("docs/"))
+            .unwrap_or_else(|| panic!("a document named in {message:?}"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(doc);
+        assert!(
+            path.is_file(),
+            "{message:?} names {doc}, which does not exist"
+        );
+    }
     for id in [
         "not-a-uuid",
         "..%2F..%2Fetc",
