@@ -162,13 +162,27 @@ async fn submit(
         .await
     {
         Ok(Created::Existing(j)) => {
+            // The same key with another request is a client's mistake, not a retry (as the
+            // IETF idempotency-key draft and Stripe answer it). Compared without the secrets,
+            // which only the sealed blobs hold: command, options, filters and the URLs minus
+            // their passwords.
+            if j.spec != job.spec
+                || j.source_display != job.source_display
+                || j.target_display != job.target_display
+            {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for another request; send a new key for a \
+                     new job, or the same request to get the job the key made",
+                ));
+            }
             return Ok((
                 StatusCode::OK,
                 Json(SubmitResponse {
                     job_id: j.job_id,
                     status: j.status,
                 }),
-            ))
+            ));
         }
         Ok(Created::New(j)) => j,
         Err(StoreError::LimitReached { limit }) => {

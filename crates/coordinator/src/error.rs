@@ -62,6 +62,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 422: a well-formed request that cannot be done as asked.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
     /// 413.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

@@ -295,21 +295,30 @@ async fn unknown_routes_methods_and_ids_get_json_404_and_405() {
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_same_job_and_one_worker() {
     let f = fixture();
-    let send = || {
+    let send_body = |body: String| {
         axum::http::Request::builder()
             .method("POST")
             .uri("/jobs")
             .header("authorization", format!("Bearer {KEY_A}"))
             .header("idempotency-key", "7d2f-retry-1")
-            .body(axum::body::Body::from(submit_body("h")))
+            .body(axum::body::Body::from(body))
             .expect("request")
     };
+    let send = || send_body(submit_body("h"));
     let first = call(&f.router, send()).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     let second = call(&f.router, send()).await;
     assert_eq!(second.status, StatusCode::OK, "{}", second.body);
     let id = first.json()["job_id"].as_str().expect("id").to_owned();
     assert_eq!(second.json()["job_id"], first.json()["job_id"]);
+    // The same key with another request: 422, and no second job.
+    let other = call(&f.router, send_body(submit_body("another-host"))).await;
+    assert_eq!(
+        (other.status, other.error_code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+        "{}",
+        other.body
+    );
     let workers = f.state.provisioner.list().await.expect("list");
     assert_eq!(workers.len(), 1);
     let l = call(&f.router, request("GET", "/jobs", Some(KEY_A), None)).await;
