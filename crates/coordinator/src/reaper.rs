@@ -55,6 +55,11 @@ pub struct Report {
     /// Jobs whose finished workers' KMS grants were revoked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub grants_revoked: Vec<String>,
+    /// What failed in this pass, one line each (`step: error`). Each step (the active jobs of
+    /// each status, each job's workers, the orphaned workers, the grant sweep) runs whatever
+    /// an earlier one did: one failing call does not keep the others from their work.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
 }
 
 /// What the reaper can fail with.
@@ -161,20 +166,25 @@ fn verdict(job: &Job, policy: &Policy, now: Timestamp) -> Option<(JobStatus, Err
     }
 }
 
-/// One pass over the active jobs and the live workers.
-///
-/// # Errors
-/// When listing jobs or workers fails; a job another actor changed meanwhile is skipped.
+/// One pass over the active jobs and the live workers. Every step runs even when an earlier
+/// one failed; what failed is in [`Report::failures`].
 pub async fn reap(
     store: &dyn JobStore,
     provisioner: &dyn Provisioner,
     policy: &Policy,
     now: Timestamp,
-) -> Result<Report, ReapError> {
+) -> Report {
     let mut report = Report::default();
     let mut active: HashMap<String, Job> = HashMap::new();
     for status in JobStatus::ACTIVE {
-        for job in all_in(store, status).await? {
+        let jobs = match all_in(store, status).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                report.failures.push(format!("list the {status} jobs: {e}"));
+                continue;
+            }
+        };
+        for job in jobs {
             let Some((to, error)) = verdict(&job, policy, now) else {
                 active.insert(job.job_id.clone(), job);
                 continue;
@@ -191,41 +201,77 @@ pub async fn reap(
                         JobStatus::TimedOut => report.timed_out.push(job.job_id.clone()),
                         _ => report.cancelled.push(job.job_id.clone()),
                     }
-                    report
-                        .terminated
-                        .extend(provisioner.terminate(&job.job_id).await?);
+                    match provisioner.terminate(&job.job_id).await {
+                        Ok(ids) => report.terminated.extend(ids),
+                        Err(e) => report
+                            .failures
+                            .push(format!("terminate the workers of job {}: {e}", job.job_id)),
+                    }
                 }
                 // It moved on (a heartbeat, a claim, a finish): alive after all.
                 Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => report
+                    .failures
+                    .push(format!("record job {} as {to}: {e}", job.job_id)),
             }
         }
     }
     // Workers whose job is over or unknown.
-    for w in provisioner.list().await? {
-        let young = w
-            .launched_at
-            .is_some_and(|t| now.since(t) < policy.orphan_grace);
-        let orphan = match w.job_id.as_deref() {
-            Some(id) if active.contains_key(id) => false,
-            Some(id) => match store.get(id).await? {
-                Some(job) if !job.status.is_terminal() => false,
-                Some(job) => job
-                    .finished_at
-                    .is_none_or(|t| now.since(t) > policy.orphan_grace),
-                // Unknown job: give a just-launched instance time for its record to appear.
-                None => !young,
-            },
-            None => !young,
-        };
-        if orphan {
-            tracing::warn!(instance_id = %w.instance_id, job_id = ?w.job_id, "terminating orphaned worker");
-            provisioner.terminate_instance(&w.instance_id).await?;
-            report.terminated.push(w.instance_id);
+    match provisioner.list().await {
+        Ok(workers) => {
+            for w in workers {
+                if let Err(e) =
+                    reap_worker(store, provisioner, policy, now, &active, &w, &mut report).await
+                {
+                    report
+                        .failures
+                        .push(format!("check worker {}: {e}", w.instance_id));
+                }
+            }
         }
+        Err(e) => report.failures.push(format!("list the workers: {e}")),
     }
-    report.grants_revoked = provisioner.sweep(now).await?;
-    Ok(report)
+    match provisioner.sweep(now).await {
+        Ok(revoked) => report.grants_revoked = revoked,
+        Err(e) => report.failures.push(format!("sweep the grants: {e}")),
+    }
+    for f in &report.failures {
+        tracing::error!(failure = %f, "reaper step failed");
+    }
+    report
+}
+
+/// Terminate worker `w` when its job is over or unknown (past the grace).
+async fn reap_worker(
+    store: &dyn JobStore,
+    provisioner: &dyn Provisioner,
+    policy: &Policy,
+    now: Timestamp,
+    active: &HashMap<String, Job>,
+    w: &crate::provision::Worker,
+    report: &mut Report,
+) -> Result<(), ReapError> {
+    let young = w
+        .launched_at
+        .is_some_and(|t| now.since(t) < policy.orphan_grace);
+    let orphan = match w.job_id.as_deref() {
+        Some(id) if active.contains_key(id) => false,
+        Some(id) => match store.get(id).await? {
+            Some(job) if !job.status.is_terminal() => false,
+            Some(job) => job
+                .finished_at
+                .is_none_or(|t| now.since(t) > policy.orphan_grace),
+            // Unknown job: give a just-launched instance time for its record to appear.
+            None => !young,
+        },
+        None => !young,
+    };
+    if orphan {
+        tracing::warn!(instance_id = %w.instance_id, job_id = ?w.job_id, "terminating orphaned worker");
+        provisioner.terminate_instance(&w.instance_id).await?;
+        report.terminated.push(w.instance_id.clone());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -256,6 +302,70 @@ mod tests {
 
     fn ago(now: Timestamp, secs: u64) -> Timestamp {
         Timestamp::from_unix_millis(now.unix_millis() - i64::try_from(secs * 1000).unwrap_or(0))
+    }
+
+    /// A provisioner whose listing fails; it records whether the grant sweep still ran.
+    #[derive(Debug, Default)]
+    struct ListFails {
+        swept: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Provisioner for ListFails {
+        async fn launch(&self, _job: &Job) -> Result<String, crate::provision::ProvisionError> {
+            Ok("i-1".into())
+        }
+        async fn terminate(
+            &self,
+            _job_id: &str,
+        ) -> Result<Vec<String>, crate::provision::ProvisionError> {
+            Ok(vec!["i-1".into()])
+        }
+        async fn terminate_instance(
+            &self,
+            _id: &str,
+        ) -> Result<(), crate::provision::ProvisionError> {
+            Ok(())
+        }
+        async fn list(
+            &self,
+        ) -> Result<Vec<crate::provision::Worker>, crate::provision::ProvisionError> {
+            Err(crate::provision::ProvisionError::Config(
+                "DescribeInstances denied".into(),
+            ))
+        }
+        async fn sweep(
+            &self,
+            _now: Timestamp,
+        ) -> Result<Vec<String>, crate::provision::ProvisionError> {
+            self.swept.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(vec!["job-gone".into()])
+        }
+    }
+
+    #[tokio::test]
+    async fn one_failing_step_does_not_keep_the_others_from_running() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = job_model::store::sqlite::SqliteStore::open(&dir.path().join("jobs.db"))
+            .expect("store");
+        let now = Timestamp::now();
+        let mut lost = job(JobStatus::Running, ago(now, 60 * MIN));
+        lost.started_at = Some(ago(now, 60 * MIN));
+        lost.heartbeat_at = Some(ago(now, 10 * MIN));
+        store.create(&lost, None).await.expect("create");
+        let p = ListFails::default();
+        let report = reap(&store, &p, &Policy::default(), now).await;
+        // The job step did its work, the worker listing failed, the sweep ran anyway.
+        assert_eq!(report.failed, vec![lost.job_id.clone()]);
+        assert_eq!(report.grants_revoked, vec!["job-gone".to_owned()]);
+        assert!(p.swept.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        assert!(
+            report.failures[0].starts_with("list the workers: ")
+                && report.failures[0].contains("DescribeInstances denied"),
+            "{:?}",
+            report.failures
+        );
     }
 
     #[test]

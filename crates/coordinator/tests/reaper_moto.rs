@@ -130,9 +130,8 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
         orphan_grace: Duration::ZERO,
         ..Policy::default()
     };
-    let report = reap(&store, &p, &policy, Timestamp::now())
-        .await
-        .expect("reap");
+    let report = reap(&store, &p, &policy, Timestamp::now()).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
 
     let failed = store.get(&dead.job_id).await.expect("get").expect("dead");
     assert_eq!(failed.status, JobStatus::Failed);
@@ -193,9 +192,8 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
     assert_eq!(live, vec![alive_instance.clone()]);
 
     // A second pass changes nothing.
-    let again = reap(&store, &p, &policy, Timestamp::now())
-        .await
-        .expect("reap again");
+    let again = reap(&store, &p, &policy, Timestamp::now()).await;
+    assert!(again.failures.is_empty(), "{:?}", again.failures);
     assert!(
         again.failed.is_empty() && again.terminated.is_empty(),
         "{again:?}"

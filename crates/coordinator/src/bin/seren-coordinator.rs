@@ -107,17 +107,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                match coordinator::reaper::reap(
+                let r = coordinator::reaper::reap(
                     &*store,
                     &*provisioner,
                     &policy,
                     job_model::Timestamp::now(),
                 )
-                .await
-                {
-                    Ok(r) if r == coordinator::reaper::Report::default() => {}
-                    Ok(r) => tracing::info!(report = ?r, "reaper pass"),
-                    Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+                .await;
+                if r != coordinator::reaper::Report::default() {
+                    tracing::info!(report = ?r, "reaper pass");
                 }
             }
         });

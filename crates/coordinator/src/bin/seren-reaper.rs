@@ -43,9 +43,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let handler = service_fn(|_event: LambdaEvent<serde_json::Value>| {
             let (store, provisioner, policy) = (store.clone(), provisioner.clone(), policy.clone());
             async move {
-                reaper::reap(&*store, &*provisioner, &policy, job_model::Timestamp::now())
-                    .await
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                // Every step ran; a failed one still fails the invocation, for the alarms.
+                let report =
+                    reaper::reap(&*store, &*provisioner, &policy, job_model::Timestamp::now())
+                        .await;
+                if report.failures.is_empty() {
+                    Ok(report)
+                } else {
+                    Err(Box::<dyn std::error::Error + Send + Sync>::from(format!(
+                        "{} reaper step(s) failed: {}",
+                        report.failures.len(),
+                        report.failures.join("; ")
+                    )))
+                }
             }
         });
         return lambda_runtime::run(handler)
@@ -54,11 +64,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     loop {
         let report =
-            reaper::reap(&*store, &*provisioner, &policy, job_model::Timestamp::now()).await?;
+            reaper::reap(&*store, &*provisioner, &policy, job_model::Timestamp::now()).await;
         println!("{}", serde_json::to_string(&report)?);
         match cli.every {
             Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-            None => return Ok(()),
+            None if report.failures.is_empty() => return Ok(()),
+            None => anyhow::bail!("{} reaper step(s) failed", report.failures.len()),
         }
     }
 }
