@@ -164,7 +164,7 @@ fn a_target_older_than_the_source_is_refused() {
     // PostgreSQL 14 (a real server, from the zonky build npm ships) under a 15 source.
     let src = Cluster::start(&Options::source());
     let old = Cluster::start(&Options {
-        server_bindir: Some(pg_harness::older_server_bindir()),
+        server_bindir: Some(pg_harness::server_bindir(14)),
         ..Options::target()
     });
     assert!(

@@ -20,33 +20,17 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Instant;
 
+mod common;
+
+use common::{assert_nothing_made, text};
 use pg_harness::{client_bindir, majors, server_bindir, Cluster, Options};
 
-fn cli(source: &str, target: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"));
-    cmd.stdin(Stdio::null())
-        .env("SEREN_SOURCE_URL", source)
-        .env("SEREN_TARGET_URL", target)
-        .env("SEREN_PG_BINDIR", client_bindir());
-    cmd
-}
-
+/// Run the CLI with the newest client tools (18), whatever the two servers.
 fn run(source: &str, target: &str, args: &[&str]) -> Output {
-    cli(source, target)
-        .args(args)
-        .output()
-        .expect("run the CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::run_with(&client_bindir(), source, target, args)
 }
 
 /// Load the engine's awkward-case schema into `db`: `awkward.sql`, and on 15 and later
@@ -307,17 +291,7 @@ fn a_target_older_than_the_source_is_refused_before_anything_is_made() {
     assert!(!out.status.success());
     let all = text(&out);
     assert!(all.contains("older than the source"), "{all}");
-    assert_eq!(
-        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
-        "0"
-    );
-    assert_eq!(
-        dst.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'app'"
-        ),
-        "0"
-    );
+    assert_nothing_made(&src, &dst, "app");
 }
 
 /// A source database sorting with ICU into a server whose ICU is another version (Debian's

@@ -6,30 +6,19 @@
 //! made, naming the privilege, and a plain `init` copies, says that replication is off and why,
 //! and `verify` finds the copy equal.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
+mod common;
+
+use common::{assert_nothing_made, text};
 use pg_harness::{client_bindir, server_bindir, Cluster, Options};
 
 const SOURCE_PW: &str = "src-Secret-7";
 const TARGET_PW: &str = "dst-Secret-9";
 
+/// Run the CLI with the client tools of 18.
 fn run(source: &str, target: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"))
-        .stdin(Stdio::null())
-        .env("SEREN_SOURCE_URL", source)
-        .env("SEREN_TARGET_URL", target)
-        .env("SEREN_PG_BINDIR", client_bindir())
-        .args(args)
-        .output()
-        .expect("run the CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::run_with(&client_bindir(), source, target, args)
 }
 
 /// The application's data, made by the unprivileged owner itself.
@@ -93,21 +82,6 @@ fn servers(major: u32) -> (Cluster, Cluster, String, String) {
         dst.port()
     );
     (src, dst, s, t)
-}
-
-fn nothing_made(src: &Cluster, dst: &Cluster) {
-    assert_eq!(
-        src.psql("app", "SELECT count(*) FROM pg_replication_slots"),
-        "0"
-    );
-    assert_eq!(src.psql("app", "SELECT count(*) FROM pg_publication"), "0");
-    assert_eq!(
-        dst.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'app'"
-        ),
-        "0"
-    );
 }
 
 #[test]
@@ -180,7 +154,7 @@ fn on_15_the_missing_subscription_right_is_named_before_anything_is_made() {
     let all = text(&out);
     assert!(!out.status.success(), "init --sync must refuse: {all}");
     assert!(all.contains("superuser"), "{all}");
-    nothing_made(&src, &dst);
+    assert_nothing_made(&src, &dst, "app");
 
     let out = run(&s, &t, &["init", "--progress", "none"]);
     let all = text(&out);

@@ -11,32 +11,11 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{cli, run, text};
 use pg_harness::proxy::{Action, Fault, Proxy, Trigger};
-use pg_harness::{bindir, Cluster, Options};
-
-fn cli(source: &str, target: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"));
-    cmd.stdin(Stdio::null())
-        .env("SEREN_SOURCE_URL", source)
-        .env("SEREN_TARGET_URL", target)
-        .env("SEREN_PG_BINDIR", bindir());
-    cmd
-}
-
-fn run(source: &str, target: &str, args: &[&str]) -> Output {
-    cli(source, target)
-        .args(args)
-        .output()
-        .expect("run the CLI")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use pg_harness::{Cluster, Options};
 
 fn slots(c: &Cluster) -> String {
     c.psql(

@@ -323,11 +323,6 @@ pub fn server_bindir(major: u32) -> PathBuf {
     installed(*download)
 }
 
-/// The PostgreSQL 14 server used as an older server than the system's.
-pub fn older_server_bindir() -> PathBuf {
-    server_bindir(14)
-}
-
 /// The bin directory of the newest PostgreSQL installation with client tools (`pg_dump`,
 /// `pg_restore`, `psql`, `pgbench`): PostgreSQL 18 from PyPI. Its `pg_dump` dumps every
 /// server the tests run.
