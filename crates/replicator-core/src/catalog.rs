@@ -357,6 +357,30 @@ pub async fn read(client: &Client) -> Result<Catalog> {
     Ok(catalog)
 }
 
+/// The current database's default collation as `p`, its provider (`c` libc, `i` ICU, `b`
+/// builtin), and `l`, its locale: a query that runs on every version from 12 (`datlocprovider`
+/// exists from 15 on; an ICU or builtin locale is `daticulocale` in 15 and 16, `datlocale` from
+/// 17 on).
+pub(crate) const DATABASE_COLLATION: &str = "SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') AS p, \
+       CASE WHEN coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' THEN d.datcollate \
+            ELSE coalesce(to_jsonb(d) ->> 'daticulocale', to_jsonb(d) ->> 'datlocale', '') END AS l \
+     FROM pg_database d WHERE d.datname = current_database()";
+
+/// A SQL expression: the version this server's library reports for the collations of the
+/// provider `provider` (a SQL expression giving `c` or `i`; NULL for others): glibc's for any
+/// libc locale, ICU's collator version (of `und-x-icu` where there is one).
+pub(crate) fn collation_library_version(provider: &str) -> String {
+    format!(
+        "CASE {provider} \
+           WHEN 'c' THEN (SELECT pg_collation_actual_version(oid) FROM pg_collation \
+                          WHERE collprovider = 'c' AND collname NOT IN ('C', 'POSIX', 'ucs_basic') \
+                          ORDER BY collname LIMIT 1) \
+           WHEN 'i' THEN (SELECT pg_collation_actual_version(oid) FROM pg_collation \
+                          WHERE collprovider = 'i' ORDER BY collname <> 'und-x-icu', collname LIMIT 1) \
+         END"
+    )
+}
+
 /// The server's major version (`server_version_num / 10000`).
 ///
 /// # Errors

@@ -708,29 +708,12 @@ pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileg
 /// libc, `i` ICU, `b` builtin) and locale, and the version of the library behind that
 /// provider on this server (None where it has none or does not say).
 async fn sorting(c: &Client, provider: Option<&str>) -> Option<(String, String, Option<String>)> {
-    let row = c
-        .query_one(
-            "WITH d AS (SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') AS provider, \
-                               CASE WHEN coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'i' \
-                                 THEN coalesce(to_jsonb(d) ->> 'daticulocale', \
-                                               to_jsonb(d) ->> 'datlocale', '') \
-                                 ELSE d.datcollate END AS locale \
-                        FROM pg_database d WHERE d.datname = current_database()) \
-             SELECT provider, locale, \
-                    CASE coalesce($1, provider) \
-                      WHEN 'c' THEN (SELECT pg_collation_actual_version(oid) FROM pg_collation \
-                                     WHERE collprovider = 'c' \
-                                       AND collname NOT IN ('C', 'POSIX', 'ucs_basic') \
-                                     ORDER BY collname LIMIT 1) \
-                      WHEN 'i' THEN (SELECT pg_collation_actual_version(oid) FROM pg_collation \
-                                     WHERE collprovider = 'i' \
-                                     ORDER BY collname <> 'und-x-icu', collname LIMIT 1) \
-                    END \
-             FROM d",
-            &[&provider],
-        )
-        .await
-        .ok()?;
+    let sql = format!(
+        "WITH d AS ({}) SELECT p, l, {} FROM d",
+        crate::catalog::DATABASE_COLLATION,
+        crate::catalog::collation_library_version("coalesce($1, p)")
+    );
+    let row = c.query_one(&sql, &[&provider]).await.ok()?;
     Some((row.get(0), row.get(1), row.get(2)))
 }
 

@@ -103,18 +103,16 @@ pub async fn find_tools(
         });
     }
     let fits =
-        |t: &&Tools| t.major >= source_major && (target_major == 0 || t.major <= target_major);
-    // The first found of the newest major wins (PATH order after the packagers' directories).
-    let newest = |it: Vec<&Tools>| {
-        it.into_iter()
-            .fold(None::<&Tools>, |best, t| match best {
-                Some(b) if b.major >= t.major => Some(b),
-                _ => Some(t),
-            })
-            .cloned()
-    };
-    let best =
-        newest(found.iter().filter(fits).collect()).or_else(|| newest(found.iter().collect()));
+        |t: &Tools| t.major >= source_major && (target_major == 0 || t.major <= target_major);
+    // Of the newest major, the first found wins (max_by_key keeps the last of equals, hence
+    // rev): the packagers' directories, then PATH's order.
+    let best = found
+        .iter()
+        .rev()
+        .filter(|t| fits(t))
+        .max_by_key(|t| t.major)
+        .or_else(|| found.iter().rev().max_by_key(|t| t.major))
+        .cloned();
     let wanted = source_major.max(target_major);
     let where_ = explicit
         .map(|d| format!(" in {}", d.display()))

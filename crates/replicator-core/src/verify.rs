@@ -226,19 +226,9 @@ const ORDERING: &str = "CASE WHEN (p = 'c' AND l IN ('C', 'POSIX')) OR p = 'b' T
 /// The primary key of `t` on `side`.
 async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColumn>> {
     let sql = format!(
-        "WITH db AS ( \
-           SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') AS p, \
-                  CASE WHEN coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' THEN d.datcollate \
-                       ELSE coalesce(to_jsonb(d) ->> 'daticulocale', to_jsonb(d) ->> 'datlocale', '') \
-                  END AS l \
-           FROM pg_database d WHERE d.datname = current_database()), \
-         lib AS (SELECT \
-           (SELECT pg_collation_actual_version(oid) FROM pg_collation WHERE collprovider = 'c' \
-              AND collname NOT IN ('C', 'POSIX', 'ucs_basic') ORDER BY collname LIMIT 1) AS libc, \
-           (SELECT pg_collation_actual_version(oid) FROM pg_collation WHERE collprovider = 'i' \
-              ORDER BY collname <> 'und-x-icu', collname LIMIT 1) AS icu), \
-         dflt AS (SELECT ({ORDERING}) AS ordering FROM (SELECT db.p, db.l, \
-           CASE db.p WHEN 'c' THEN lib.libc WHEN 'i' THEN lib.icu END AS v FROM db, lib) x) \
+        "WITH db AS ({database}), \
+         dflt AS (SELECT ({ORDERING}) AS ordering \
+                  FROM (SELECT db.p, db.l, {version} AS v FROM db) x) \
          SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attcollation <> 0, \
                 CASE WHEN a.attcollation = 100 OR nested THEN dflt.ordering \
                      WHEN a.attcollation = 0 THEN '' \
@@ -260,7 +250,9 @@ async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColu
                                     OR coalesce(el.typtype IN ('r', 'm', 'c'), false) AS nested) ne \
          CROSS JOIN dflt \
          WHERE i.indisprimary AND n.nspname = $1 AND r.relname = $2 \
-         ORDER BY k.ord"
+         ORDER BY k.ord",
+        database = catalog::DATABASE_COLLATION,
+        version = catalog::collation_library_version("db.p"),
     );
     let rows = c
         .query(&sql, &[&t.schema, &t.name])
