@@ -410,12 +410,8 @@ fn fetch_npm(dir: &Path, version: &str) -> PathBuf {
 }
 
 fn fetch_pypi(dir: &Path, version: &str) -> PathBuf {
-    let python = if Command::new("python3").arg("--version").output().is_ok() {
-        "python3"
-    } else {
-        "python"
-    };
-    let out = Command::new(python)
+    // python3, as unpack_wheel uses: the one interpreter the scripts install and expect.
+    let out = Command::new("python3")
         .args([
             "-m",
             "pip",
