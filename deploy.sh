@@ -72,9 +72,10 @@ run() {
 # ------------------------------------------------------------------ prerequisites
 # Each missing tool stops a real run with what to do; a dry run lists them and goes on.
 missing=0
+# The probe is a fixed shell snippet from this file (never a value from outside), run by bash -c.
 need() {
     local what="$1" ok="$2" fix="$3"
-    if eval "$ok" >/dev/null 2>&1; then
+    if bash -c "$ok" >/dev/null 2>&1; then
         printf '  ok       %s\n' "$what"
     elif $dry_run; then
         printf '  missing  %s: %s\n' "$what" "$fix"
@@ -165,12 +166,14 @@ if $smoke; then
     else
         endpoint="$(terraform -chdir="$infra" output -raw api_endpoint)"
         endpoint="${endpoint%/}"
-        key_cmd="$(terraform -chdir="$infra" output -raw api_key_command)"
+        key_param="$(terraform -chdir="$infra" output -raw api_key_parameter)"
         headers="$(mktemp)"
         trap 'rm -f "$headers"' EXIT
         chmod 600 "$headers"
         # The key goes from SSM into a 0600 header file; it never reaches argv or the output.
-        printf 'x-api-key: %s\n' "$(eval "$key_cmd")" >"$headers"
+        # No eval of anything Terraform printed: the parameter name is passed as one argument.
+        printf 'x-api-key: %s\n' "$(aws ssm get-parameter --region "$region" --name "$key_param" \
+            --with-decryption --query Parameter.Value --output text)" >"$headers"
         ok=false
         # A fresh API and Lambda can take a few seconds to answer.
         for attempt in 1 2 3 4 5 6; do

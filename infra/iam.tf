@@ -118,7 +118,7 @@ data "aws_iam_policy_document" "coordinator" {
     condition {
       test     = "ForAllValues:StringEquals"
       variable = "kms:EncryptionContextKeys"
-      values   = ["job_id"]
+      values   = ["job_id", "field"]
     }
     condition {
       test     = "Null"
@@ -139,7 +139,7 @@ data "aws_iam_policy_document" "coordinator" {
     condition {
       test     = "StringEquals"
       variable = "kms:GrantConstraintType"
-      values   = ["EncryptionContextEquals"]
+      values   = ["EncryptionContextSubset"]
     }
     condition {
       test     = "StringLike"
@@ -154,18 +154,41 @@ data "aws_iam_policy_document" "coordinator" {
     resources = [local.launch_template_arn]
   }
 
+  # The instance itself: through our template and only as an allowed type (a key cannot ask
+  # for a p5.48xlarge even if the API's own check were bypassed).
+  statement {
+    sid       = "LaunchOnlyAllowedInstanceTypes"
+    actions   = ["ec2:RunInstances"]
+    resources = [local.instance_arn_pattern]
+    condition {
+      test     = "ArnLike"
+      variable = "ec2:LaunchTemplate"
+      values   = [local.launch_template_arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:InstanceType"
+      values   = var.allowed_instance_types
+    }
+  }
+
+  # What the launch uses: this deployment's image and security group, its subnets when given
+  # (the default VPC's otherwise), new volumes, interfaces and spot requests.
   statement {
     sid     = "LaunchResourcesOnlyThroughOurTemplate"
     actions = ["ec2:RunInstances"]
-    resources = [
-      local.instance_arn_pattern,
-      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:volume/*",
-      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:network-interface/*",
-      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:subnet/*",
-      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:security-group/*",
-      "arn:${local.partition}:ec2:${local.region}::image/*",
-      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:spot-instances-request/*",
-    ]
+    resources = concat(
+      [
+        "arn:${local.partition}:ec2:${local.region}:${local.account_id}:volume/*",
+        "arn:${local.partition}:ec2:${local.region}:${local.account_id}:network-interface/*",
+        aws_security_group.worker.arn,
+        "arn:${local.partition}:ec2:${local.region}::image/${var.worker_ami_id}",
+        "arn:${local.partition}:ec2:${local.region}:${local.account_id}:spot-instances-request/*",
+      ],
+      length(var.subnet_ids) > 0
+      ? [for s in var.subnet_ids : "arn:${local.partition}:ec2:${local.region}:${local.account_id}:subnet/${s}"]
+      : ["arn:${local.partition}:ec2:${local.region}:${local.account_id}:subnet/*"],
+    )
     condition {
       test     = "ArnLike"
       variable = "ec2:LaunchTemplate"

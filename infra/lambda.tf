@@ -23,9 +23,10 @@ locals {
   )
 
   coordinator_env = merge(local.common_env, {
-    SEREN_API_KEY_SHA256      = local.api_key_sha256
-    SEREN_MAX_CONCURRENT_JOBS = tostring(var.max_concurrent_jobs)
-    SEREN_JOB_RETENTION_DAYS  = tostring(var.job_retention_days)
+    SEREN_API_KEY_SHA256         = local.api_key_sha256
+    SEREN_MAX_CONCURRENT_JOBS    = tostring(var.max_concurrent_jobs)
+    SEREN_ALLOWED_INSTANCE_TYPES = join(",", var.allowed_instance_types)
+    SEREN_JOB_RETENTION_DAYS     = tostring(var.job_retention_days)
   })
 
   reaper_env = local.common_env

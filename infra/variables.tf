@@ -55,9 +55,34 @@ variable "worker_ami_id" {
 }
 
 variable "worker_instance_type" {
-  description = "Instance type of workers whose job asks for none. Null: chosen by the source's size (t3.medium under 10 GiB up to c5.4xlarge)."
+  description = "Instance type of workers whose job asks for none. Null: chosen by the source's size (t3.medium under 10 GiB up to c5.4xlarge). Must be one of allowed_instance_types."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.worker_instance_type == null || contains(var.allowed_instance_types, coalesce(var.worker_instance_type, "-"))
+    error_message = "worker_instance_type must be one of allowed_instance_types."
+  }
+}
+
+variable "allowed_instance_types" {
+  description = "The only instance types workers may run as: a job asking for another gets 400, and the coordinator's IAM policy launches no other (ec2:InstanceType). Keep t3.medium, c5.xlarge, c5.2xlarge and c5.4xlarge unless worker_instance_type is set: the size-based choice picks them."
+  type        = list(string)
+  default = [
+    "t3.medium", "t3.large", "t3.xlarge", "t3.2xlarge",
+    "c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge",
+    "c6i.large", "c6i.xlarge", "c6i.2xlarge", "c6i.4xlarge",
+    "c7i.large", "c7i.xlarge", "c7i.2xlarge", "c7i.4xlarge",
+    "m5.large", "m5.xlarge", "m5.2xlarge", "m5.4xlarge",
+    "m6i.large", "m6i.xlarge", "m6i.2xlarge", "m6i.4xlarge",
+    "m7i.large", "m7i.xlarge", "m7i.2xlarge", "m7i.4xlarge",
+    "r6i.large", "r6i.xlarge", "r6i.2xlarge", "r6i.4xlarge",
+  ]
+
+  validation {
+    condition     = length(var.allowed_instance_types) > 0 && alltrue([for t in var.allowed_instance_types : can(regex("^[a-z0-9-]+\\.[a-z0-9-]+$", t))])
+    error_message = "allowed_instance_types must list instance types such as c5.2xlarge."
+  }
 }
 
 variable "worker_root_volume_gb" {

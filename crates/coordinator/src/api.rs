@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use job_model::api::{Health, JobView, ListResponse, SubmitRequest, SubmitResponse};
 use job_model::job::is_valid_job_id;
+use job_model::seal::Field;
 use job_model::{
     Change, Created, Cursor, ErrorBody, Expect, Job, JobStatus, JobStore, Owner, Sealer,
     SecretString, StoreError, Timestamp,
@@ -32,6 +33,9 @@ pub struct Settings {
     pub retention: Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// The instance types a job may ask for (`options.instance_type`); others get 400. The
+    /// coordinator's IAM policy allows launching these only.
+    pub allowed_instance_types: Vec<String>,
 }
 
 impl Default for Settings {
@@ -40,6 +44,10 @@ impl Default for Settings {
             max_concurrent_jobs: Some(10),
             retention: job_model::job::DEFAULT_RETENTION,
             max_body_bytes: 64 * 1024,
+            allowed_instance_types: validate::DEFAULT_ALLOWED_INSTANCE_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
         }
     }
 }
@@ -118,7 +126,7 @@ async fn submit(
     let req: SubmitRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
     drop(body);
-    let valid = validate::submit(&req)?;
+    let valid = validate::submit(&req, &state.settings.allowed_instance_types)?;
     let idempotency_key = headers
         .get("idempotency-key")
         .map(|v| {
@@ -136,12 +144,20 @@ async fn submit(
     } = &req;
     let sealed_source = state
         .sealer
-        .seal(&job_id, &SecretString::new(source_url.as_str()))
+        .seal(
+            &job_id,
+            Field::SourceUrl,
+            &SecretString::new(source_url.as_str()),
+        )
         .await
         .map_err(|e| seal_error(&e))?;
     let sealed_target = state
         .sealer
-        .seal(&job_id, &SecretString::new(target_url.as_str()))
+        .seal(
+            &job_id,
+            Field::TargetUrl,
+            &SecretString::new(target_url.as_str()),
+        )
         .await
         .map_err(|e| seal_error(&e))?;
     let now = Timestamp::now();

@@ -26,6 +26,9 @@ pub struct Policy {
     pub cancel_grace: Duration,
     /// A worker whose job finished this long ago (or whose job is unknown) is terminated.
     pub orphan_grace: Duration,
+    /// The stored count of active jobs is corrected only when it has not changed for this
+    /// long (a job created a moment ago may not show in the listing that counts yet).
+    pub count_quiet: Duration,
 }
 
 impl Default for Policy {
@@ -37,6 +40,7 @@ impl Default for Policy {
             default_job_timeout: Duration::from_secs(24 * 3600),
             cancel_grace: Duration::from_secs(2 * 60),
             orphan_grace: Duration::from_secs(2 * 60),
+            count_quiet: Duration::from_secs(60),
         }
     }
 }
@@ -55,6 +59,10 @@ pub struct Report {
     /// Jobs whose finished workers' KMS grants were revoked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub grants_revoked: Vec<String>,
+    /// The count of active jobs (for `max_concurrent_jobs`) as it was and as it was corrected
+    /// to, when it had drifted from the jobs really active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_corrected: Option<job_model::ReconciledCount>,
     /// What failed in this pass, one line each (`step: error`). Each step (the active jobs of
     /// each status, each job's workers, the orphaned workers, the grant sweep) runs whatever
     /// an earlier one did: one failing call does not keep the others from their work.
@@ -234,6 +242,21 @@ pub async fn reap(
     match provisioner.sweep(now).await {
         Ok(revoked) => report.grants_revoked = revoked,
         Err(e) => report.failures.push(format!("sweep the grants: {e}")),
+    }
+    // After this pass's own finishes, which moved the count themselves.
+    match store.reconcile_active(policy.count_quiet).await {
+        Ok(Some(c)) => {
+            tracing::warn!(
+                was = c.was,
+                now = c.now,
+                "corrected the count of active jobs"
+            );
+            report.count_corrected = Some(c);
+        }
+        Ok(None) => {}
+        Err(e) => report
+            .failures
+            .push(format!("reconcile the count of active jobs: {e}")),
     }
     for f in &report.failures {
         tracing::error!(failure = %f, "reaper step failed");

@@ -21,6 +21,44 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// The longest time a job may be given.
 pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
 
+/// The instance types a job may ask for unless the operator says otherwise: the general-purpose,
+/// compute- and memory-optimised families up to 16 vCPUs (what a copy can use: it is bound by the
+/// network and the two servers), including every type the size-based choice picks.
+pub const DEFAULT_ALLOWED_INSTANCE_TYPES: &[&str] = &[
+    "t3.medium",
+    "t3.large",
+    "t3.xlarge",
+    "t3.2xlarge",
+    "c5.large",
+    "c5.xlarge",
+    "c5.2xlarge",
+    "c5.4xlarge",
+    "c6i.large",
+    "c6i.xlarge",
+    "c6i.2xlarge",
+    "c6i.4xlarge",
+    "c7i.large",
+    "c7i.xlarge",
+    "c7i.2xlarge",
+    "c7i.4xlarge",
+    "m5.large",
+    "m5.xlarge",
+    "m5.2xlarge",
+    "m5.4xlarge",
+    "m6i.large",
+    "m6i.xlarge",
+    "m6i.2xlarge",
+    "m6i.4xlarge",
+    "m7i.large",
+    "m7i.xlarge",
+    "m7i.2xlarge",
+    "m7i.4xlarge",
+    "r6i.large",
+    "r6i.xlarge",
+    "r6i.2xlarge",
+    "r6i.4xlarge",
+];
+
 /// A submit that passed every check.
 #[derive(Debug)]
 pub struct Valid {
@@ -94,7 +132,7 @@ fn command(req: &SubmitRequest) -> Result<(), ApiError> {
     }
 }
 
-fn options(o: &Options) -> Result<(), ApiError> {
+fn options(o: &Options, allowed_instance_types: &[String]) -> Result<(), ApiError> {
     if let Some(j) = o.jobs {
         if !(1..=256).contains(&j) {
             return Err(ApiError::invalid(format!(
@@ -137,6 +175,13 @@ fn options(o: &Options) -> Result<(), ApiError> {
                 "options.instance_type '{t}' is not an EC2 instance type such as c5.2xlarge"
             )));
         }
+        if !allowed_instance_types.iter().any(|a| a == t) {
+            return Err(ApiError::invalid(format!(
+                "options.instance_type '{t}' is not one this deployment allows ({}); choose one \
+                 of those, or ask the operator to add it to allowed_instance_types",
+                allowed_instance_types.join(", ")
+            )));
+        }
     }
     Ok(())
 }
@@ -145,7 +190,7 @@ fn options(o: &Options) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// A 400 naming the field and the fix.
-pub fn submit(req: &SubmitRequest) -> Result<Valid, ApiError> {
+pub fn submit(req: &SubmitRequest, allowed_instance_types: &[String]) -> Result<Valid, ApiError> {
     command(req)?;
     let source = url("source_url", &req.source_url)?;
     let target = url("target_url", &req.target_url)?;
@@ -158,7 +203,7 @@ pub fn submit(req: &SubmitRequest) -> Result<Valid, ApiError> {
         ));
     }
     filter(&req.filter)?;
-    options(&req.options)?;
+    options(&req.options, allowed_instance_types)?;
     Ok(Valid { source, target })
 }
 
@@ -181,6 +226,17 @@ pub fn idempotency_key(v: &str) -> Result<String, ApiError> {
 mod tests {
     use super::*;
 
+    fn allowed() -> Vec<String> {
+        DEFAULT_ALLOWED_INSTANCE_TYPES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect()
+    }
+
+    fn submit_any(r: &SubmitRequest) -> Result<Valid, ApiError> {
+        submit(r, &allowed())
+    }
+
     fn req(source: &str, target: &str) -> SubmitRequest {
         SubmitRequest {
             command: Command::Init,
@@ -198,7 +254,7 @@ mod tests {
                 &format!("postgresql://app:{pw}@src.example.com:5432/db"),
                 "postgresql://app:pw@[2001:db8::1]:5433/db",
             );
-            let v = submit(&r).expect(pw);
+            let v = submit_any(&r).expect(pw);
             assert!(v.source.password.is_some());
             assert_eq!(v.target.host, "2001:db8::1");
         }
@@ -223,12 +279,12 @@ mod tests {
             ),
         ];
         for (url, want) in cases {
-            let err = submit(&req(url, "postgresql://u@t/db")).expect_err(url);
+            let err = submit_any(&req(url, "postgresql://u@t/db")).expect_err(url);
             assert!(err.message.contains(want), "{url}: {}", err.message);
             assert!(!err.message.contains("secretpw"), "{}", err.message);
         }
-        let err =
-            submit(&req("postgresql://u@h:5432/db", "postgresql://v@H:5432/db")).expect_err("same");
+        let err = submit_any(&req("postgresql://u@h:5432/db", "postgresql://v@H:5432/db"))
+            .expect_err("same");
         assert!(err.message.contains("same database"));
     }
 
@@ -236,26 +292,41 @@ mod tests {
     fn filters_and_options_are_checked() {
         let mut r = req("postgresql://u@s/db", "postgresql://u@t/db");
         r.filter.include_tables = vec!["public.\"unclosed".into()];
-        assert!(submit(&r).expect_err("glob").message.contains("unclosed"));
+        assert!(submit_any(&r)
+            .expect_err("glob")
+            .message
+            .contains("unclosed"));
         r.filter.include_tables.clear();
         r.filter.table_filters = vec!["no-colon".into()];
-        assert!(submit(&r).is_err());
+        assert!(submit_any(&r).is_err());
         r.filter.table_filters.clear();
         r.options.jobs = Some(0);
-        assert!(submit(&r)
+        assert!(submit_any(&r)
             .expect_err("jobs")
             .message
             .contains("options.jobs"));
         r.options.jobs = Some(8);
         r.options.instance_type = Some("c5.2xlarge; reboot".into());
-        assert!(submit(&r).is_err());
+        assert!(submit_any(&r).is_err());
+        // Well formed but not allowed: any key could otherwise ask for a GPU fleet.
+        r.options.instance_type = Some("p5.48xlarge".into());
+        let err = submit_any(&r).expect_err("not allowed");
+        assert!(
+            err.message.contains("not one this deployment allows"),
+            "{}",
+            err.message
+        );
+        assert!(
+            submit(&r, &["p5.48xlarge".to_owned()]).is_ok(),
+            "the operator may allow it"
+        );
         r.options.instance_type = Some("c5.2xlarge".into());
         r.options.timeout_seconds = Some(MAX_TIMEOUT_SECONDS + 1);
-        assert!(submit(&r).is_err());
+        assert!(submit_any(&r).is_err());
         r.options.timeout_seconds = Some(3600);
-        assert!(submit(&r).is_ok());
+        assert!(submit_any(&r).is_ok());
         r.options.chunk_rows = Some(10);
-        assert!(submit(&r)
+        assert!(submit_any(&r)
             .expect_err("chunk")
             .message
             .contains("options.chunk_rows"));
@@ -265,25 +336,25 @@ mod tests {
     fn each_command_takes_what_it_can_use() {
         let mut r = req("postgresql://u@s/db", "postgresql://u@t/db");
         r.command = Command::Sync;
-        assert!(submit(&r)
+        assert!(submit_any(&r)
             .expect_err("sync")
             .message
             .contains("postgres-seren-replicator sync"));
         r.command = Command::Verify;
         r.filter.exclude_tables = vec!["audit.*".into()];
-        assert!(submit(&r).is_ok());
+        assert!(submit_any(&r).is_ok());
         r.filter.table_filters = vec!["public.t:id > 5".into()];
-        assert!(submit(&r)
+        assert!(submit_any(&r)
             .expect_err("verify with a row filter")
             .message
             .contains("table_filters does not apply to verify"));
         r.command = Command::Validate;
-        assert!(submit(&r)
+        assert!(submit_any(&r)
             .expect_err("validate with a filter")
             .message
             .contains("takes no filter"));
         r.filter = FilterSpec::default();
-        assert!(submit(&r).is_ok());
+        assert!(submit_any(&r).is_ok());
     }
 
     #[test]

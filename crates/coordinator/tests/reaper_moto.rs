@@ -100,7 +100,7 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
             subnet_ids: Vec::new(),
             default_instance_type: Some("t3.micro".into()),
             use_spot: false,
-            jobs_table: table,
+            jobs_table: table.clone(),
             grants: None,
         },
     );
@@ -126,12 +126,32 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
     let stuck = job(ago(900));
     store.create(&stuck, None).await.expect("stuck");
 
+    // A job whose item vanished while it was active (a crash between steps, an item deleted
+    // by hand): its slot in the count of active jobs leaked.
+    let leaked = job(Timestamp::now());
+    store.create(&leaked, None).await.expect("leaked");
+    aws_sdk_dynamodb::Client::new(&cfg)
+        .delete_item()
+        .table_name(&table)
+        .key(
+            "job_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(leaked.job_id.clone()),
+        )
+        .send()
+        .await
+        .expect("delete");
+
     let policy = Policy {
         orphan_grace: Duration::ZERO,
+        count_quiet: Duration::ZERO,
         ..Policy::default()
     };
     let report = reap(&store, &p, &policy, Timestamp::now()).await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let corrected = report
+        .count_corrected
+        .expect("the leaked slot is given back");
+    assert_eq!(corrected.was - corrected.now, 1, "{corrected:?}");
 
     let failed = store.get(&dead.job_id).await.expect("get").expect("dead");
     assert_eq!(failed.status, JobStatus::Failed);

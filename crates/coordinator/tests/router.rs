@@ -80,7 +80,7 @@ async fn a_submitted_job_is_provisioned_and_shown_without_secrets() {
     let source = f
         .state
         .sealer
-        .open(&id, &job.source_secret)
+        .open(&id, job_model::seal::Field::SourceUrl, &job.source_secret)
         .await
         .expect("open");
     assert!(source.expose().contains(PASSWORD_ENC));

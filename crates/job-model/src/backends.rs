@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::seal::{KmsSealer, LocalSealer, SealError};
 use crate::store::dynamodb::DynamoStore;
+use crate::store::retry::{Backoff, Retrying};
 use crate::store::sqlite::SqliteStore;
 use crate::store::StoreError;
 use crate::{JobStore, Sealer};
@@ -50,7 +51,8 @@ impl BackendConfig {
         self.jobs_table.is_some() || self.kms_key_id.is_some()
     }
 
-    /// The store and sealer. `aws` must be given when [`BackendConfig::needs_aws`].
+    /// The store and sealer. `aws` must be given when [`BackendConfig::needs_aws`]. Store calls
+    /// are retried under [`Backoff::REQUEST`] when the backend says trying again may help.
     ///
     /// # Errors
     /// When the SQLite file or the key file cannot be opened.
@@ -67,6 +69,7 @@ impl BackendConfig {
                 }
             })?),
         };
+        let store = Retrying::shared(store, Backoff::REQUEST);
         let sealer: Arc<dyn Sealer> = match (&self.kms_key_id, &self.jobs_table, aws) {
             (Some(key), _, Some(cfg)) => {
                 Arc::new(KmsSealer::new(aws_sdk_kms::Client::new(cfg), key.clone()))

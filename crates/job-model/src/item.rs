@@ -255,6 +255,13 @@ impl Reader<'_> {
         }
     }
 
+    fn secret(&self, k: &str, status: JobStatus) -> Result<Vec<u8>, StoreError> {
+        match self.item.get(k) {
+            None if status.is_terminal() => Ok(Vec::new()),
+            _ => self.b(k),
+        }
+    }
+
     fn b(&self, k: &str) -> Result<Vec<u8>, StoreError> {
         match self.item.get(k) {
             Some(AttributeValue::B(b)) => Ok(b.as_ref().to_vec()),
@@ -303,8 +310,9 @@ pub fn from_item(item: &Item) -> Result<Job, StoreError> {
             filter: stored.filter,
             options: stored.options,
         },
-        source_secret: r.b(attr::SOURCE_SECRET)?,
-        target_secret: r.b(attr::TARGET_SECRET)?,
+        // Removed when the job ends (nothing needs them after); required while it is active.
+        source_secret: r.secret(attr::SOURCE_SECRET, status)?,
+        target_secret: r.secret(attr::TARGET_SECRET, status)?,
         source_display: r.s(attr::SOURCE_DISPLAY)?.unwrap_or_default(),
         target_display: r.s(attr::TARGET_DISPLAY)?.unwrap_or_default(),
         created_at,

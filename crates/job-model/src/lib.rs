@@ -28,4 +28,4 @@ pub use job::{
 };
 pub use seal::{SealError, Sealer};
 pub use status::JobStatus;
-pub use store::{Change, Created, Cursor, Expect, JobStore, Page, StoreError};
+pub use store::{Change, Created, Cursor, Expect, JobStore, Page, ReconciledCount, StoreError};

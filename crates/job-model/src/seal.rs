@@ -1,13 +1,35 @@
 //! The `Sealer` port: connection URLs are sealed before they are stored and opened only by the
 //! worker that runs the job.
 //!
-//! A sealed URL is bound to its job id: KMS takes it as the encryption context `{"job_id": …}`
-//! (so IAM can restrict a worker to its own job's key material); the local sealer takes it as
-//! the AEAD's associated data. A blob moved to another job's record does not open.
+//! A sealed URL is bound to its job id and to the field it is stored in: KMS takes both as the
+//! encryption context `{"job_id": …, "field": "source_url" | "target_url"}` (so IAM can restrict
+//! a worker to its own job's key material); the local sealer takes them as the AEAD's associated
+//! data. A blob moved to another job's record does not open, and neither does one moved to the
+//! other field of the same record: whoever can write a job's item cannot make the worker take
+//! the target for the source (and, with `drop_existing`, drop the real source).
 
 use async_trait::async_trait;
 
 use crate::job::SecretString;
+
+/// Which of a job's secrets a blob holds: part of what it is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The source database's URL.
+    SourceUrl,
+    /// The target database's URL.
+    TargetUrl,
+}
+
+impl Field {
+    /// The name in the encryption context (the job record's attribute, without `_secret`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SourceUrl => "source_url",
+            Self::TargetUrl => "target_url",
+        }
+    }
+}
 
 /// What sealing can fail with. Messages never contain the plaintext.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +58,28 @@ pub enum SealError {
 /// Seals and opens secrets for one job.
 #[async_trait]
 pub trait Sealer: Send + Sync + std::fmt::Debug {
-    /// Encrypt `plaintext` bound to `job_id`. Each call gives a different blob.
+    /// Encrypt `plaintext` bound to `job_id` and `field`. Each call gives a different blob.
     ///
     /// # Errors
     /// When the key is unusable or the backend fails.
-    async fn seal(&self, job_id: &str, plaintext: &SecretString) -> Result<Vec<u8>, SealError>;
+    async fn seal(
+        &self,
+        job_id: &str,
+        field: Field,
+        plaintext: &SecretString,
+    ) -> Result<Vec<u8>, SealError>;
 
-    /// Decrypt a blob sealed for `job_id`.
+    /// Decrypt a blob sealed for `job_id` and `field`.
     ///
     /// # Errors
-    /// [`SealError::Open`] when the blob was sealed for another job, altered, or under another
-    /// key.
-    async fn open(&self, job_id: &str, sealed: &[u8]) -> Result<SecretString, SealError>;
+    /// [`SealError::Open`] when the blob was sealed for another job or field, altered, or
+    /// under another key.
+    async fn open(
+        &self,
+        job_id: &str,
+        field: Field,
+        sealed: &[u8],
+    ) -> Result<SecretString, SealError>;
 }
 
 #[cfg(feature = "local")]
@@ -64,15 +96,20 @@ mod local {
     use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
     use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
-    use super::{SealError, Sealer};
+    use super::{Field, SealError, Sealer};
     use crate::job::SecretString;
 
-    const MAGIC: &[u8; 4] = b"SLX1";
+    /// `SLX2`: bound to job id and field (`SLX1` blobs, bound to the job id only, are refused).
+    const MAGIC: &[u8; 4] = b"SLX2";
+
+    fn associated(job_id: &str, field: Field) -> Vec<u8> {
+        format!("{job_id}\0{}", field.as_str()).into_bytes()
+    }
     const NONCE_LEN: usize = 24;
 
     /// Seals with XChaCha20-Poly1305 under a 32-byte key kept in a file readable only by its
-    /// owner (mode 0600), created on first use. Blob: `SLX1` ‖ 24-byte random nonce ‖
-    /// ciphertext with tag; associated data: the job id.
+    /// owner (mode 0600), created on first use. Blob: `SLX2` ‖ 24-byte random nonce ‖
+    /// ciphertext with tag; associated data: the job id, a NUL and the field's name.
     pub struct LocalSealer {
         cipher: XChaCha20Poly1305,
         path: PathBuf,
@@ -141,15 +178,21 @@ mod local {
 
     #[async_trait]
     impl Sealer for LocalSealer {
-        async fn seal(&self, job_id: &str, plaintext: &SecretString) -> Result<Vec<u8>, SealError> {
+        async fn seal(
+            &self,
+            job_id: &str,
+            field: Field,
+            plaintext: &SecretString,
+        ) -> Result<Vec<u8>, SealError> {
             let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+            let aad = associated(job_id, field);
             let ct = self
                 .cipher
                 .encrypt(
                     &nonce,
                     Payload {
                         msg: plaintext.expose().as_bytes(),
-                        aad: job_id.as_bytes(),
+                        aad: &aad,
                     },
                 )
                 .map_err(|_| SealError::Key("encryption failed".into()))?;
@@ -160,7 +203,12 @@ mod local {
             Ok(out)
         }
 
-        async fn open(&self, job_id: &str, sealed: &[u8]) -> Result<SecretString, SealError> {
+        async fn open(
+            &self,
+            job_id: &str,
+            field: Field,
+            sealed: &[u8],
+        ) -> Result<SecretString, SealError> {
             let bad = |reason: &str| SealError::Open {
                 job_id: job_id.to_owned(),
                 reason: reason.to_owned(),
@@ -178,10 +226,12 @@ mod local {
                     XNonce::from_slice(nonce),
                     Payload {
                         msg: ct,
-                        aad: job_id.as_bytes(),
+                        aad: &associated(job_id, field),
                     },
                 )
-                .map_err(|_| bad("sealed for another job, altered, or under another key"))?;
+                .map_err(|_| {
+                    bad("sealed for another job or field, altered, or under another key")
+                })?;
             String::from_utf8(pt)
                 .map(SecretString::new)
                 .map_err(|_| bad("not text"))
@@ -190,7 +240,7 @@ mod local {
 }
 
 #[cfg(feature = "aws")]
-pub use kms::KmsSealer;
+pub use kms::{KmsSealer, CONTEXT_FIELD, CONTEXT_JOB_ID};
 
 #[cfg(feature = "aws")]
 mod kms {
@@ -199,11 +249,16 @@ mod kms {
     use aws_sdk_kms::primitives::Blob;
     use aws_sdk_kms::Client;
 
-    use super::{SealError, Sealer};
+    use super::{Field, SealError, Sealer};
     use crate::job::SecretString;
 
+    /// The encryption context keys, which IAM conditions and grants name.
+    pub const CONTEXT_JOB_ID: &str = "job_id";
+    /// See [`CONTEXT_JOB_ID`].
+    pub const CONTEXT_FIELD: &str = "field";
+
     /// Seals with AWS KMS `Encrypt`/`Decrypt` under one key, encryption context
-    /// `{"job_id": …}`.
+    /// `{"job_id": …, "field": …}`.
     #[derive(Debug, Clone)]
     pub struct KmsSealer {
         client: Client,
@@ -255,7 +310,12 @@ mod kms {
 
     #[async_trait]
     impl Sealer for KmsSealer {
-        async fn seal(&self, job_id: &str, plaintext: &SecretString) -> Result<Vec<u8>, SealError> {
+        async fn seal(
+            &self,
+            job_id: &str,
+            field: Field,
+            plaintext: &SecretString,
+        ) -> Result<Vec<u8>, SealError> {
             let key_id = self.key_id.as_deref().ok_or_else(|| {
                 SealError::Key("sealing with KMS needs a key id (SEREN_KMS_KEY_ID)".into())
             })?;
@@ -264,7 +324,8 @@ mod kms {
                 .encrypt()
                 .key_id(key_id)
                 .plaintext(Blob::new(plaintext.expose().as_bytes()))
-                .encryption_context("job_id", job_id)
+                .encryption_context(CONTEXT_JOB_ID, job_id)
+                .encryption_context(CONTEXT_FIELD, field.as_str())
                 .send()
                 .await
                 .map_err(|e| backend("Encrypt", e))?;
@@ -273,13 +334,19 @@ mod kms {
                 .ok_or_else(|| SealError::Key("KMS Encrypt returned no ciphertext".into()))
         }
 
-        async fn open(&self, job_id: &str, sealed: &[u8]) -> Result<SecretString, SealError> {
+        async fn open(
+            &self,
+            job_id: &str,
+            field: Field,
+            sealed: &[u8],
+        ) -> Result<SecretString, SealError> {
             let out = self
                 .client
                 .decrypt()
                 .set_key_id(self.key_id.clone())
                 .ciphertext_blob(Blob::new(sealed))
-                .encryption_context("job_id", job_id)
+                .encryption_context(CONTEXT_JOB_ID, job_id)
+                .encryption_context(CONTEXT_FIELD, field.as_str())
                 .send()
                 .await
                 .map_err(|e| {
@@ -291,7 +358,7 @@ mod kms {
                         SealError::Open {
                             job_id: job_id.to_owned(),
                             reason: format!(
-                                "KMS refused it ({}): sealed for another job or key",
+                                "KMS refused it ({}): sealed for another job, field or key",
                                 code.unwrap_or_default()
                             ),
                         }
@@ -326,25 +393,32 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let url = SecretString::new("postgresql://u:p%3B%26%26@h/db");
-        let a = sealer.seal("job-a", &url).await.expect("seal");
-        let b = sealer.seal("job-a", &url).await.expect("seal");
+        let src = Field::SourceUrl;
+        let a = sealer.seal("job-a", src, &url).await.expect("seal");
+        let b = sealer.seal("job-a", src, &url).await.expect("seal");
         assert_ne!(a, b, "nonces differ");
         assert!(!String::from_utf8_lossy(&a).contains("p%3B"));
-        assert_eq!(sealer.open("job-a", &a).await.expect("open"), url);
+        assert_eq!(sealer.open("job-a", src, &a).await.expect("open"), url);
         // Another job's record.
-        let err = sealer.open("job-b", &a).await.expect_err("wrong job");
+        let err = sealer.open("job-b", src, &a).await.expect_err("wrong job");
+        assert!(matches!(err, SealError::Open { .. }), "{err}");
+        // The other field of the same record: a swapped source and target.
+        let err = sealer
+            .open("job-a", Field::TargetUrl, &a)
+            .await
+            .expect_err("wrong field");
         assert!(matches!(err, SealError::Open { .. }), "{err}");
         // Reopened from the same file: same key.
         let again = LocalSealer::open_or_create(&path).expect("reopen");
-        assert_eq!(again.open("job-a", &b).await.expect("open"), url);
+        assert_eq!(again.open("job-a", src, &b).await.expect("open"), url);
         // Another key.
         let other = LocalSealer::open_or_create(&dir.path().join("other.key")).expect("other");
-        assert!(other.open("job-a", &a).await.is_err());
+        assert!(other.open("job-a", src, &a).await.is_err());
         // A flipped bit.
         let mut c = a.clone();
         let last = c.len() - 1;
         c[last] ^= 1;
-        assert!(sealer.open("job-a", &c).await.is_err());
+        assert!(sealer.open("job-a", src, &c).await.is_err());
     }
 
     #[test]

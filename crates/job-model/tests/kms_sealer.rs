@@ -1,6 +1,6 @@
 //! The KMS sealer against moto's KMS: the encryption context binds a sealed URL to its job.
 
-use job_model::seal::KmsSealer;
+use job_model::seal::{Field, KmsSealer};
 use job_model::{SealError, Sealer, SecretString};
 
 async fn sealer() -> (KmsSealer, KmsSealer) {
@@ -26,17 +26,27 @@ async fn sealer() -> (KmsSealer, KmsSealer) {
 async fn kms_sealed_urls_open_only_for_their_job() {
     let (sealer, opener) = sealer().await;
     let url = SecretString::new("postgresql://app:s%3Bcr%26%26t$(x)@db.example.com:5432/prod");
-    let blob = sealer.seal("job-1", &url).await.expect("seal");
+    let src = Field::SourceUrl;
+    let blob = sealer.seal("job-1", src, &url).await.expect("seal");
     assert!(!String::from_utf8_lossy(&blob).contains("s%3Bcr"));
-    assert_eq!(sealer.open("job-1", &blob).await.expect("open"), url);
-    let err = sealer.open("job-2", &blob).await.expect_err("other job");
+    assert_eq!(sealer.open("job-1", src, &blob).await.expect("open"), url);
+    let err = sealer
+        .open("job-2", src, &blob)
+        .await
+        .expect_err("other job");
     assert!(matches!(err, SealError::Open { .. }), "{err}");
     assert!(!err.to_string().contains("s%3Bcr"), "{err}");
+    // The source's blob put in the target's place does not open either.
+    let err = sealer
+        .open("job-1", Field::TargetUrl, &blob)
+        .await
+        .expect_err("other field");
+    assert!(matches!(err, SealError::Open { .. }), "{err}");
     // A worker opens without knowing the key id, and cannot seal.
-    assert_eq!(opener.open("job-1", &blob).await.expect("open"), url);
-    assert!(opener.open("job-2", &blob).await.is_err());
+    assert_eq!(opener.open("job-1", src, &blob).await.expect("open"), url);
+    assert!(opener.open("job-2", src, &blob).await.is_err());
     assert!(matches!(
-        opener.seal("job-1", &url).await,
+        opener.seal("job-1", src, &url).await,
         Err(SealError::Key(_))
     ));
 }

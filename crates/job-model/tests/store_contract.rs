@@ -425,6 +425,113 @@ async fn expired_records_read_as_gone(store: Arc<dyn JobStore>) {
     assert!(page.jobs.iter().all(|x| x.job_id != j.job_id));
 }
 
+/// DynamoDB's transaction conflicts and lost answers, injected at 30 % each into creates and
+/// finishes, retried: every job is stored once and finished once, so the limit still holds
+/// exactly and the count comes back to zero.
+async fn injected_faults_are_retried_and_each_write_happens_once(store: Arc<dyn JobStore>) {
+    use job_model::store::fault::{Call, Faulty, Rule};
+    use job_model::store::retry::{Backoff, Retrying};
+    let faulty = Arc::new(
+        Faulty::new(store.clone(), 7)
+            .with(
+                Call::Create,
+                Rule::Random {
+                    before: 0.3,
+                    after: 0.3,
+                },
+            )
+            .with(
+                Call::Finish,
+                Rule::Random {
+                    before: 0.3,
+                    after: 0.3,
+                },
+            ),
+    );
+    let retrying = Retrying::new(faulty.clone(), Backoff::REQUEST);
+    let mut made = Vec::new();
+    for i in 0..12 {
+        let key = format!("k{i}");
+        let j = job("key-a", at(i), Some(&key));
+        match retrying.create(&j, Some(10)).await {
+            Ok(Created::New(stored)) => {
+                assert_eq!(stored.job_id, j.job_id);
+                made.push(stored);
+            }
+            Ok(Created::Existing(e)) => panic!("job {i} read as existing: {e:?}"),
+            Err(StoreError::LimitReached { limit: 10 }) => assert!(i >= 10, "refused job {i}"),
+            Err(e) => panic!("job {i}: {e}"),
+        }
+    }
+    assert_eq!(made.len(), 10);
+    for j in &made {
+        let done = retrying
+            .transition(
+                &j.job_id,
+                Expect::job(j),
+                Change::to(JobStatus::Cancelled, at(100)),
+            )
+            .await
+            .expect("finish");
+        assert_eq!(done.status, JobStatus::Cancelled);
+        assert_eq!(done.version, j.version + 1, "written once");
+    }
+    // Ten slots free again, and no more.
+    for i in 0..11 {
+        let j = job("key-a", at(200 + i), None);
+        let r = retrying.create(&j, Some(10)).await;
+        if i < 10 {
+            assert!(matches!(r, Ok(Created::New(_))), "{i}: {r:?}");
+        } else {
+            assert!(matches!(r, Err(StoreError::LimitReached { .. })), "{r:?}");
+        }
+    }
+    assert_eq!(
+        store
+            .reconcile_active(Duration::ZERO)
+            .await
+            .expect("reconcile"),
+        None,
+        "the count is exact"
+    );
+    let c = faulty.injected(Call::Create);
+    let f = faulty.injected(Call::Finish);
+    assert!(
+        c.before > 0 && c.after > 0 && f.before > 0 && f.after > 0,
+        "{c:?} {f:?}"
+    );
+}
+
+/// The sealed URLs leave the record when the job ends, while everything else stays readable.
+async fn sealed_urls_leave_the_record_when_the_job_ends(store: Arc<dyn JobStore>) {
+    let j = job("key-a", at(0), None);
+    create(&*store, &j).await;
+    let running = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Provisioning, at(1)),
+        )
+        .await
+        .expect("provision");
+    assert_eq!(running.source_secret, b"sealed-source");
+    assert_eq!(running.target_secret, b"sealed-target");
+    let done = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Provisioning),
+            Change::to(JobStatus::Failed, at(2)).error(ErrorBody::new("x", "y")),
+        )
+        .await
+        .expect("fail");
+    let read = store.get(&j.job_id).await.expect("get").expect("job");
+    for shown in [&done, &read] {
+        assert!(shown.source_secret.is_empty() && shown.target_secret.is_empty());
+        assert_eq!(shown.source_display, j.source_display);
+        assert_eq!(shown.status, JobStatus::Failed);
+    }
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite_store {
@@ -457,7 +564,69 @@ contract!(
     listing_is_per_owner_newest_first_with_cursors,
     cancel_requests_are_recorded_once,
     expired_records_read_as_gone,
+    injected_faults_are_retried_and_each_write_happens_once,
+    sealed_urls_leave_the_record_when_the_job_ends,
 );
+
+/// A count that leaked (a job item gone without its finish, a crash between steps) is brought
+/// back to the jobs really active, but not while it is still moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_active_count_is_reconciled_after_a_leak() {
+    let moto = moto_harness::Moto::shared();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    let table = moto_harness::unique("jobs");
+    let store = DynamoStore::new(client.clone(), table.clone());
+    store.create_table().await.expect("create table");
+    let mut jobs = vec![];
+    for i in 0..3 {
+        jobs.push(create(&store, &job("key-a", at(i), None)).await);
+    }
+    store
+        .transition(
+            &jobs[0].job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Cancelled, at(10)),
+        )
+        .await
+        .expect("cancel");
+    // The leak: a job's item deleted while it was active.
+    client
+        .delete_item()
+        .table_name(&table)
+        .key(
+            "job_id",
+            aws_sdk_dynamodb::types::AttributeValue::S(jobs[1].job_id.clone()),
+        )
+        .send()
+        .await
+        .expect("delete");
+    // Just changed: left alone.
+    assert_eq!(
+        store
+            .reconcile_active(Duration::from_secs(3600))
+            .await
+            .expect("quiet"),
+        None
+    );
+    let fixed = store
+        .reconcile_active(Duration::ZERO)
+        .await
+        .expect("reconcile");
+    assert_eq!(fixed, Some(job_model::ReconciledCount { was: 2, now: 1 }));
+    assert_eq!(
+        store.reconcile_active(Duration::ZERO).await.expect("again"),
+        None
+    );
+    // The slot is free: a limit of 2 admits one more, then refuses.
+    assert!(store
+        .create(&job("key-a", at(20), None), Some(2))
+        .await
+        .is_ok());
+    assert!(matches!(
+        store.create(&job("key-a", at(21), None), Some(2)).await,
+        Err(StoreError::LimitReached { limit: 2 })
+    ));
+}
 
 /// Two processes sharing one SQLite file (two connections here) race for one claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

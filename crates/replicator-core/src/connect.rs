@@ -67,7 +67,7 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
     };
     let config = driver_config(url);
     let tls = tls_connector(url).map_err(|reason| fail(reason, false))?;
-    let attempt = config.connect(tls);
+    let attempt = config.connect(tls.clone());
     let (client, connection) = match tokio::time::timeout(url.connect_timeout, attempt).await {
         Err(_) => {
             return Err(fail(
@@ -86,9 +86,13 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
         }
         Ok(Ok(pair)) => pair,
     };
+    let alive = url.sessions.track(&client, &tls);
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(%side, error = %pg_message(&e), "connection closed");
+        }
+        if let Some(a) = alive {
+            a.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     });
     client
@@ -96,6 +100,91 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
         .await
         .map_err(|e| Error::sql(side, "pin the session settings", e))?;
     Ok(client)
+}
+
+/// The sessions of one run, so that a run that stops can cancel what they are waiting on.
+///
+/// Dropping a client does not end a query its server is running: a backend waiting for a lock
+/// (behind another session's `ACCESS EXCLUSIVE`, say) waits on, holding its place in the lock
+/// queue, until the lock comes, and only then finds its client gone. A run that stops (a
+/// cancel, a stall, a failure) sends each of its live sessions a cancel request, as `psql` does
+/// on Ctrl-C, so that nothing of it keeps waiting on the user's servers. Untracked by default;
+/// [`Sessions::tracked`] starts a registry, shared by every clone of the URL that carries it.
+#[derive(Clone, Default)]
+pub struct Sessions(Option<Arc<std::sync::Mutex<Vec<Tracked>>>>);
+
+struct Tracked {
+    token: tokio_postgres::CancelToken,
+    tls: MakeRustlsConnect,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Sessions {
+    /// A new, empty registry.
+    pub fn tracked() -> Self {
+        Self(Some(Arc::default()))
+    }
+
+    /// Record `client`'s session; returns the flag its connection task clears when it ends.
+    fn track(
+        &self,
+        client: &Client,
+        tls: &MakeRustlsConnect,
+    ) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        let list = self.0.as_ref()?;
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut l = list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        l.retain(|t| t.alive.load(std::sync::atomic::Ordering::Relaxed));
+        l.push(Tracked {
+            token: client.cancel_token(),
+            tls: tls.clone(),
+            alive: alive.clone(),
+        });
+        Some(alive)
+    }
+
+    /// Ask the server of every session still open to cancel what it runs; returns how many
+    /// were asked. A session with nothing running ignores the request.
+    pub async fn cancel_all(&self) -> usize {
+        let Some(list) = &self.0 else { return 0 };
+        let live: Vec<(tokio_postgres::CancelToken, MakeRustlsConnect)> = list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|t| t.alive.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|t| (t.token.clone(), t.tls.clone()))
+            .collect();
+        let n = live.len();
+        let sends = live.into_iter().map(|(token, tls)| async move {
+            let sent = tokio::time::timeout(Duration::from_secs(5), token.cancel_query(tls)).await;
+            if let Ok(Err(e)) = sent {
+                tracing::debug!(error = %e, "cancel request not delivered");
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        n
+    }
+}
+
+impl PartialEq for Sessions {
+    /// Not part of what a URL says.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Sessions {}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "tracked"
+        } else {
+            "untracked"
+        })
+    }
 }
 
 fn driver_config(url: &ConnUrl) -> Config {

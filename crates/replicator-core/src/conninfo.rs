@@ -110,6 +110,9 @@ pub struct ConnUrl {
     pub application_name: Option<String>,
     /// Server settings sent at startup (`-c name=value …`).
     pub options: Option<String>,
+    /// The run whose sessions are tracked, so that it can cancel what they wait on when it
+    /// stops (see [`crate::connect::Sessions`]); not part of what the URL says.
+    pub sessions: crate::connect::Sessions,
 }
 
 /// Where `PG*` defaults come from; the process environment in production, a map in tests.
@@ -297,6 +300,7 @@ impl ConnUrl {
             connect_timeout,
             application_name,
             options,
+            sessions: crate::connect::Sessions::default(),
         };
         if url.password.is_none() {
             // As libpq: PGPASSFILE, else ~/.pgpass.

@@ -8,15 +8,18 @@
 //! them and nothing else. It never holds AWS permissions beyond its job's table and key.
 
 pub mod progress;
+pub mod spot;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use job_model::seal::Field;
+use job_model::store::retry::{Backoff, Retrying};
 use job_model::{
-    Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Sealer, SecretString, StoreError,
-    Timestamp,
+    Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Progress, Sealer, SecretString,
+    StoreError, Timestamp,
 };
 use replicator_core::verify::{self, VerifyOptions};
 use replicator_core::{validate, ConnUrl, Filter, InitOptions};
@@ -34,7 +37,33 @@ pub struct Config {
     pub heartbeat_every: Duration,
     /// Where `pg_dump` and `psql` are (searched when `None`).
     pub pg_bindir: Option<PathBuf>,
+    /// A copy whose progress (rows, bytes, units, post-data items, phase) has not moved for
+    /// this long is stuck (a lock held on either server, a hung connection): it is stopped and
+    /// the job failed with `stalled`. `None`: never.
+    pub stall_after: Option<Duration>,
+    /// How long to keep trying to record the outcome before giving up (the instance then
+    /// powers off and the reaper decides).
+    pub outcome_backoff: Backoff,
 }
+
+impl Config {
+    /// The defaults for `job_id` on `instance_id`: heartbeats every 5 s, a copy stalled after
+    /// 2 hours without progress, the outcome retried for 10 minutes.
+    pub fn new(job_id: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        Self {
+            job_id: job_id.into(),
+            instance_id: instance_id.into(),
+            heartbeat_every: Duration::from_secs(5),
+            pg_bindir: None,
+            stall_after: Some(DEFAULT_STALL_AFTER),
+            outcome_backoff: Backoff::OUTCOME,
+        }
+    }
+}
+
+/// How long a copy may go without progress before it counts as stuck: longer than any single
+/// index build the engine reports nothing during on a large table, short of the 24 h job limit.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(2 * 3600);
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +78,12 @@ pub enum Outcome {
     LostClaim(JobStatus),
     /// The worker was told to stop (a signal); the job is `failed` with `worker_stopped`.
     Stopped,
+    /// EC2 announced it is reclaiming this spot instance; the copy stopped and the job is
+    /// `failed` with `interrupted`.
+    Interrupted,
+    /// The copy made no progress for [`Config::stall_after`]; the job is `failed` with
+    /// `stalled`.
+    Stalled,
 }
 
 /// What keeps the worker from running a job at all.
@@ -346,10 +381,16 @@ async fn claim(
     }
 }
 
-/// Record the final status; a conflict (the reaper or a cancel got there first) is logged,
-/// not an error.
-async fn finish(store: &dyn JobStore, cfg: &Config, change: Change) -> Result<(), WorkerError> {
+/// Record the final status, trying again under [`Config::outcome_backoff`] while the store
+/// says it may help (a completed copy must not become `heartbeat_lost` for one throttled
+/// write); a conflict (the reaper or a cancel got there first) is logged, not an error.
+async fn finish(
+    store: &Arc<dyn JobStore>,
+    cfg: &Config,
+    change: Change,
+) -> Result<(), WorkerError> {
     let to = change.to;
+    let store = Retrying::new(store.clone(), cfg.outcome_backoff);
     match store
         .transition(&cfg.job_id, Expect::status(JobStatus::Running), change)
         .await
@@ -373,6 +414,20 @@ enum Stop {
     Cancel,
     Lost(JobStatus),
     Signal,
+    Interrupted(String),
+    Stalled(Duration),
+}
+
+/// What the stall detector compares: everything that moves while a copy works.
+fn movement(p: &Progress) -> (String, u64, u64, u64, u64, u64) {
+    (
+        p.phase.clone(),
+        p.tables_done,
+        p.rows,
+        p.bytes,
+        p.units_done,
+        p.post_items_done,
+    )
 }
 
 /// How long a worker keeps trying to open its job's URLs while the sealer says trying again
@@ -382,12 +437,13 @@ const OPEN_PATIENCE: Duration = Duration::from_secs(120);
 async fn open_patiently(
     sealer: &dyn Sealer,
     job_id: &str,
+    field: Field,
     sealed: &[u8],
 ) -> Result<SecretString, job_model::SealError> {
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_secs(1);
     loop {
-        match sealer.open(job_id, sealed).await {
+        match sealer.open(job_id, field, sealed).await {
             Err(job_model::SealError::Backend {
                 message,
                 retryable: true,
@@ -412,6 +468,22 @@ pub async fn run(
     cfg: Config,
     stop: impl Future<Output = ()>,
 ) -> Result<Outcome, WorkerError> {
+    run_watched(store, sealer, cfg, stop, std::future::pending()).await
+}
+
+/// [`run`], also watching for a spot interruption notice: when `notice` resolves (with the
+/// notice's text, see [`spot::interruption_notice`]) the copy stops as for a cancel and the job
+/// is failed with `interrupted`, so that whoever runs it next knows it can simply run again.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_watched(
+    store: Arc<dyn JobStore>,
+    sealer: Arc<dyn Sealer>,
+    cfg: Config,
+    stop: impl Future<Output = ()>,
+    notice: impl Future<Output = String>,
+) -> Result<Outcome, WorkerError> {
     let (job, resumed) = match claim(&*store, &cfg).await? {
         Ok(claimed) => claimed,
         Err(current) => {
@@ -422,8 +494,8 @@ pub async fn run(
     tracing::info!(job_id = %job.job_id, instance_id = %cfg.instance_id, resumed, "claimed the job");
 
     let opened = async {
-        let s = open_patiently(&*sealer, &job.job_id, &job.source_secret).await?;
-        let t = open_patiently(&*sealer, &job.job_id, &job.target_secret).await?;
+        let s = open_patiently(&*sealer, &job.job_id, Field::SourceUrl, &job.source_secret).await?;
+        let t = open_patiently(&*sealer, &job.job_id, Field::TargetUrl, &job.target_secret).await?;
         Ok::<_, job_model::SealError>((s, t))
     }
     .await;
@@ -432,7 +504,7 @@ pub async fn run(
         Err(e) => {
             let body = ErrorBody::new("sealed_url_unreadable", e.to_string());
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Failed, Timestamp::now()).error(body.clone()),
             )
@@ -449,7 +521,7 @@ pub async fn run(
         Ok(w) => w,
         Err(body) => {
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Failed, Timestamp::now()).error(body.clone()),
             )
@@ -469,6 +541,7 @@ pub async fn run(
             );
     }
 
+    let watch_stall = matches!(work, Work::Init(_));
     let tracker = Tracker::default();
     tracker.set_phase("starting");
     let (halt, halted) = tokio::sync::oneshot::channel::<()>();
@@ -477,14 +550,25 @@ pub async fn run(
     });
     tokio::pin!(engine);
     tokio::pin!(stop);
+    tokio::pin!(notice);
     let mut tick = tokio::time::interval(cfg.heartbeat_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_move = (movement(&tracker.snapshot()), tokio::time::Instant::now());
     let ended = loop {
         tokio::select! {
             r = &mut engine => break Stop::Done(r),
             () = &mut stop => break Stop::Signal,
+            text = &mut notice => break Stop::Interrupted(text),
             _ = tick.tick() => {
                 let progress = tracker.snapshot();
+                let moved = movement(&progress);
+                if moved != last_move.0 {
+                    last_move = (moved, tokio::time::Instant::now());
+                } else if let Some(limit) = cfg.stall_after.filter(|_| watch_stall) {
+                    if last_move.1.elapsed() >= limit {
+                        break Stop::Stalled(limit);
+                    }
+                }
                 match store.heartbeat(&cfg.job_id, &cfg.instance_id, Some(&progress), Timestamp::now()).await {
                     Ok(j) if j.cancel_requested_at.is_some() => break Stop::Cancel,
                     Ok(_) => {}
@@ -519,7 +603,7 @@ pub async fn run(
                 "copy finished"
             );
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Completed, now).progress(progress),
             )
@@ -532,7 +616,7 @@ pub async fn run(
         })) => {
             tracing::info!(command = %job.spec.command, "finished: all clear");
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Completed, now)
                     .progress(progress)
@@ -547,7 +631,7 @@ pub async fn run(
         })) => {
             tracing::warn!(code = %body.code, message = %body.message, "finished with findings");
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Failed, now)
                     .error(body.clone())
@@ -561,7 +645,7 @@ pub async fn run(
             let body = ErrorBody::new(e.code(), e.to_string());
             tracing::warn!(code = %body.code, message = %body.message, "copy failed");
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Failed, now)
                     .error(body.clone())
@@ -577,7 +661,7 @@ pub async fn run(
                  (run again with drop_existing to start over)",
             );
             finish(
-                &*store,
+                &store,
                 &cfg,
                 Change::to(JobStatus::Cancelled, now)
                     .error(body)
@@ -585,6 +669,49 @@ pub async fn run(
             )
             .await?;
             Outcome::Cancelled
+        }
+        Stop::Interrupted(text) => {
+            tracing::warn!(notice = %text, "spot interruption notice; the copy stopped");
+            finish(
+                &store,
+                &cfg,
+                Change::to(JobStatus::Failed, now)
+                    .error(ErrorBody::new(
+                        "interrupted",
+                        "EC2 reclaimed the spot instance the worker ran on; tables finished \
+                         before the interruption are in the target (run the job again, with \
+                         drop_existing to start over)",
+                    ))
+                    .progress(progress),
+            )
+            .await?;
+            Outcome::Interrupted
+        }
+        Stop::Stalled(limit) => {
+            let body = ErrorBody::new(
+                "stalled",
+                format!(
+                    "the copy made no progress for {} s (phase {}, {} of {} units, {} of {} \
+                     post-data items): a lock held on the source or the target, or a hung \
+                     connection, blocks it; the worker stopped",
+                    limit.as_secs(),
+                    progress.phase,
+                    progress.units_done,
+                    progress.units_total,
+                    progress.post_items_done,
+                    progress.post_items_total
+                ),
+            );
+            tracing::warn!(message = %body.message, "stalled");
+            finish(
+                &store,
+                &cfg,
+                Change::to(JobStatus::Failed, now)
+                    .error(body.clone())
+                    .progress(progress),
+            )
+            .await?;
+            Outcome::Stalled
         }
         Stop::Lost(current) => {
             tracing::warn!(%current, "the job is no longer ours (reaped or cancelled); stopping");
@@ -597,7 +724,7 @@ pub async fn run(
                 .is_some_and(|j| j.cancel_requested_at.is_some());
             if cancel_asked {
                 finish(
-                    &*store,
+                    &store,
                     &cfg,
                     Change::to(JobStatus::Cancelled, now)
                         .error(ErrorBody::new("cancelled", "cancelled by its owner"))
@@ -607,7 +734,7 @@ pub async fn run(
                 Outcome::Cancelled
             } else {
                 finish(
-                    &*store,
+                    &store,
                     &cfg,
                     Change::to(JobStatus::Failed, now)
                         .error(ErrorBody::new(
@@ -640,10 +767,20 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Sealer for Flaky {
-        async fn seal(&self, _: &str, _: &SecretString) -> Result<Vec<u8>, job_model::SealError> {
+        async fn seal(
+            &self,
+            _: &str,
+            _: Field,
+            _: &SecretString,
+        ) -> Result<Vec<u8>, job_model::SealError> {
             unreachable!("workers never seal")
         }
-        async fn open(&self, _: &str, _: &[u8]) -> Result<SecretString, job_model::SealError> {
+        async fn open(
+            &self,
+            _: &str,
+            _: Field,
+            _: &[u8],
+        ) -> Result<SecretString, job_model::SealError> {
             if self.calls.fetch_add(1, Ordering::SeqCst) < self.refusals {
                 return Err(job_model::SealError::Backend {
                     message: "KMS Decrypt: AccessDeniedException".into(),
@@ -716,7 +853,7 @@ mod tests {
             retryable: true,
             calls: AtomicUsize::new(0),
         };
-        let opened = open_patiently(&flaky, "j", b"x")
+        let opened = open_patiently(&flaky, "j", Field::SourceUrl, b"x")
             .await
             .expect("opens at last");
         assert_eq!(opened.expose(), "postgresql://u@h/db");
@@ -728,7 +865,9 @@ mod tests {
             calls: AtomicUsize::new(0),
         };
         let start = tokio::time::Instant::now();
-        assert!(open_patiently(&never, "j", b"x").await.is_err());
+        assert!(open_patiently(&never, "j", Field::SourceUrl, b"x")
+            .await
+            .is_err());
         assert!(
             start.elapsed() <= OPEN_PATIENCE,
             "gives up within its patience"
@@ -739,7 +878,9 @@ mod tests {
             retryable: false,
             calls: AtomicUsize::new(0),
         };
-        assert!(open_patiently(&refused, "j", b"x").await.is_err());
+        assert!(open_patiently(&refused, "j", Field::SourceUrl, b"x")
+            .await
+            .is_err());
         assert_eq!(refused.calls.load(Ordering::SeqCst), 1, "no retry");
     }
 }

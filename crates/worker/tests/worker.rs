@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use job_model::seal::LocalSealer;
+use job_model::seal::{Field, LocalSealer};
 use job_model::store::sqlite::SqliteStore;
 use job_model::{
     Change, Command, Expect, FilterSpec, Job, JobSpec, JobStatus, JobStore, Options, Owner, Sealer,
@@ -58,10 +58,10 @@ async fn provisioned_for(
 /// A job running `command`, just submitted (`pending`).
 async fn pending(e: &Env, command: Command, source: &str, target: &str, options: Options) -> Job {
     let id = Job::new_id();
-    let seal = |u: &str| {
+    let seal = |u: &str, field: Field| {
         let (s, id) = (e.sealer.clone(), id.clone());
         let u = SecretString::new(u);
-        async move { s.seal(&id, &u).await.expect("seal") }
+        async move { s.seal(&id, field, &u).await.expect("seal") }
     };
     let job = Job::new(
         id.clone(),
@@ -71,7 +71,10 @@ async fn pending(e: &Env, command: Command, source: &str, target: &str, options:
             filter: FilterSpec::default(),
             options,
         },
-        (seal(source).await, seal(target).await),
+        (
+            seal(source, Field::SourceUrl).await,
+            seal(target, Field::TargetUrl).await,
+        ),
         ("src".into(), "dst".into()),
         None,
         Timestamp::now(),
@@ -94,12 +97,10 @@ async fn run_on(e: &Env, job: &Job, instance: &str) -> Outcome {
 }
 
 fn cfg(job: &Job, instance: &str) -> Config {
-    Config {
-        job_id: job.job_id.clone(),
-        instance_id: instance.into(),
-        heartbeat_every: Duration::from_millis(200),
-        pg_bindir: Some(bindir()),
-    }
+    let mut c = Config::new(job.job_id.clone(), instance);
+    c.heartbeat_every = Duration::from_millis(200);
+    c.pg_bindir = Some(bindir());
+    c
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -452,5 +453,234 @@ fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
         let recorded = format!("{:?} {}", done.error, done.result.expect("checks"));
         assert!(recorded.contains("db.nonexistent.invalid"), "{recorded}");
         assert!(!recorded.contains("Hunter2Secret"), "{recorded}");
+    });
+}
+
+/// A source whose table another session holds an ACCESS EXCLUSIVE lock on: the copy waits
+/// behind it for as long as the lock is held. Returns the locking psql (kill it to release).
+fn locked_source() -> (Cluster, std::process::Child) {
+    let src = Cluster::start(&pg_harness::Options::source());
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+    );
+    let mut psql = src.psql_command("shop");
+    psql.args([
+        "-c",
+        "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = psql.spawn().expect("start the locking session");
+    // Wait until the lock is held.
+    for _ in 0..100 {
+        let held = src.psql(
+            "shop",
+            "SELECT count(*) FROM pg_locks WHERE relation = 'items'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+        );
+        if held == "1" {
+            return (src, child);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the lock was never taken");
+}
+
+#[test]
+fn a_copy_stuck_behind_a_lock_fails_as_stalled_and_stops() {
+    let (src, mut locker) = locked_source();
+    let dst = Cluster::start(&pg_harness::Options::target());
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("shop"),
+            &dst.url("shop"),
+            Options::default(),
+            "local-1",
+        )
+        .await;
+        let mut c = cfg(&job, "local-1");
+        c.stall_after = Some(Duration::from_secs(3));
+        let started = std::time::Instant::now();
+        let outcome = worker::run(e.store.clone(), e.sealer.clone(), c, std::future::pending())
+            .await
+            .expect("run");
+        assert_eq!(outcome, Outcome::Stalled);
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{:?}",
+            started.elapsed()
+        );
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(j.status, JobStatus::Failed);
+        let err = j.error.expect("error");
+        assert_eq!(err.code, "stalled");
+        assert!(
+            err.message.contains("no progress for 3 s"),
+            "{}",
+            err.message
+        );
+    });
+    // The worker's sessions are gone: only the locking one is left on the source.
+    let others = src.psql(
+        "shop",
+        "SELECT string_agg(application_name || ': ' || state || ': ' || left(query, 60), ' | ') FROM pg_stat_activity WHERE datname = 'shop' AND pid <> pg_backend_pid() AND query NOT LIKE '%LOCK TABLE%'",
+    );
+    let _ = locker.kill();
+    let _ = locker.wait();
+    assert_eq!(others, "", "sessions left waiting on the source");
+}
+
+#[test]
+fn a_spot_interruption_notice_stops_the_copy_and_records_interrupted() {
+    let (src, mut locker) = locked_source();
+    let dst = Cluster::start(&pg_harness::Options::target());
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("shop"),
+            &dst.url("shop"),
+            Options::default(),
+            "local-1",
+        )
+        .await;
+        // A metadata service that starts announcing the interruption after a second.
+        let imds = fake_imds(Duration::from_secs(1)).await;
+        let client = aws_config::imds::Client::builder()
+            .endpoint(imds.as_str())
+            .expect("endpoint")
+            .build();
+        let notice = worker::spot::interruption_notice(client, Duration::from_millis(200));
+        let outcome = worker::run_watched(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            std::future::pending(),
+            notice,
+        )
+        .await
+        .expect("run");
+        assert_eq!(outcome, Outcome::Interrupted);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(j.error.expect("error").code, "interrupted");
+    });
+    let _ = locker.kill();
+    let _ = locker.wait();
+}
+
+/// IMDSv2 on loopback: a token for a PUT, 404 for the instance action until `after`, then the
+/// notice EC2 gives.
+async fn fake_imds(after: Duration) -> String {
+    use axum::routing::{get, put};
+    let since = std::time::Instant::now();
+    let app = axum::Router::new()
+        .route(
+            "/latest/api/token",
+            put(|| async {
+                (
+                    [("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
+                    "token-for-tests",
+                )
+            }),
+        )
+        .route(
+            "/latest/meta-data/spot/instance-action",
+            get(move || async move {
+                if since.elapsed() < after {
+                    (axum::http::StatusCode::NOT_FOUND, String::new())
+                } else {
+                    (
+                        axum::http::StatusCode::OK,
+                        r#"{"action": "terminate", "time": "2026-12-03T12:00:00Z"}"#.to_owned(),
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[test]
+fn the_outcome_is_recorded_through_failing_writes_and_given_up_on_at_the_deadline() {
+    use job_model::store::fault::{Call, Faulty, Rule};
+    let e = env();
+    rt().block_on(async {
+        // A validate job against nowhere: quick, and it ends with an outcome to record.
+        for (rule, deadline, recorded) in [
+            (Rule::First(6), Duration::from_secs(120), true),
+            (Rule::Always, Duration::from_secs(2), false),
+        ] {
+            let job = provisioned_for(
+                &e,
+                Command::Validate,
+                "postgresql://u@nowhere.invalid/db",
+                "postgresql://u@nowhere.invalid/db2",
+                Options::default(),
+                "local-1",
+            )
+            .await;
+            let faulty = Arc::new(Faulty::new(e.store.clone(), 1).with(Call::Finish, rule));
+            let mut c = cfg(&job, "local-1");
+            c.outcome_backoff.first = Duration::from_millis(10);
+            c.outcome_backoff.max = Duration::from_millis(200);
+            c.outcome_backoff.deadline = deadline;
+            let r = worker::run(faulty.clone(), e.sealer.clone(), c, std::future::pending()).await;
+            let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+            if recorded {
+                assert!(matches!(r, Ok(Outcome::Failed(_))), "{r:?}");
+                assert_eq!(
+                    j.status,
+                    JobStatus::Failed,
+                    "recorded after 6 failed writes"
+                );
+                assert_eq!(faulty.injected(Call::Finish).before, 6);
+            } else {
+                assert!(r.is_err(), "{r:?}");
+                assert_eq!(j.status, JobStatus::Running, "left for the reaper");
+            }
+        }
+    });
+}
+
+/// Whoever can write a job's item swaps its two sealed URLs (and would set drop_existing): the
+/// blobs are bound to their field, so the worker refuses them instead of taking the target for
+/// the source.
+#[test]
+fn swapped_sealed_urls_do_not_open() {
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            "postgresql://u@source.invalid/db",
+            "postgresql://u@target.invalid/db",
+            Options::default(),
+            "local-1",
+        )
+        .await;
+        let s = e
+            .sealer
+            .open(&job.job_id, Field::SourceUrl, &job.source_secret)
+            .await;
+        assert!(s.is_ok(), "in place, it opens");
+        for (field, blob) in [
+            (Field::SourceUrl, &job.target_secret),
+            (Field::TargetUrl, &job.source_secret),
+        ] {
+            assert!(
+                e.sealer.open(&job.job_id, field, blob).await.is_err(),
+                "{field:?}"
+            );
+        }
     });
 }

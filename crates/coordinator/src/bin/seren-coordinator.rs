@@ -41,6 +41,11 @@ struct ServeArgs {
     /// Days a job record is kept (DynamoDB TTL).
     #[arg(long, env = "SEREN_JOB_RETENTION_DAYS", default_value_t = 30)]
     job_retention_days: u64,
+    /// Instance types a job may ask for in options.instance_type (comma separated); the
+    /// Terraform module passes its allowed_instance_types. Default: general-purpose, compute-
+    /// and memory-optimised types up to 16 vCPUs.
+    #[arg(long, env = "SEREN_ALLOWED_INSTANCE_TYPES", value_delimiter = ',')]
+    allowed_instance_types: Vec<String>,
     /// Seconds between reaper passes in the local server (0: never).
     #[arg(long, env = "SEREN_REAP_INTERVAL_SECS", default_value_t = 60)]
     reap_interval_secs: u64,
@@ -91,6 +96,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             max_concurrent_jobs: (args.max_concurrent_jobs > 0).then_some(args.max_concurrent_jobs),
             retention: Duration::from_secs(args.job_retention_days * 24 * 3600),
+            allowed_instance_types: if args.allowed_instance_types.is_empty() {
+                Settings::default().allowed_instance_types
+            } else {
+                args.allowed_instance_types.clone()
+            },
             ..Settings::default()
         },
     };

@@ -118,7 +118,8 @@ impl WorkerGrants {
             .operations(GrantOperation::Decrypt)
             .constraints(
                 GrantConstraints::builder()
-                    .encryption_context_equals("job_id", job_id)
+                    // Both of the job's blobs (source and target field), nothing else.
+                    .encryption_context_subset(job_model::seal::CONTEXT_JOB_ID, job_id)
                     .build(),
             )
             .name(format!("{GRANT_NAME_PREFIX}{job_id}"))

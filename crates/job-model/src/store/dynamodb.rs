@@ -17,7 +17,9 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
 
-use super::{check_legal, Change, Created, Cursor, Expect, JobStore, Page, StoreError};
+use super::{
+    check_legal, Change, Created, Cursor, Expect, JobStore, Page, ReconciledCount, StoreError,
+};
 use crate::item::{attr, from_item, num, to_attr, to_item, ts, Item};
 use crate::job::{Job, Owner, Progress, Timestamp};
 use crate::status::JobStatus;
@@ -31,6 +33,8 @@ pub const STATUS_INDEX: &str = "status-created_at-index";
 pub const OWNER_INDEX: &str = "owner-created_at-index";
 const COUNTER_KEY: &str = "#active-jobs";
 const COUNTER_ATTR: &str = "active_jobs";
+/// When the count last changed (Unix milliseconds), so that reconciling it can wait for quiet.
+const COUNTER_CHANGED_ATTR: &str = "changed_at_ms";
 
 /// Jobs in DynamoDB.
 #[derive(Debug, Clone)]
@@ -262,9 +266,11 @@ impl DynamoStore {
         let mut u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(COUNTER_KEY)))
-            .update_expression("ADD #n :d")
+            .update_expression("ADD #n :d SET #ch = :now")
             .expression_attribute_names("#n", COUNTER_ATTR)
-            .expression_attribute_values(":d", num(delta));
+            .expression_attribute_names("#ch", COUNTER_CHANGED_ATTR)
+            .expression_attribute_values(":d", num(delta))
+            .expression_attribute_values(":now", num(Timestamp::now().unix_millis()));
         if let Some(limit) = limit {
             u = u
                 .condition_expression("attribute_not_exists(#n) OR #n < :limit")
@@ -272,19 +278,102 @@ impl DynamoStore {
         }
         u.build().map_err(build_err)
     }
+
+    /// How many jobs of `status` exist and have not expired (a consistent count is not
+    /// available from an index; a job that changed in the last second may be missed).
+    async fn count_status(&self, status: JobStatus) -> Result<i64, StoreError> {
+        let now = Timestamp::now().unix_seconds();
+        let mut total = 0i64;
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(STATUS_INDEX)
+                .key_condition_expression("#st = :st")
+                .filter_expression("#ttl > :now")
+                .expression_attribute_names("#st", attr::STATUS)
+                .expression_attribute_names("#ttl", attr::TTL)
+                .expression_attribute_values(":st", s(status.as_str()))
+                .expression_attribute_values(":now", num(now))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err("Query", e))?;
+            total += i64::from(out.count);
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return Ok(total),
+            }
+        }
+    }
+
+    /// The counter's value and when it last changed (Unix ms); zeros when it does not exist.
+    async fn read_counter(&self) -> Result<(i64, i64), StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(COUNTER_KEY)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetItem", e))?;
+        let n = |name: &str| {
+            out.item
+                .as_ref()
+                .and_then(|i| i.get(name))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((n(COUNTER_ATTR), n(COUNTER_CHANGED_ATTR)))
+    }
+}
+
+type TxError = aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+
+/// The cancellation reason codes of a cancelled transaction, one per item (`None` for an item
+/// that was not at fault).
+fn cancellation_codes(e: &TxError) -> Vec<Option<&str>> {
+    match e {
+        TxError::TransactionCanceledException(t) => t
+            .cancellation_reasons()
+            .iter()
+            .map(aws_sdk_dynamodb::types::CancellationReason::code)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Which item of a cancelled transaction failed its condition.
-fn failed_conditions(
-    e: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-) -> Vec<bool> {
-    match e {
-        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t) => t
-            .cancellation_reasons()
-            .iter()
-            .map(|r| r.code() == Some("ConditionalCheckFailed"))
-            .collect(),
-        _ => Vec::new(),
+fn failed_conditions(e: &TxError) -> Vec<bool> {
+    cancellation_codes(e)
+        .into_iter()
+        .map(|c| c == Some("ConditionalCheckFailed"))
+        .collect()
+}
+
+/// A failed transaction as a store error. One cancelled because another transaction was
+/// writing the same item at that moment (every create and every finish writes the one
+/// counter item), or because an item was throttled, did nothing and may be tried again.
+fn tx_err<R: std::fmt::Debug>(e: SdkError<TxError, R>) -> StoreError {
+    let transient = e.as_service_error().is_some_and(|s| {
+        cancellation_codes(s).into_iter().any(|c| {
+            matches!(
+                c,
+                Some("TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded")
+            )
+        })
+    });
+    match sdk_err("TransactWriteItems", e) {
+        StoreError::Backend { message, retryable } => StoreError::Backend {
+            message,
+            retryable: retryable || transient,
+        },
+        other => other,
     }
 }
 
@@ -329,6 +418,13 @@ impl JobStore for DynamoStore {
                     .as_service_error()
                     .map(failed_conditions)
                     .unwrap_or_default();
+                if failed.first().copied().unwrap_or(false) {
+                    // This job's (fresh, random) id exists already: an earlier attempt of this
+                    // very create committed and its answer was lost.
+                    if let Some(stored) = self.read(&job.job_id).await? {
+                        return Ok(Created::New(stored));
+                    }
+                }
                 let idem_failed = idem_key.is_some() && failed.get(1).copied().unwrap_or(false);
                 let counter_failed = failed.last().copied().unwrap_or(false);
                 if let (true, Some(ik)) = (idem_failed, &idem_key) {
@@ -357,7 +453,7 @@ impl JobStore for DynamoStore {
                 if let (true, Some(limit)) = (counter_failed, limit) {
                     return Err(StoreError::LimitReached { limit });
                 }
-                Err(sdk_err("TransactWriteItems", e))
+                Err(tx_err(e))
             }
         }
     }
@@ -449,7 +545,12 @@ impl JobStore for DynamoStore {
             names.push(("#res", attr::RESULT));
             values.push((":res", to_attr(r)));
         }
-        let expression = format!("SET {}", sets.join(", "));
+        let mut expression = format!("SET {}", sets.join(", "));
+        if change.to.is_terminal() {
+            // The sealed URLs are needed by the worker only: gone from the item (and from
+            // later backups) the moment the job ends, not after the 30-day TTL.
+            expression.push_str(" REMOVE source_secret, target_secret");
+        }
         let attr_names = names
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -494,7 +595,7 @@ impl JobStore for DynamoStore {
                     if failed.first().copied().unwrap_or(false) {
                         Err(self.explain(job_id).await)
                     } else {
-                        Err(sdk_err("TransactWriteItems", e))
+                        Err(tx_err(e))
                     }
                 }
             };
@@ -550,6 +651,54 @@ impl JobStore for DynamoStore {
         }
     }
 
+    async fn reconcile_active(
+        &self,
+        quiet: std::time::Duration,
+    ) -> Result<Option<ReconciledCount>, StoreError> {
+        let (was, changed_ms) = self.read_counter().await?;
+        let now_ms = Timestamp::now().unix_millis();
+        let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+        if now_ms.saturating_sub(changed_ms) < quiet_ms {
+            return Ok(None);
+        }
+        let mut active = 0;
+        for st in [
+            JobStatus::Pending,
+            JobStatus::Provisioning,
+            JobStatus::Running,
+        ] {
+            active += self.count_status(st).await?;
+        }
+        if active == was {
+            return Ok(None);
+        }
+        // Only if nothing moved the count since it was read: a create or a finish meanwhile
+        // makes this pass leave it to the next one.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(COUNTER_KEY)))
+            .update_expression("SET #n = :active, #ch = :now")
+            .condition_expression(
+                "(attribute_not_exists(#n) OR #n = :was) AND \
+                 (attribute_not_exists(#ch) OR #ch = :changed)",
+            )
+            .expression_attribute_names("#n", COUNTER_ATTR)
+            .expression_attribute_names("#ch", COUNTER_CHANGED_ATTR)
+            .expression_attribute_values(":active", num(active))
+            .expression_attribute_values(":was", num(was))
+            .expression_attribute_values(":changed", num(changed_ms))
+            .expression_attribute_values(":now", num(now_ms))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(ReconciledCount { was, now: active })),
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(sdk_err("UpdateItem", e)),
+        }
+    }
+
     async fn request_cancel(&self, job_id: &str, at: Timestamp) -> Result<Job, StoreError> {
         let result = self
             .client
@@ -575,5 +724,36 @@ impl JobStore for DynamoStore {
             Err(e) if is_condition_failed(&e) => Err(self.explain(job_id).await),
             Err(e) => Err(sdk_err("UpdateItem", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+    use aws_sdk_dynamodb::types::CancellationReason;
+
+    fn cancelled(codes: &[&str]) -> SdkError<TxError, ()> {
+        let mut t = TransactionCanceledException::builder().message("cancelled");
+        for c in codes {
+            t = t.cancellation_reasons(CancellationReason::builder().code(*c).build());
+        }
+        SdkError::service_error(TxError::TransactionCanceledException(t.build()), ())
+    }
+
+    #[test]
+    fn a_transaction_cancelled_by_a_conflict_may_be_retried_one_refused_by_a_condition_not() {
+        assert!(tx_err(cancelled(&["None", "TransactionConflict"])).is_retryable());
+        assert!(tx_err(cancelled(&["ThrottlingError", "None"])).is_retryable());
+        assert!(!tx_err(cancelled(&["None", "ConditionalCheckFailed"])).is_retryable());
+        assert!(!tx_err(cancelled(&["ValidationError"])).is_retryable());
+        assert_eq!(
+            failed_conditions(
+                cancelled(&["None", "ConditionalCheckFailed"])
+                    .as_service_error()
+                    .unwrap()
+            ),
+            vec![false, true]
+        );
     }
 }

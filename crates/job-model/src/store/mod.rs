@@ -6,6 +6,10 @@
 
 #[cfg(feature = "aws")]
 pub mod dynamodb;
+#[cfg(any(feature = "aws", feature = "local"))]
+pub mod fault;
+#[cfg(any(feature = "aws", feature = "local"))]
+pub mod retry;
 #[cfg(feature = "local")]
 pub mod sqlite;
 
@@ -316,6 +320,30 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`StoreError::Conflict`] when the job is already finished.
     async fn request_cancel(&self, job_id: &str, at: Timestamp) -> Result<Job, StoreError>;
+
+    /// Bring a stored count of active jobs back to the jobs really active (pending,
+    /// provisioning, running), for stores that keep such a count; returns what was corrected.
+    /// A count that changed within the last `quiet` is left alone: the jobs behind that change
+    /// may not be visible to a listing yet. Stores that count live (SQLite) have nothing to do.
+    ///
+    /// # Errors
+    /// A backend failure.
+    async fn reconcile_active(
+        &self,
+        quiet: std::time::Duration,
+    ) -> Result<Option<ReconciledCount>, StoreError> {
+        let _ = quiet;
+        Ok(None)
+    }
+}
+
+/// What [`JobStore::reconcile_active`] corrected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReconciledCount {
+    /// The stored count as it was.
+    pub was: i64,
+    /// The jobs really active, as it is now.
+    pub now: i64,
 }
 
 /// Check the state machine before writing.
@@ -342,6 +370,9 @@ pub(crate) fn apply(job: &Job, change: &Change) -> Job {
     }
     if change.to.is_terminal() {
         j.finished_at = Some(change.at);
+        // Nothing needs the sealed URLs once the job has ended.
+        j.source_secret.clear();
+        j.target_secret.clear();
     }
     if let Some(i) = &change.instance_id {
         j.instance_id = Some(i.clone());

@@ -248,6 +248,10 @@ pub async fn init_until(
         return Err(Error::Usage("--jobs must be at least 1".into()));
     }
     let names = SyncNames::for_target(&opts.target);
+    let mut opts = opts;
+    let sessions = crate::connect::Sessions::tracked();
+    opts.source.sessions = sessions.clone();
+    opts.target.sessions = sessions.clone();
     let ctx = Arc::new(Ctx {
         opts,
         observer,
@@ -263,6 +267,13 @@ pub async fn init_until(
     match outcome {
         Ok(()) => Ok(lock(&ctx.report).clone()),
         Err(e) => {
+            // Sessions still waiting on a server (a lock, a long statement) are told to stop
+            // before the clean-up, which may need the locks they wait for.
+            let asked = sessions.cancel_all().await;
+            tracing::debug!(
+                sessions = asked,
+                "cancelled what the run's sessions were running"
+            );
             clean_up(&ctx, &names).await;
             Err(e)
         }

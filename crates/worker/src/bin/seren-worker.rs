@@ -43,6 +43,14 @@ struct Cli {
     /// Directory holding pg_dump and psql (default: the newest found).
     #[arg(long, env = "SEREN_PG_BINDIR")]
     pg_bindir: Option<PathBuf>,
+    /// Fail a copy whose progress has not moved for this many seconds with `stalled` (a lock
+    /// held on either server, a hung connection). 0: never.
+    #[arg(long, env = "SEREN_STALL_AFTER_SECS", default_value_t = worker::DEFAULT_STALL_AFTER.as_secs())]
+    stall_after_secs: u64,
+    /// Seconds to keep trying to record the job's outcome when the store fails (throttling, a
+    /// network blip) before giving up.
+    #[arg(long, env = "SEREN_OUTCOME_DEADLINE_SECS", default_value_t = job_model::store::retry::Backoff::OUTCOME.deadline.as_secs())]
+    outcome_deadline_secs: u64,
     /// After recording the outcome, power the machine off (EC2 workers).
     #[arg(long, env = "SEREN_POWER_OFF")]
     power_off: bool,
@@ -81,7 +89,9 @@ fn main() -> ExitCode {
     let power_off = cli.power_off.then(|| cli.power_off_command.clone());
     let code = match runtime.block_on(run(cli)) {
         Ok(Outcome::Completed | Outcome::Cancelled | Outcome::LostClaim(_)) => ExitCode::SUCCESS,
-        Ok(Outcome::Failed(_) | Outcome::Stopped) => ExitCode::FAILURE,
+        Ok(Outcome::Failed(_) | Outcome::Stopped | Outcome::Interrupted | Outcome::Stalled) => {
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -131,12 +141,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         None
     };
     let (store, sealer) = backends.open(aws.as_ref())?;
-    let cfg = Config {
-        job_id: cli.job_id.clone(),
-        instance_id: instance_id(&cli).await?,
-        heartbeat_every: Duration::from_secs(cli.heartbeat_secs.max(1)),
-        pg_bindir: cli.pg_bindir.clone(),
-    };
+    let mut cfg = Config::new(cli.job_id.clone(), instance_id(&cli).await?);
+    cfg.heartbeat_every = Duration::from_secs(cli.heartbeat_secs.max(1));
+    cfg.pg_bindir.clone_from(&cli.pg_bindir);
+    cfg.stall_after = (cli.stall_after_secs > 0).then(|| Duration::from_secs(cli.stall_after_secs));
+    cfg.outcome_backoff.deadline = Duration::from_secs(cli.outcome_deadline_secs);
     tracing::info!(job_id = %cfg.job_id, instance_id = %cfg.instance_id, "seren-worker starting");
     let stop = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -146,7 +155,16 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    let outcome = worker::run(store, sealer, cfg, stop).await?;
+    // On EC2 the metadata service announces a spot interruption; elsewhere there is none.
+    let notice = async {
+        if cli.imds {
+            let imds = aws_config::imds::Client::builder().build();
+            worker::spot::interruption_notice(imds, worker::spot::POLL_EVERY).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    let outcome = worker::run_watched(store, sealer, cfg, stop, notice).await?;
     tracing::info!(?outcome, "seren-worker done");
     Ok(outcome)
 }
