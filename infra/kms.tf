@@ -1,7 +1,7 @@
 # Two keys with separate duties:
-# - `jobs` seals connection URLs, always under the encryption context {"job_id": …}. The
-#   coordinator encrypts with it and grants each worker instance Decrypt for its own job only;
-#   no role holds a standing Decrypt on it.
+# - `jobs` seals connection URLs, always under the encryption context {"job_id": …, "field": …}.
+#   The coordinator encrypts with it and grants each worker instance Decrypt for its own job
+#   only; the key policy lets no IAM policy grant Decrypt, so only those grants can.
 # - `platform` encrypts the table, the log groups, the Lambdas' environment and the API key
 #   parameter.
 
@@ -9,10 +9,13 @@ data "aws_iam_policy_document" "jobs_key" {
   #checkov:skip=CKV_AWS_109:A key policy's Resource "*" is this key alone; the account statement delegates to IAM, where each role's use is scoped and conditioned.
   #checkov:skip=CKV_AWS_111:A key policy's Resource "*" is this key alone; the account statement delegates to IAM, where each role's use is scoped and conditioned.
   #checkov:skip=CKV_AWS_356:A key policy's Resource "*" is this key alone; the account statement delegates to IAM, where each role's use is scoped and conditioned.
+  # Everything but decrypting: no IAM policy (not even kms:Decrypt on "*") can let a principal
+  # read a sealed URL. Only the per-instance grants the coordinator makes, each for one job's
+  # encryption context, give Decrypt; grants do not need the key policy to allow it.
   statement {
-    sid       = "AccountAdministersTheKeyThroughIAM"
-    actions   = ["kms:*"]
-    resources = ["*"]
+    sid         = "AccountAdministersTheKeyButCannotDecrypt"
+    not_actions = ["kms:Decrypt", "kms:ReEncrypt*"]
+    resources   = ["*"]
     principals {
       type        = "AWS"
       identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]

@@ -66,6 +66,19 @@ resource "aws_lambda_function" "coordinator" {
   }
 
   depends_on = [aws_cloudwatch_log_group.coordinator, aws_iam_role_policy.coordinator]
+
+  lifecycle {
+    # The IAM condition ec2:InstanceType launches only allowed types: whatever the coordinator
+    # picks by itself must be one of them (checked in plan, before anything is made).
+    precondition {
+      condition     = var.worker_instance_type == null || contains(var.allowed_instance_types, coalesce(var.worker_instance_type, "-"))
+      error_message = "worker_instance_type must be one of allowed_instance_types."
+    }
+    precondition {
+      condition     = var.worker_instance_type != null || length(setsubtract(["t3.medium", "c5.xlarge", "c5.2xlarge", "c5.4xlarge"], var.allowed_instance_types)) == 0
+      error_message = "Without worker_instance_type the size-based choice picks t3.medium, c5.xlarge, c5.2xlarge or c5.4xlarge: keep them in allowed_instance_types, or set worker_instance_type."
+    }
+  }
 }
 
 resource "aws_lambda_function" "reaper" {

@@ -58,11 +58,6 @@ variable "worker_instance_type" {
   description = "Instance type of workers whose job asks for none. Null: chosen by the source's size (t3.medium under 10 GiB up to c5.4xlarge). Must be one of allowed_instance_types."
   type        = string
   default     = null
-
-  validation {
-    condition     = var.worker_instance_type == null || contains(var.allowed_instance_types, coalesce(var.worker_instance_type, "-"))
-    error_message = "worker_instance_type must be one of allowed_instance_types."
-  }
 }
 
 variable "allowed_instance_types" {

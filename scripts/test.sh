@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need when it is missing (PostgreSQL
 # server and client tools; moto's AWS server in .venv-moto), then runs the format check,
-# clippy, every test, the end-to-end test of the remote path (test-integration.sh), and the
+# clippy, every test, the end-to-end test of the remote path (test-integration.sh), a bounded
+# fuzz run of the API against docs/openapi.json (scripts/fuzz-api.sh, schemathesis), and the
 # static checks of the AWS packaging (scripts/check-packaging.sh: HCL, checkov, deploy.sh's dry
 # run, the Lambda zips).
 set -euo pipefail
@@ -23,5 +24,7 @@ echo "== cargo test"
 cargo test --workspace --all-features
 echo "== test-integration.sh"
 ./test-integration.sh
+echo "== fuzz-api.sh"
+./scripts/fuzz-api.sh
 echo "== check-packaging.sh"
 ./scripts/check-packaging.sh

@@ -179,16 +179,20 @@ fn big_source() -> Cluster {
 
 /// Start `init` (sync on) into `target` and wait until its data phase hangs on the stalled
 /// COPY, with its slot made.
-fn stalled_init(src: &Cluster, target: &str, extra: &[&str]) -> Child {
-    let child = cli(&src.url("app"), target)
+fn stalled_init(src: &Cluster, proxy: &Proxy, extra: &[&str]) -> Child {
+    let target = via(proxy, "app");
+    let child = cli(&src.url("app"), &target)
         .args(["init", "--progress", "log"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start init");
+    // The proxy's stall must have fired: pg_stat_activity keeps a finished (or not yet
+    // flowing) COPY's text too, and a fault still armed would stall the next command instead.
     wait_for("the slot and a stalled COPY", || {
-        slots(src).starts_with("seren_")
+        proxy.fired() > 0
+            && slots(src).starts_with("seren_")
             && src.psql(
                 "app",
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%TO STDOUT%'",
@@ -215,7 +219,7 @@ fn kill_9_mid_copy_leaves_a_slot_that_the_next_command_drops_and_says_so() {
     let src = big_source();
     let dst = Cluster::start(&Options::target());
     let proxy = stalling_target(&dst);
-    let mut child = stalled_init(&src, &via(&proxy, "app"), &[]);
+    let mut child = stalled_init(&src, &proxy, &[]);
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     let slot = slots(&src);
@@ -270,7 +274,7 @@ fn kill_9_then_resume_drops_the_slot_itself() {
     let src = big_source();
     let dst = Cluster::start(&Options::target());
     let proxy = stalling_target(&dst);
-    let mut child = stalled_init(&src, &via(&proxy, "app"), &[]);
+    let mut child = stalled_init(&src, &proxy, &[]);
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     let slot = slots(&src);
@@ -313,7 +317,7 @@ fn sigterm_before_any_row_moved_leaves_nothing_behind() {
     let dst = Cluster::start(&Options::target());
     let proxy = stalling_target(&dst);
     // One pair: big, the first unit, hangs; nothing has committed when the signal comes.
-    let child = stalled_init(&src, &via(&proxy, "app"), &["--jobs", "1"]);
+    let child = stalled_init(&src, &proxy, &["--jobs", "1"]);
     let (_, all) = sigterm(child);
     assert!(all.contains("run the same command again"), "{all}");
     assert_eq!(slots(&src), "", "no slot left: {all}");
@@ -336,7 +340,7 @@ fn sigterm_mid_copy_drops_the_slot_and_keeps_what_finished_for_resume() {
         Trigger::Query(vec!["COPY \"public\".\"big\"".into()]),
         Action::Stall,
     ));
-    let child = stalled_init(&src, &via(&proxy, "app"), &["--jobs", "2"]);
+    let child = stalled_init(&src, &proxy, &["--jobs", "2"]);
     // `sync` must not start replication into a copy still being made.
     let out = run(&src.url("app"), &via(&proxy, "app"), &["sync"]);
     assert!(!out.status.success());

@@ -69,7 +69,7 @@ pub struct Valid {
 }
 
 fn url(field: &str, text: &str) -> Result<ConnUrl, ApiError> {
-    if text.len() > MAX_URL_LEN {
+    if text.chars().count() > MAX_URL_LEN {
         return Err(ApiError::invalid(format!(
             "{field} is longer than {MAX_URL_LEN} characters"
         )));

@@ -148,10 +148,9 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
     };
     let report = reap(&store, &p, &policy, Timestamp::now()).await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    let corrected = report
-        .count_corrected
-        .expect("the leaked slot is given back");
-    assert_eq!(corrected.was - corrected.now, 1, "{corrected:?}");
+    // The count's difference is only noted by this pass (listings can catch a job moving
+    // between statuses); the next one, finding the same, corrects it (at the end).
+    assert_eq!(report.count_corrected, None, "noted only");
 
     let failed = store.get(&dead.job_id).await.expect("get").expect("dead");
     assert_eq!(failed.status, JobStatus::Failed);
@@ -218,4 +217,10 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
         again.failed.is_empty() && again.terminated.is_empty(),
         "{again:?}"
     );
+    // ... but the count of active jobs: the same difference found twice, the leaked slot is
+    // given back.
+    let corrected = again
+        .count_corrected
+        .expect("the leaked slot is given back");
+    assert_eq!(corrected.was - corrected.now, 1, "{corrected:?}");
 }

@@ -48,7 +48,7 @@ pub struct Config {
 
 impl Config {
     /// The defaults for `job_id` on `instance_id`: heartbeats every 5 s, a copy stalled after
-    /// 2 hours without progress, the outcome retried for 10 minutes.
+    /// 3 hours without progress, the outcome retried for 4 minutes.
     pub fn new(job_id: impl Into<String>, instance_id: impl Into<String>) -> Self {
         Self {
             job_id: job_id.into(),
@@ -61,9 +61,11 @@ impl Config {
     }
 }
 
-/// How long a copy may go without progress before it counts as stuck: longer than any single
-/// index build the engine reports nothing during on a large table, short of the 24 h job limit.
-pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(2 * 3600);
+/// How long a copy may go without progress before it counts as stuck. Progress moves with every
+/// chunk of COPY data and every post-data item finished, so only one statement running this
+/// long trips it: an index or a foreign key check on a table of several TB may, and needs a
+/// longer `--stall-after-secs`. Well short of the 24 h job limit.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(3 * 3600);
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,6 +35,18 @@ const COUNTER_KEY: &str = "#active-jobs";
 const COUNTER_ATTR: &str = "active_jobs";
 /// When the count last changed (Unix milliseconds), so that reconciling it can wait for quiet.
 const COUNTER_CHANGED_ATTR: &str = "changed_at_ms";
+/// A difference a reconciling pass found (the count, and the jobs it counted), corrected only
+/// when the next pass finds the same.
+const COUNTER_OBSERVED_WAS_ATTR: &str = "observed_count";
+/// See [`COUNTER_OBSERVED_WAS_ATTR`].
+const COUNTER_OBSERVED_ACTIVE_ATTR: &str = "observed_active";
+
+/// The `#active-jobs` item.
+struct Counter {
+    value: i64,
+    changed_ms: i64,
+    observed: Option<(i64, i64)>,
+}
 
 /// Jobs in DynamoDB.
 #[derive(Debug, Clone)]
@@ -310,8 +322,8 @@ impl DynamoStore {
         }
     }
 
-    /// The counter's value and when it last changed (Unix ms); zeros when it does not exist.
-    async fn read_counter(&self) -> Result<(i64, i64), StoreError> {
+    /// The counter as stored; zeros when it does not exist.
+    async fn read_counter(&self) -> Result<Counter, StoreError> {
         let out = self
             .client
             .get_item()
@@ -327,9 +339,12 @@ impl DynamoStore {
                 .and_then(|i| i.get(name))
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0)
         };
-        Ok((n(COUNTER_ATTR), n(COUNTER_CHANGED_ATTR)))
+        Ok(Counter {
+            value: n(COUNTER_ATTR).unwrap_or(0),
+            changed_ms: n(COUNTER_CHANGED_ATTR).unwrap_or(0),
+            observed: n(COUNTER_OBSERVED_WAS_ATTR).zip(n(COUNTER_OBSERVED_ACTIVE_ATTR)),
+        })
     }
 }
 
@@ -655,12 +670,16 @@ impl JobStore for DynamoStore {
         &self,
         quiet: std::time::Duration,
     ) -> Result<Option<ReconciledCount>, StoreError> {
-        let (was, changed_ms) = self.read_counter().await?;
+        let counter = self.read_counter().await?;
+        let (was, changed_ms) = (counter.value, counter.changed_ms);
         let now_ms = Timestamp::now().unix_millis();
         let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
         if now_ms.saturating_sub(changed_ms) < quiet_ms {
             return Ok(None);
         }
+        // Three listings one after the other, from an index that lags: a job moving from one
+        // status to the next between them is counted twice or not at all. So a difference is
+        // only noted the first time, and corrected when the next pass finds the same one.
         let mut active = 0;
         for st in [
             JobStatus::Pending,
@@ -669,31 +688,40 @@ impl JobStore for DynamoStore {
         ] {
             active += self.count_status(st).await?;
         }
-        if active == was {
-            return Ok(None);
-        }
-        // Only if nothing moved the count since it was read: a create or a finish meanwhile
-        // makes this pass leave it to the next one.
-        let result = self
+        let confirmed = counter.observed == Some((was, active));
+        let mut u = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(COUNTER_KEY)))
-            .update_expression("SET #n = :active, #ch = :now")
+            // Only if nothing moved the count since it was read: a create or a finish
+            // meanwhile leaves the question to a later pass.
             .condition_expression(
                 "(attribute_not_exists(#n) OR #n = :was) AND \
                  (attribute_not_exists(#ch) OR #ch = :changed)",
             )
             .expression_attribute_names("#n", COUNTER_ATTR)
             .expression_attribute_names("#ch", COUNTER_CHANGED_ATTR)
-            .expression_attribute_values(":active", num(active))
+            .expression_attribute_names("#ow", COUNTER_OBSERVED_WAS_ATTR)
+            .expression_attribute_names("#oa", COUNTER_OBSERVED_ACTIVE_ATTR)
             .expression_attribute_values(":was", num(was))
-            .expression_attribute_values(":changed", num(changed_ms))
-            .expression_attribute_values(":now", num(now_ms))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Some(ReconciledCount { was, now: active })),
+            .expression_attribute_values(":changed", num(changed_ms));
+        u = if active == was {
+            if counter.observed.is_none() {
+                return Ok(None);
+            }
+            u.update_expression("REMOVE #ow, #oa")
+        } else if confirmed {
+            u.update_expression("SET #n = :active, #ch = :now REMOVE #ow, #oa")
+                .expression_attribute_values(":active", num(active))
+                .expression_attribute_values(":now", num(now_ms))
+        } else {
+            u.update_expression("SET #ow = :was, #oa = :active")
+                .expression_attribute_values(":active", num(active))
+        };
+        match u.send().await {
+            Ok(_) if confirmed && active != was => Ok(Some(ReconciledCount { was, now: active })),
+            Ok(_) => Ok(None),
             Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(sdk_err("UpdateItem", e)),
         }

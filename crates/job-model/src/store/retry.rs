@@ -38,12 +38,13 @@ impl Backoff {
         deadline: Duration::from_secs(8),
     };
 
-    /// For the write that records how a job ended: a worker keeps trying for 10 minutes
-    /// before it gives up and powers off (the reaper then decides).
+    /// For the write that records how a job ended: a worker keeps trying for 4 minutes before
+    /// it gives up and powers off, less than the reaper's 5 minutes without a heartbeat after
+    /// which it would record `heartbeat_lost` itself.
     pub const OUTCOME: Self = Self {
         first: Duration::from_millis(200),
         max: Duration::from_secs(20),
-        deadline: Duration::from_secs(600),
+        deadline: Duration::from_secs(240),
     };
 
     /// No retry at all.
@@ -173,6 +174,9 @@ impl JobStore for Retrying {
                     }
                     unsure = true;
                 }
+                // Found under its own idempotency key: this create's earlier attempt (the
+                // backend's own retry, or ours) stored it.
+                Ok(Created::Existing(j)) if j.job_id == job.job_id => return Ok(Created::New(j)),
                 other => return other,
             }
         }
@@ -223,14 +227,28 @@ impl JobStore for Retrying {
         let mut unsure = false;
         loop {
             if unsure {
-                // Applied already? Nothing else writes this status at this very millisecond.
                 if let Ok(Some(j)) = self.inner.get(job_id).await {
-                    if j.status == change.to && j.updated_at == change.at {
+                    if applied(&j, &change) {
                         return Ok(j);
                     }
                 }
             }
             match self.inner.transition(job_id, expect, change.clone()).await {
+                // A conflict may be this very change, committed by an attempt whose answer was
+                // lost (the backend's SDK retries on its own, below this layer): look before
+                // reporting that someone else got there first.
+                Err(StoreError::Conflict {
+                    current, version, ..
+                }) if current == change.to => {
+                    return match self.inner.get(job_id).await {
+                        Ok(Some(j)) if applied(&j, &change) => Ok(j),
+                        _ => Err(StoreError::Conflict {
+                            job_id: job_id.to_owned(),
+                            current,
+                            version,
+                        }),
+                    };
+                }
                 Err(e) if e.is_retryable() => {
                     if !schedule
                         .pause(&format!("recording job {job_id} as {}", change.to), &e)
@@ -281,6 +299,15 @@ impl JobStore for Retrying {
             )
             .await
     }
+}
+
+/// Whether `j` shows `change` applied: its status, and its time or (for a change that carries
+/// one) its instance id. A heartbeat or a cancel request after it moves `updated_at` on.
+fn applied(j: &Job, change: &Change) -> bool {
+    j.status == change.to
+        && (j.updated_at == change.at
+            || (change.instance_id.is_some() && j.instance_id == change.instance_id)
+            || (change.to.is_terminal() && j.finished_at == Some(change.at)))
 }
 
 #[cfg(test)]

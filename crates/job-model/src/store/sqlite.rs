@@ -192,6 +192,11 @@ impl JobStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
+            // This job's (fresh, random) id stored already: an earlier attempt of this very
+            // create committed and its answer was lost.
+            if let Some(stored) = read(&tx, &job.job_id)? {
+                return Ok(Created::New(stored));
+            }
             if let Some(key) = &job.idempotency_key {
                 let existing: Option<(String, String)> = tx
                     .query_row(

@@ -538,6 +538,9 @@ async fn run_task(
                     pair.run_item(item).await?;
                     if item.key.is_some() {
                         tracker.items_done.fetch_add(1, Ordering::Relaxed);
+                        // After the data phase no ticker runs: each item finished is progress
+                        // (a remote worker's stall detection watches it).
+                        tracker.emit_progress(ctx);
                     }
                     Ok((0, 0))
                 }
