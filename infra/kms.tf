@@ -9,13 +9,21 @@ data "aws_iam_policy_document" "jobs_key" {
   #checkov:skip=CKV_AWS_109:A key policy's Resource "*" is this key alone; the account statement delegates to IAM, where each role's use is scoped and conditioned.
   #checkov:skip=CKV_AWS_111:A key policy's Resource "*" is this key alone; the account statement delegates to IAM, where each role's use is scoped and conditioned.
   #checkov:skip=CKV_AWS_356:A key policy's Resource "*" is this key alone; the account statement delegates to IAM, where each role's use is scoped and conditioned.
-  # Everything but decrypting: no IAM policy (not even kms:Decrypt on "*") can let a principal
-  # read a sealed URL. Only the per-instance grants the coordinator makes, each for one job's
+  # Administration and Encrypt, never decrypting: no IAM policy (not even kms:Decrypt on "*")
+  # can let a principal read a sealed URL. Only the per-instance grants the coordinator makes, each for one job's
   # encryption context, give Decrypt; grants do not need the key policy to allow it.
   statement {
-    sid         = "AccountAdministersTheKeyButCannotDecrypt"
-    not_actions = ["kms:Decrypt", "kms:ReEncrypt*"]
-    resources   = ["*"]
+    sid = "AccountAdministersTheKeyButCannotDecrypt"
+    actions = [
+      # Administration.
+      "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+      "kms:Revoke*", "kms:Retire*", "kms:Disable*", "kms:Get*", "kms:Delete*",
+      "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
+      "kms:CancelKeyDeletion", "kms:RotateKeyOnDemand",
+      # Sealing (the coordinator, conditioned in its IAM policy).
+      "kms:Encrypt",
+    ]
+    resources = ["*"]
     principals {
       type        = "AWS"
       identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]

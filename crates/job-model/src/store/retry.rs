@@ -301,12 +301,13 @@ impl JobStore for Retrying {
     }
 }
 
-/// Whether `j` shows `change` applied: its status, and its time or (for a change that carries
-/// one) its instance id. A heartbeat or a cancel request after it moves `updated_at` on.
+/// Whether `j` shows `change` applied: its status and the change's own time (`updated_at`, or
+/// `finished_at` for an end, which nothing moves afterwards). Not the instance id: a worker
+/// restarted on the same instance must see the earlier process's claim as a conflict, to
+/// resume what that process left.
 fn applied(j: &Job, change: &Change) -> bool {
     j.status == change.to
         && (j.updated_at == change.at
-            || (change.instance_id.is_some() && j.instance_id == change.instance_id)
             || (change.to.is_terminal() && j.finished_at == Some(change.at)))
 }
 
