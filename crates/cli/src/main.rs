@@ -12,9 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use replicator_core::plan::SplitPolicy;
 use replicator_core::sync::SyncMode;
-use replicator_core::{ConnUrl, Error, Filter, FormatChoice, InitOptions, Side, TargetState};
+use replicator_core::{ConnUrl, Error, InitOptions, Side, TargetState};
 
 /// Copy a live PostgreSQL database to another server, exactly and fast.
 #[derive(Debug, Parser)]
@@ -158,30 +157,32 @@ struct InitArgs {
     resume: bool,
     /// Split tables larger than this (heap + TOAST) into ctid block ranges copied in parallel;
     /// tables over 64 MB whose copy and index builds are the run's longest path are also split
-    /// --jobs ways. 0 never splits. Units: B, kB, MB, GB, TB.
-    #[arg(long, default_value = "1GB", value_parser = parse_size)]
-    split_tables_larger_than: u64,
-    /// At most this many ranges per split table.
-    #[arg(long, default_value_t = 64)]
-    max_parts: u64,
-    /// COPY format.
-    #[arg(long, value_enum, default_value_t = CopyFormat::Auto)]
-    copy_format: CopyFormat,
+    /// --jobs ways. 0 never splits. Units: B, kB, MB, GB, TB. [default: 1GB]
+    #[arg(long, value_parser = parse_size)]
+    split_tables_larger_than: Option<u64>,
+    /// At most this many ranges per split table. [default: 64]
+    #[arg(long)]
+    max_parts: Option<u64>,
+    /// COPY format. [default: auto]
+    #[arg(long, value_enum)]
+    copy_format: Option<CopyFormat>,
     /// Do not restore object ownership (for targets without the source's roles).
     #[arg(long)]
     no_owner: bool,
     /// Do not restore privileges (GRANT/REVOKE).
     #[arg(long)]
     no_privileges: bool,
-    /// Directory holding pg_dump and psql (default: the newest found).
-    #[arg(long, env = "SEREN_PG_BINDIR")]
+    /// Directory holding pg_dump and psql (default: SEREN_PG_BINDIR, else the newest found).
+    /// Local runs only: a remote worker uses its own client tools.
+    #[arg(long)]
     pg_bindir: Option<PathBuf>,
-    /// maintenance_work_mem for index builds on the target, per connection.
-    #[arg(long, default_value = "256MB")]
-    maintenance_work_mem: String,
+    /// maintenance_work_mem for index builds on the target, per connection. [default: 256MB]
+    #[arg(long)]
+    maintenance_work_mem: Option<String>,
     /// Attempts per table or index after a transient error (lost connection, deadlock).
-    #[arg(long, default_value_t = 3)]
-    retries: u32,
+    /// [default: 3]
+    #[arg(long)]
+    retries: Option<u32>,
     /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -235,6 +236,59 @@ fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+impl InitArgs {
+    /// What this run is asked to do, as a job describes it: the one conversion from flags that
+    /// both a local run and a remote job start from, so every flag means the same on both.
+    fn spec(&self) -> anyhow::Result<job_model::JobSpec> {
+        Ok(job_model::JobSpec {
+            command: job_model::Command::Init,
+            filter: job_model::FilterSpec {
+                include_tables: self.include_tables.clone(),
+                exclude_tables: self.exclude_tables.clone(),
+                table_filters: self.table_filters.clone(),
+                schema_only_tables: self.schema_only_tables.clone(),
+            },
+            options: job_model::Options {
+                jobs: self.jobs.map(count).transpose()?,
+                drop_existing: self.drop_existing,
+                no_owner: self.no_owner,
+                no_privileges: self.no_privileges,
+                copy_format: self.copy_format.map(|f| match f {
+                    CopyFormat::Auto => job_model::CopyFormat::Auto,
+                    CopyFormat::Text => job_model::CopyFormat::Text,
+                }),
+                split_tables_larger_than_bytes: self.split_tables_larger_than,
+                max_parts: self.max_parts,
+                retries: self.retries,
+                maintenance_work_mem: self.maintenance_work_mem.clone(),
+                ..job_model::Options::default()
+            },
+        })
+    }
+}
+
+/// `--jobs` for the wire (a u32).
+fn count(j: usize) -> anyhow::Result<u32> {
+    u32::try_from(j).map_err(|_| anyhow::anyhow!("--jobs {j} is too many; give 1 to 256"))
+}
+
+/// Refuse `--pg-bindir` for a job a worker runs, and say so when SEREN_PG_BINDIR is set.
+fn no_bindir_remotely(flag: Option<&PathBuf>) -> anyhow::Result<()> {
+    if flag.is_some() {
+        bail!(
+            "--pg-bindir names a directory on this machine; a remote worker uses its own client \
+             tools (pg_dump of the newest major it has): leave it out, or run locally"
+        );
+    }
+    if std::env::var_os("SEREN_PG_BINDIR").is_some() {
+        eprintln!(
+            "note: SEREN_PG_BINDIR is a directory on this machine and does not apply to remote \
+             jobs: the worker uses its own client tools"
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -331,36 +385,25 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     if args.sync || args.sync_source_url.is_some() {
         bail!("--sync is for local runs: a remote job copies only; for a copy followed by replication run init (or `sync --force`) without --remote");
     }
+    no_bindir_remotely(args.pg_bindir.as_ref())?;
     let (source, target) = remote_urls(&args.source, &args.target)?;
-    Filter::from_args(
-        &args.include_tables,
-        &args.exclude_tables,
-        &args.schema_only_tables,
-        &args.table_filters,
-    )?;
+    let spec = args.spec()?;
+    // The same checks the worker's conversion makes, so a bad value fails before submitting.
+    replicator_core::spec::init_options(source.clone(), target.clone(), &spec)?;
     if args.drop_existing && !args.yes {
         bail!("--drop-existing with --remote needs --yes: the worker cannot ask you to confirm");
     }
     let request = job_model::api::SubmitRequest {
-        command: job_model::Command::Init,
+        command: spec.command,
         source_url: args.source.clone(),
         target_url: args.target.clone(),
         options: job_model::Options {
-            jobs: args.jobs.map(|j| u32::try_from(j).unwrap_or(u32::MAX)),
-            drop_existing: args.drop_existing,
-            no_owner: args.no_owner,
-            no_privileges: args.no_privileges,
             instance_type: args.instance_type.clone(),
             source_size_bytes: source_size(&source).await,
             timeout_seconds: args.timeout_secs,
-            ..job_model::Options::default()
+            ..spec.options
         },
-        filter: job_model::FilterSpec {
-            include_tables: args.include_tables.clone(),
-            exclude_tables: args.exclude_tables.clone(),
-            table_filters: args.table_filters.clone(),
-            schema_only_tables: args.schema_only_tables.clone(),
-        },
+        filter: spec.filter,
     };
     let what = format!("copying {} into {}", source.redacted(), target.redacted());
     let Some(id) = submit(&api, request, &what, args.detach).await? else {
@@ -431,29 +474,14 @@ async fn submit(
 async fn remote_verify(args: replication::VerifyArgs) -> anyhow::Result<()> {
     let api = args.remote_args.api()?;
     let (source, target) = remote_urls(&args.db.source, &args.db.target)?;
-    let filter = job_model::FilterSpec {
-        include_tables: args.include_tables.clone(),
-        exclude_tables: args.exclude_tables.clone(),
-        schema_only_tables: args.schema_only_tables.clone(),
-        table_filters: Vec::new(),
-    };
-    Filter::from_args(
-        &filter.include_tables,
-        &filter.exclude_tables,
-        &filter.schema_only_tables,
-        &[],
-    )?;
+    let spec = args.spec()?;
+    replicator_core::spec::verify_options(source.clone(), target.clone(), &spec)?;
     let request = job_model::api::SubmitRequest {
-        command: job_model::Command::Verify,
+        command: spec.command,
         source_url: args.db.source.clone(),
         target_url: args.db.target.clone(),
-        options: job_model::Options {
-            jobs: Some(u32::try_from(args.jobs).unwrap_or(u32::MAX)),
-            chunk_rows: Some(args.chunk_rows),
-            catch_up_timeout_seconds: Some(args.catch_up_timeout_secs),
-            ..job_model::Options::default()
-        },
-        filter,
+        options: spec.options,
+        filter: spec.filter,
     };
     let what = format!("comparing {} with {}", source.redacted(), target.redacted());
     let Some(id) = submit(&api, request, &what, args.detach).await? else {
@@ -465,6 +493,7 @@ async fn remote_verify(args: replication::VerifyArgs) -> anyhow::Result<()> {
 /// `validate --remote`: the checks run on a worker, from where the copy would run.
 async fn remote_validate(args: replication::ValidateArgs) -> anyhow::Result<()> {
     let api = args.remote_args.api()?;
+    no_bindir_remotely(args.pg_bindir.as_ref())?;
     let (source, target) = remote_urls(&args.db.source, &args.db.target)?;
     let request = job_model::api::SubmitRequest {
         command: job_model::Command::Validate,
@@ -519,10 +548,13 @@ async fn finish_watch(
 /// local command would (`--json`: the report itself); any other prints its status line (`--json`:
 /// the job record). Only `completed` exits 0.
 fn conclude(j: &job_model::api::JobView, json: bool) -> anyhow::Result<()> {
+    use job_model::report::JobResult;
     use job_model::Command as C;
     match (&j.result, j.command) {
-        (Some(report), C::Verify) => replication::print_verify(report, json),
-        (Some(report), C::Validate) => replication::print_validate(report, json),
+        (Some(JobResult::Verify(report)), C::Verify) => replication::print_verify(report, json),
+        (Some(JobResult::Validate(report)), C::Validate) => {
+            replication::print_validate(report, json)
+        }
         _ => {
             if json {
                 println!("{}", serde_json::to_string_pretty(j)?);
@@ -580,6 +612,9 @@ async fn jobs(command: JobsCommand, remote: &remote::RemoteArgs) -> anyhow::Resu
                 if let Some(i) = &j.instance_id {
                     println!("worker  {i}");
                 }
+                for w in j.progress.iter().flat_map(|p| &p.warnings) {
+                    println!("warning: {w}");
+                }
             }
             Ok(())
         }
@@ -601,36 +636,11 @@ async fn jobs(command: JobsCommand, remote: &remote::RemoteArgs) -> anyhow::Resu
 async fn init(args: InitArgs) -> anyhow::Result<()> {
     let source = replication::parse_url(&args.source, Side::Source)?;
     let target = replication::parse_url(&args.target, Side::Target)?;
-    let filter = Filter::from_args(
-        &args.include_tables,
-        &args.exclude_tables,
-        &args.schema_only_tables,
-        &args.table_filters,
-    )?;
-    let mut opts = InitOptions::new(source, target);
-    if let Some(j) = args.jobs {
-        if j == 0 {
-            bail!("--jobs must be at least 1");
-        }
-        opts.jobs = j;
-    }
-    opts.filter = filter;
-    opts.drop_existing = args.drop_existing;
+    let spec = args.spec()?;
+    let mut opts = replicator_core::spec::init_options(source, target, &spec)?;
+    // What only a local run has.
     opts.resume = args.resume;
-    opts.split = SplitPolicy {
-        larger_than: args.split_tables_larger_than,
-        max_parts: args.max_parts,
-        tid_range_scan: true,
-    };
-    opts.format = match args.copy_format {
-        CopyFormat::Auto => FormatChoice::Auto,
-        CopyFormat::Text => FormatChoice::Text,
-    };
-    opts.no_owner = args.no_owner;
-    opts.no_privileges = args.no_privileges;
-    opts.pg_bindir = args.pg_bindir;
-    opts.maintenance_work_mem = args.maintenance_work_mem;
-    opts.retries = args.retries;
+    opts.pg_bindir = replication::local_bindir(args.pg_bindir);
     opts.sync = if args.sync {
         SyncMode::Required
     } else if args.no_sync {
@@ -650,20 +660,21 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
 /// replicate from that copy's snapshot.
 async fn sync_force(args: replication::SyncArgs) -> anyhow::Result<()> {
     let (source, target) = args.db.parse()?;
-    let mut opts = InitOptions::new(source, target);
-    opts.filter = Filter::from_args(
-        &args.include_tables,
-        &args.exclude_tables,
-        &args.schema_only_tables,
-        &[],
-    )?;
-    if let Some(j) = args.jobs {
-        if j == 0 {
-            bail!("--jobs must be at least 1");
-        }
-        opts.jobs = j;
-    }
-    opts.drop_existing = true;
+    let spec = job_model::JobSpec {
+        command: job_model::Command::Init,
+        filter: job_model::FilterSpec {
+            include_tables: args.include_tables.clone(),
+            exclude_tables: args.exclude_tables.clone(),
+            schema_only_tables: args.schema_only_tables.clone(),
+            table_filters: Vec::new(),
+        },
+        options: job_model::Options {
+            jobs: args.jobs.map(count).transpose()?,
+            drop_existing: true,
+            ..job_model::Options::default()
+        },
+    };
+    let mut opts = replicator_core::spec::init_options(source, target, &spec)?;
     opts.sync = SyncMode::Required;
     opts.sync_source = args
         .sync_source_url

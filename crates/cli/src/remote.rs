@@ -249,6 +249,8 @@ pub enum Watched {
 pub struct Replay {
     phase: String,
     planned: bool,
+    /// Warnings of the record already replayed.
+    warned: usize,
 }
 
 impl Replay {
@@ -256,6 +258,13 @@ impl Replay {
     pub fn events(&mut self, j: &JobView) -> Vec<Event> {
         let mut out = Vec::new();
         let Some(p) = &j.progress else { return out };
+        out.extend(
+            p.warnings
+                .iter()
+                .skip(self.warned)
+                .map(|w| Event::Warning(w.clone())),
+        );
+        self.warned = self.warned.max(p.warnings.len());
         if p.phase != self.phase {
             p.phase.clone_into(&mut self.phase);
             if let Some(phase) = Phase::from_name(&p.phase) {
@@ -384,6 +393,19 @@ mod tests {
             matches!(&events[2], Event::Progress(d) if d.units_done == 1 && d.estimate_done == 250)
         );
         assert_eq!(r.events(&view).len(), 1, "progress again, no second plan");
+        // The worker's warnings, each once, before the progress they came with.
+        if let Some(p) = view.progress.as_mut() {
+            p.warnings = vec!["first".into(), "second".into()];
+        }
+        let events = r.events(&view);
+        assert_eq!(events[0], Event::Warning("first".into()));
+        assert_eq!(events[1], Event::Warning("second".into()));
+        assert_eq!(events.len(), 3);
+        if let Some(p) = view.progress.as_mut() {
+            p.warnings.push("third".into());
+        }
+        assert_eq!(r.events(&view)[0], Event::Warning("third".into()));
+        assert_eq!(r.events(&view).len(), 1, "no warning twice");
     }
 
     #[test]

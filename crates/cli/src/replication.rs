@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use serde_json::{json, Value};
+use job_model::report::{CompareMethod, ValidateResult, VerifyResult};
+use serde_json::json;
 
 use replicator_core::connect::connect;
 use replicator_core::sync::{self, SyncNames, SyncStatus};
 use replicator_core::validate::{self, Verdict};
-use replicator_core::verify::{self, VerifyOptions};
-use replicator_core::{ConnUrl, Error, Filter, Side};
+use replicator_core::verify;
+use replicator_core::{ConnUrl, Error, Side};
 
 /// The two databases.
 #[derive(Debug, Clone, Args)]
@@ -142,13 +143,41 @@ pub struct VerifyArgs {
     pub detach: bool,
 }
 
+impl VerifyArgs {
+    /// The comparison as a job describes it: the one conversion from flags that a local run and
+    /// a remote job share.
+    pub fn spec(&self) -> anyhow::Result<job_model::JobSpec> {
+        Ok(job_model::JobSpec {
+            command: job_model::Command::Verify,
+            filter: job_model::FilterSpec {
+                include_tables: self.include_tables.clone(),
+                exclude_tables: self.exclude_tables.clone(),
+                schema_only_tables: self.schema_only_tables.clone(),
+                table_filters: Vec::new(),
+            },
+            options: job_model::Options {
+                jobs: Some(u32::try_from(self.jobs).unwrap_or(u32::MAX)),
+                chunk_rows: Some(self.chunk_rows),
+                catch_up_timeout_seconds: Some(self.catch_up_timeout_secs),
+                ..job_model::Options::default()
+            },
+        })
+    }
+}
+
+/// The `pg_dump` directory of a local run: the flag, else `SEREN_PG_BINDIR`.
+pub fn local_bindir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("SEREN_PG_BINDIR").map(PathBuf::from))
+}
+
 /// `validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     #[command(flatten)]
     pub db: Databases,
-    /// Directory holding pg_dump and psql (default: the newest found; local runs only).
-    #[arg(long, env = "SEREN_PG_BINDIR")]
+    /// Directory holding pg_dump and psql (default: SEREN_PG_BINDIR, else the newest found).
+    /// Local runs only: a remote worker uses its own client tools.
+    #[arg(long)]
     pub pg_bindir: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
@@ -452,101 +481,67 @@ pub async fn status_cmd(args: &StatusArgs) -> anyhow::Result<()> {
 /// `verify`: exits non-zero when anything differs.
 pub async fn verify_cmd(args: &VerifyArgs) -> anyhow::Result<()> {
     let (source, target) = args.db.parse()?;
-    let mut opts = VerifyOptions::new(source, target);
-    opts.filter = Filter::from_args(
-        &args.include_tables,
-        &args.exclude_tables,
-        &args.schema_only_tables,
-        &[],
-    )?;
-    opts.jobs = args.jobs;
-    opts.chunk_rows = args.chunk_rows;
-    opts.catch_up_timeout = Duration::from_secs(args.catch_up_timeout_secs);
+    let opts = replicator_core::spec::verify_options(source, target, &args.spec()?)?;
     let report = verify::verify(opts).await?;
-    print_verify(&report.to_json(), args.json)
+    print_verify(&report.to_result(), args.json)
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn number(v: &Value, key: &str) -> i64 {
-    v.get(key).and_then(Value::as_i64).unwrap_or_default()
-}
-
-fn flag(v: &Value, key: &str) -> bool {
-    v.get(key).and_then(Value::as_bool).unwrap_or_default()
-}
-
-fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-}
-
-/// Print a verify report (the JSON of [`verify::VerifyReport::to_json`], made here or by a
-/// remote worker) as JSON or as one line per table; an error when any table differs.
-pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
-    let tables = list(report, "tables");
+/// Print a verify report (made here or by a remote worker) as JSON or as one line per table; an
+/// error when any table differs.
+pub fn print_verify(report: &VerifyResult, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{report}");
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        for t in tables {
-            let name = text(t, "table");
-            if flag(t, "missing_on_target") {
+        for t in &report.tables {
+            let name = &t.table;
+            if t.missing_on_target {
                 eprintln!("{name}: missing on the target");
                 continue;
             }
-            let how = if text(t, "method") == "whole_table" {
-                "whole table, no primary key: count and hash sum only".to_owned()
-            } else {
-                match number(t, "ranges") {
-                    1 => "1 key range".to_owned(),
-                    n => format!("{n} key ranges"),
+            let how = match (t.method, t.ranges) {
+                (CompareMethod::WholeTable, _) => {
+                    "whole table, no primary key: count and hash sum only".to_owned()
                 }
+                (CompareMethod::KeyRanges, 1) => "1 key range".to_owned(),
+                (CompareMethod::KeyRanges, n) => format!("{n} key ranges"),
             };
-            if flag(t, "equal") {
-                eprintln!("{name}: equal, {} rows ({how})", number(t, "source_rows"));
+            if t.equal {
+                eprintln!("{name}: equal, {} rows ({how})", t.source_rows);
             } else {
                 eprintln!(
                     "{name}: DIFFERENT, {} rows on the source, {} on the target ({how})",
-                    number(t, "source_rows"),
-                    number(t, "target_rows")
+                    t.source_rows, t.target_rows
                 );
-                for m in list(t, "mismatches") {
-                    eprintln!("  {}", text(m, "description"));
+                for m in &t.mismatches {
+                    eprintln!("  {}", m.description);
                 }
-                let more = number(t, "mismatches_not_listed");
-                if more > 0 {
-                    eprintln!("  … and {more} more differing ranges");
+                if t.mismatches_not_listed > 0 {
+                    eprintln!("  … and {} more differing ranges", t.mismatches_not_listed);
                 }
             }
         }
-        match report.get("compared_at_lsn").and_then(Value::as_str) {
+        match &report.compared_at_lsn {
             Some(lsn) => {
                 eprintln!("compared once the target had replicated the source up to {lsn}")
             }
             None => eprintln!("compared without replication running"),
         }
+        // A remote report too large for its job record leaves tables out.
+        if report.equal_tables_not_listed > 0 {
+            eprintln!(
+                "{} more tables equal (not listed: the report was too large for the job record)",
+                report.equal_tables_not_listed
+            );
+        }
+        if report.differing_tables_not_listed > 0 {
+            eprintln!(
+                "{} more tables DIFFERENT (not listed: the report was too large for the job \
+                 record)",
+                report.differing_tables_not_listed
+            );
+        }
     }
-    // A remote report too large for its job record leaves out the equal tables.
-    let unlisted = report
-        .get("equal_tables_not_listed")
-        .and_then(Value::as_u64)
-        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let unlisted_differing = report
-        .get("differing_tables_not_listed")
-        .and_then(Value::as_u64)
-        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let total = tables.len() + unlisted + unlisted_differing;
-    if !json && unlisted > 0 {
-        eprintln!("{unlisted} more tables equal (not listed: the report was too large for the job record)");
-    }
-    if !json && unlisted_differing > 0 {
-        eprintln!("{unlisted_differing} more tables DIFFERENT (not listed: the report was too large for the job record)");
-    }
-    let differing = tables.iter().filter(|t| !flag(t, "equal")).count() + unlisted_differing;
+    let (differing, total) = (report.differing_tables(), report.total_tables());
     if differing > 0 {
         bail!("{differing} of {total} tables differ between source and target");
     }
@@ -559,37 +554,26 @@ pub fn print_verify(report: &Value, json: bool) -> anyhow::Result<()> {
 /// `validate`: exits non-zero when a check fails.
 pub async fn validate_cmd(args: &ValidateArgs) -> anyhow::Result<()> {
     let (source, target) = args.db.parse()?;
-    let checks = validate::validate(&source, &target, args.pg_bindir.clone()).await;
-    print_validate(&validate::to_json(&checks), args.json)
+    let checks = validate::validate(&source, &target, local_bindir(args.pg_bindir.clone())).await;
+    print_validate(&validate::to_result(&checks), args.json)
 }
 
-/// Print validate's checks (the JSON of [`validate::to_json`], made here or by a remote worker)
-/// as JSON or one line per check with its fix; an error when any check failed.
-pub fn print_validate(report: &Value, json: bool) -> anyhow::Result<()> {
-    let checks = list(report, "checks");
+/// Print validate's checks (made here or by a remote worker) as JSON or one line per check with
+/// its fix; an error when any check failed.
+pub fn print_validate(report: &ValidateResult, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{report}");
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        for c in checks {
-            let verdict = text(c, "result");
-            let fix = text(c, "fix");
-            let fix = if fix.is_empty() || verdict == Verdict::Pass.name() {
+        for c in &report.checks {
+            let fix = if c.fix.is_empty() || c.result == Verdict::Pass.name() {
                 String::new()
             } else {
-                format!(" -> {fix}")
+                format!(" -> {}", c.fix)
             };
-            eprintln!(
-                "{verdict:<4} {:<32} {}{fix}",
-                text(c, "check"),
-                text(c, "detail")
-            );
+            eprintln!("{:<4} {:<32} {}{fix}", c.result, c.check, c.detail);
         }
     }
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| text(c, "result") == Verdict::Fail.name())
-        .map(|c| text(c, "check"))
-        .collect();
+    let failed = report.failed();
     if !failed.is_empty() {
         bail!("{} check(s) failed: {}", failed.len(), failed.join(", "));
     }
@@ -600,31 +584,45 @@ pub fn print_validate(report: &Value, json: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn verify_report(v: serde_json::Value) -> VerifyResult {
+        serde_json::from_value(v).expect("a verify report")
+    }
+
     #[test]
     fn trimmed_remote_reports_still_count_every_table() {
-        let differing = json!({"table": "public.b", "equal": false, "source_rows": 2, "target_rows": 1,
+        let differing = json!({"table": "public.b", "method": "key_ranges", "equal": false,
+                               "source_rows": 2, "target_rows": 1, "ranges": 1,
                                "mismatches": [], "mismatches_not_listed": 40});
-        let trimmed = json!({"equal": false, "equal_tables_not_listed": 5, "tables": [differing]});
+        let trimmed = verify_report(
+            json!({"equal": false, "compared_at_lsn": null, "equal_tables_not_listed": 5,
+                   "tables": [differing]}),
+        );
         let err = print_verify(&trimmed, true).expect_err("a table differs");
         assert_eq!(
             err.to_string(),
             "1 of 6 tables differ between source and target"
         );
-        let cut = json!({"equal": false, "differing_tables_not_listed": 3, "tables": [differing]});
+        let cut = verify_report(
+            json!({"equal": false, "compared_at_lsn": null, "differing_tables_not_listed": 3,
+                   "tables": [differing]}),
+        );
         let err = print_verify(&cut, true).expect_err("tables differ");
         assert_eq!(
             err.to_string(),
             "4 of 4 tables differ between source and target"
         );
-        let fine = json!({"equal": true, "tables": [{"table": "public.a", "equal": true}]});
+        let fine = verify_report(json!({"equal": true, "compared_at_lsn": null, "tables": [
+            {"table": "public.a", "method": "key_ranges", "equal": true, "source_rows": 1,
+             "target_rows": 1, "ranges": 1}]}));
         assert!(print_verify(&fine, true).is_ok());
     }
 
     #[test]
     fn a_failed_check_fails_validate() {
-        let report = json!({"ok": false, "checks": [
+        let report: ValidateResult = serde_json::from_value(json!({"ok": false, "checks": [
             {"check": "source.wal_level", "result": "fail", "detail": "replica", "fix": "set it"},
-            {"check": "target.version", "result": "pass", "detail": "15", "fix": ""}]});
+            {"check": "target.version", "result": "pass", "detail": "15", "fix": ""}]}))
+        .expect("a validate report");
         let err = print_validate(&report, true).expect_err("fails");
         assert_eq!(err.to_string(), "1 check(s) failed: source.wal_level");
     }

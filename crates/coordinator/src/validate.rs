@@ -132,32 +132,17 @@ fn command(req: &SubmitRequest) -> Result<(), ApiError> {
     }
 }
 
-fn options(o: &Options, allowed_instance_types: &[String]) -> Result<(), ApiError> {
-    if let Some(j) = o.jobs {
-        if !(1..=256).contains(&j) {
-            return Err(ApiError::invalid(format!(
-                "options.jobs is {j}; give 1 to 256 connection pairs"
-            )));
-        }
-    }
+fn options(
+    command: Command,
+    o: &Options,
+    allowed_instance_types: &[String],
+) -> Result<(), ApiError> {
+    o.check(command)
+        .map_err(|p| ApiError::invalid(p.to_string()))?;
     if let Some(t) = o.timeout_seconds {
         if t == 0 || t > MAX_TIMEOUT_SECONDS {
             return Err(ApiError::invalid(format!(
                 "options.timeout_seconds is {t}; give 1 to {MAX_TIMEOUT_SECONDS} (7 days)"
-            )));
-        }
-    }
-    if let Some(c) = o.chunk_rows {
-        if !(1_000..=100_000_000).contains(&c) {
-            return Err(ApiError::invalid(format!(
-                "options.chunk_rows is {c}; give 1000 to 100000000 rows per compared range"
-            )));
-        }
-    }
-    if let Some(t) = o.catch_up_timeout_seconds {
-        if t > 24 * 3600 {
-            return Err(ApiError::invalid(format!(
-                "options.catch_up_timeout_seconds is {t}; give at most 86400 (a day)"
             )));
         }
     }
@@ -203,7 +188,7 @@ pub fn submit(req: &SubmitRequest, allowed_instance_types: &[String]) -> Result<
         ));
     }
     filter(&req.filter)?;
-    options(&req.options, allowed_instance_types)?;
+    options(req.command, &req.options, allowed_instance_types)?;
     Ok(Valid { source, target })
 }
 
@@ -325,11 +310,18 @@ mod tests {
         assert!(submit_any(&r).is_err());
         r.options.timeout_seconds = Some(3600);
         assert!(submit_any(&r).is_ok());
-        r.options.chunk_rows = Some(10);
+        r.options.chunk_rows = Some(100_000);
+        assert!(submit_any(&r)
+            .expect_err("a verify option on init")
+            .message
+            .contains("options.chunk_rows does not apply to init"));
+        r.command = Command::Verify;
+        assert!(submit_any(&r).is_ok());
+        r.options.chunk_rows = Some(0);
         assert!(submit_any(&r)
             .expect_err("chunk")
             .message
-            .contains("options.chunk_rows"));
+            .contains("options.chunk_rows is 0"));
     }
 
     #[test]

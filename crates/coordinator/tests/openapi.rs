@@ -109,6 +109,11 @@ fn documented_schemas_match_the_wire_types() {
         timeout_seconds: Some(1),
         chunk_rows: Some(1),
         catch_up_timeout_seconds: Some(1),
+        copy_format: Some(job_model::CopyFormat::Text),
+        split_tables_larger_than_bytes: Some(1),
+        max_parts: Some(1),
+        retries: Some(1),
+        maintenance_work_mem: Some("1GB".into()),
     };
     let filter = FilterSpec {
         include_tables: vec!["a".into()],
@@ -135,6 +140,7 @@ fn documented_schemas_match_the_wire_types() {
     );
     let progress = Progress {
         eta_seconds: Some(1),
+        warnings: vec!["w".into()],
         ..Progress::default()
     };
     assert_eq!(
@@ -159,7 +165,9 @@ fn documented_schemas_match_the_wire_types() {
         instance_id: Some("i".into()),
         progress: Some(progress),
         error: Some(ErrorBody::new("c", "m")),
-        result: Some(serde_json::json!({"ok": true})),
+        result: Some(
+            serde_json::from_value(serde_json::json!({"ok": true, "checks": []})).expect("report"),
+        ),
     };
     assert_eq!(
         keys(&serde_json::to_value(&view).expect("view")),

@@ -93,7 +93,7 @@ pub struct JobView {
     pub error: Option<ErrorBody>,
     /// What a `verify` or `validate` job found (the report its `--json` prints locally).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<crate::report::JobResult>,
 }
 
 impl From<&Job> for JobView {

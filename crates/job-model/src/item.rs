@@ -204,7 +204,7 @@ pub fn to_item(job: &Job) -> Item {
         put(attr::ERROR, to_attr(e));
     }
     if let Some(r) = &job.result {
-        put(attr::RESULT, json_to_attr(r));
+        put(attr::RESULT, to_attr(r));
     }
     if let Some(k) = &job.idempotency_key {
         put(attr::IDEMPOTENCY_KEY, AttributeValue::S(k.clone()));
@@ -373,7 +373,18 @@ mod tests {
             ..Progress::default()
         });
         j.error = Some(ErrorBody::new("x", "y"));
-        j.result = Some(serde_json::json!({"ok": false, "checks": [{"check": "a", "fix": null}]}));
+        j.result = Some(crate::report::JobResult::Validate(
+            crate::report::ValidateResult {
+                version: crate::report::REPORT_VERSION,
+                ok: false,
+                checks: vec![crate::report::CheckReport {
+                    check: "a".into(),
+                    result: "fail".into(),
+                    detail: "d".into(),
+                    fix: String::new(),
+                }],
+            },
+        ));
         j.instance_id = Some("i-0123".into());
         j
     }

@@ -255,6 +255,201 @@ pub struct Options {
     /// `verify`: seconds to wait for replication to catch up before comparing (default 120).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_timeout_seconds: Option<u64>,
+    /// `init`: the COPY format (default `auto`: binary where every column allows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_format: Option<CopyFormat>,
+    /// `init`: split tables larger than this many bytes (heap + TOAST) into block ranges copied
+    /// in parallel; 0 never splits (default 1 GiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_tables_larger_than_bytes: Option<u64>,
+    /// `init`: at most this many ranges per split table (default 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parts: Option<u64>,
+    /// `init`: attempts per table or index after a transient error (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// `init`: `maintenance_work_mem` of each index-building session on the target, in
+    /// PostgreSQL's memory units (`256MB`, the default; `1GB`; a bare number is kB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_work_mem: Option<String>,
+}
+
+/// `init`'s COPY format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyFormat {
+    /// Binary where every column's type supports it, text otherwise.
+    Auto,
+    /// Always text (slower; for types whose binary form differs between servers).
+    Text,
+}
+
+/// The most connection pairs a job may use.
+pub const MAX_JOBS: u32 = 256;
+/// The most ranges a split table may be cut into.
+pub const MAX_PARTS: u64 = 10_000;
+/// The most attempts after a transient error.
+pub const MAX_RETRIES: u32 = 100;
+
+/// An option that is out of range or does not apply to the command: `field` is its name in
+/// [`Options`], `problem` says what is wrong with it and what to give instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionProblem {
+    /// The field of [`Options`].
+    pub field: &'static str,
+    /// What is wrong and what to do, to follow the field's name.
+    pub problem: String,
+}
+
+impl OptionProblem {
+    /// The same problem named by the command-line flag that sets the option.
+    pub fn as_flag(&self) -> String {
+        format!("--{} {}", flag_of(self.field), self.problem)
+    }
+}
+
+/// The command-line flag that sets an [`Options`] field.
+pub fn flag_of(field: &str) -> String {
+    match field {
+        "split_tables_larger_than_bytes" => "split-tables-larger-than".into(),
+        "timeout_seconds" => "timeout-secs".into(),
+        "catch_up_timeout_seconds" => "catch-up-timeout-secs".into(),
+        other => other.replace('_', "-"),
+    }
+}
+
+impl fmt::Display for OptionProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "options.{} {}", self.field, self.problem)
+    }
+}
+
+impl Options {
+    /// The fields that are set, by name.
+    fn set_fields(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let mut note = |name: &'static str, is_set: bool| {
+            if is_set {
+                set.push(name);
+            }
+        };
+        note("jobs", self.jobs.is_some());
+        note("drop_existing", self.drop_existing);
+        note("no_owner", self.no_owner);
+        note("no_privileges", self.no_privileges);
+        note("instance_type", self.instance_type.is_some());
+        note("source_size_bytes", self.source_size_bytes.is_some());
+        note("timeout_seconds", self.timeout_seconds.is_some());
+        note("chunk_rows", self.chunk_rows.is_some());
+        note(
+            "catch_up_timeout_seconds",
+            self.catch_up_timeout_seconds.is_some(),
+        );
+        note("copy_format", self.copy_format.is_some());
+        note(
+            "split_tables_larger_than_bytes",
+            self.split_tables_larger_than_bytes.is_some(),
+        );
+        note("max_parts", self.max_parts.is_some());
+        note("retries", self.retries.is_some());
+        note("maintenance_work_mem", self.maintenance_work_mem.is_some());
+        set
+    }
+
+    /// Check every value's range and that each set option means something to `command`: an
+    /// option a command would not use is refused rather than ignored.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check(&self, command: Command) -> Result<(), OptionProblem> {
+        let bad = |field: &'static str, problem: String| Err(OptionProblem { field, problem });
+        // Where the job runs and for how long apply to every command a worker runs.
+        let everywhere = ["instance_type", "source_size_bytes", "timeout_seconds"];
+        let applies: &[&str] = match command {
+            Command::Init => &[
+                "jobs",
+                "drop_existing",
+                "no_owner",
+                "no_privileges",
+                "copy_format",
+                "split_tables_larger_than_bytes",
+                "max_parts",
+                "retries",
+                "maintenance_work_mem",
+            ],
+            Command::Verify => &["jobs", "chunk_rows", "catch_up_timeout_seconds"],
+            Command::Sync | Command::Validate => &[],
+        };
+        if let Some(field) = self
+            .set_fields()
+            .into_iter()
+            .find(|f| !everywhere.contains(f) && !applies.contains(f))
+        {
+            return bad(field, format!("does not apply to {command}; leave it out"));
+        }
+        if let Some(j) = self.jobs {
+            if !(1..=MAX_JOBS).contains(&j) {
+                return bad(
+                    "jobs",
+                    format!("is {j}; give 1 to {MAX_JOBS} connection pairs"),
+                );
+            }
+        }
+        if let Some(c) = self.chunk_rows {
+            if !(1..=100_000_000).contains(&c) {
+                return bad(
+                    "chunk_rows",
+                    format!("is {c}; give 1 to 100000000 rows per compared range"),
+                );
+            }
+        }
+        if let Some(t) = self.catch_up_timeout_seconds {
+            if t > 24 * 3600 {
+                return bad(
+                    "catch_up_timeout_seconds",
+                    format!("is {t}; give at most 86400 (a day)"),
+                );
+            }
+        }
+        if let Some(p) = self.max_parts {
+            if !(1..=MAX_PARTS).contains(&p) {
+                return bad(
+                    "max_parts",
+                    format!("is {p}; give 1 to {MAX_PARTS} ranges per split table"),
+                );
+            }
+        }
+        if let Some(r) = self.retries {
+            if r > MAX_RETRIES {
+                return bad(
+                    "retries",
+                    format!("is {r}; give 0 to {MAX_RETRIES} attempts"),
+                );
+            }
+        }
+        if let Some(m) = &self.maintenance_work_mem {
+            if !is_memory_setting(m) {
+                return bad(
+                    "maintenance_work_mem",
+                    format!(
+                        "'{}' is not a PostgreSQL memory setting such as 256MB or 1GB                          (units kB, MB, GB, TB; a bare number is kB)",
+                        m.chars().take(40).collect::<String>()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value PostgreSQL reads as a memory setting: digits, then optionally one of its units, as
+/// it spells them. Its range (1 MB to 2 GB for `maintenance_work_mem`) is the server's to check.
+pub fn is_memory_setting(s: &str) -> bool {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    (1..=12).contains(&number.len())
+        && matches!(unit.trim_start(), "" | "B" | "kB" | "MB" | "GB" | "TB")
+        && unit.len() - unit.trim_start().len() <= 1
 }
 
 fn is_false(b: &bool) -> bool {
@@ -307,7 +502,36 @@ pub struct Progress {
     pub eta_seconds: Option<u64>,
     /// Tables being copied now.
     pub current_tables: Vec<String>,
+    /// What the engine warned about so far, oldest first: the lines a local run prints as
+    /// `warning: …`. At most [`MAX_WARNINGS`], each at most [`MAX_WARNING_CHARS`] characters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
+
+/// The most warnings a job record keeps (the worker's log has them all).
+pub const MAX_WARNINGS: usize = 50;
+/// The longest warning a job record keeps.
+pub const MAX_WARNING_CHARS: usize = 1000;
+
+impl Progress {
+    /// Keep a warning, within the record's bounds: a long one is cut, and the last of the
+    /// [`MAX_WARNINGS`] entries says that the worker's log holds more.
+    pub fn add_warning(&mut self, warning: &str) {
+        let mut w: String = warning.chars().take(MAX_WARNING_CHARS).collect();
+        if w.len() < warning.len() {
+            w.push('…');
+        }
+        match self.warnings.len() {
+            n if n + 1 < MAX_WARNINGS => self.warnings.push(w),
+            n if n + 1 == MAX_WARNINGS => self.warnings.push(MORE_WARNINGS.into()),
+            _ => {}
+        }
+    }
+}
+
+/// The last warning of a record that had to leave some out.
+pub const MORE_WARNINGS: &str =
+    "more warnings than a job record keeps: the worker's log has them all";
 
 /// A machine-readable error code with a message for people; the body of every API error and
 /// the `error` attribute of a failed job.
@@ -378,7 +602,7 @@ pub struct Job {
     pub error: Option<ErrorBody>,
     /// What a `verify` or `validate` job found: the report its `--json` prints locally.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<crate::report::JobResult>,
     /// The `Idempotency-Key` it was submitted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -499,6 +723,104 @@ mod tests {
         assert_eq!(o.as_str().len(), 20);
         assert!(!o.as_str().contains("secret"));
         assert_ne!(o, Owner::of_api_key("sk-other"));
+    }
+
+    #[test]
+    fn options_are_checked_for_range_and_for_the_command() {
+        let init = Options {
+            jobs: Some(8),
+            copy_format: Some(CopyFormat::Text),
+            split_tables_larger_than_bytes: Some(0),
+            max_parts: Some(16),
+            retries: Some(0),
+            maintenance_work_mem: Some("1GB".into()),
+            timeout_seconds: Some(60),
+            ..Options::default()
+        };
+        assert_eq!(init.check(Command::Init), Ok(()));
+        let refused = init
+            .check(Command::Verify)
+            .expect_err("init options on verify");
+        assert_eq!(refused.field, "copy_format");
+        assert_eq!(
+            refused.to_string(),
+            "options.copy_format does not apply to verify; leave it out"
+        );
+        let bad = |o: Options| o.check(Command::Init).expect_err("out of range").field;
+        assert_eq!(
+            bad(Options {
+                jobs: Some(0),
+                ..Options::default()
+            }),
+            "jobs"
+        );
+        assert_eq!(
+            bad(Options {
+                max_parts: Some(0),
+                ..Options::default()
+            }),
+            "max_parts"
+        );
+        assert_eq!(
+            bad(Options {
+                retries: Some(101),
+                ..Options::default()
+            }),
+            "retries"
+        );
+        for m in [
+            "",
+            "lots",
+            "1 GB extra",
+            "1gb",
+            "256MB; DROP TABLE t",
+            "12345678901234MB",
+        ] {
+            let o = Options {
+                maintenance_work_mem: Some(m.into()),
+                ..Options::default()
+            };
+            assert_eq!(bad(o), "maintenance_work_mem", "{m:?}");
+        }
+        for m in ["256MB", "1GB", "65536", "2 GB", "1TB"] {
+            assert!(is_memory_setting(m), "{m:?}");
+        }
+        // Options a worker run of any command takes; nothing of init's on validate.
+        let anywhere = Options {
+            instance_type: Some("c5.large".into()),
+            source_size_bytes: Some(1),
+            timeout_seconds: Some(1),
+            ..Options::default()
+        };
+        assert_eq!(anywhere.check(Command::Validate), Ok(()));
+        let verify = Options {
+            chunk_rows: Some(0),
+            ..Options::default()
+        };
+        assert_eq!(
+            verify.check(Command::Verify).expect_err("range").field,
+            "chunk_rows"
+        );
+        assert_eq!(
+            verify.check(Command::Init).expect_err("not init's").problem,
+            "does not apply to init; leave it out"
+        );
+    }
+
+    #[test]
+    fn warnings_stay_within_the_records_bounds() {
+        let mut p = Progress::default();
+        p.add_warning(&"x".repeat(MAX_WARNING_CHARS + 5));
+        assert_eq!(p.warnings[0].chars().count(), MAX_WARNING_CHARS + 1);
+        for i in 1..MAX_WARNINGS + 10 {
+            p.add_warning(&format!("w{i}"));
+        }
+        assert_eq!(p.warnings.len(), MAX_WARNINGS);
+        assert_eq!(
+            p.warnings[MAX_WARNINGS - 2],
+            format!("w{}", MAX_WARNINGS - 2)
+        );
+        assert_eq!(p.warnings[MAX_WARNINGS - 1], MORE_WARNINGS);
     }
 
     #[test]

@@ -19,12 +19,14 @@ pub mod backends;
 #[cfg(feature = "aws")]
 pub mod item;
 pub mod job;
+pub mod report;
 pub mod seal;
 pub mod status;
 pub mod store;
 
 pub use job::{
-    Command, ErrorBody, FilterSpec, Job, JobSpec, Options, Owner, Progress, SecretString, Timestamp,
+    Command, CopyFormat, ErrorBody, FilterSpec, Job, JobSpec, OptionProblem, Options, Owner,
+    Progress, SecretString, Timestamp,
 };
 pub use seal::{SealError, Sealer};
 pub use status::JobStatus;

@@ -198,15 +198,22 @@ async fn life_cycle_and_conditions(store: Arc<dyn JobStore>) {
         Err(StoreError::Conflict { .. })
     ));
     // A verify report: nested lists and maps, nulls, numbers and booleans survive the store.
-    let report = serde_json::json!({
+    let report: job_model::report::JobResult = serde_json::from_value(serde_json::json!({
         "equal": false,
         "compared_at_lsn": null,
         "tables": [
-            {"table": "public.a", "equal": true, "source_rows": 10, "mismatches": []},
-            {"table": "public.b", "equal": false, "source_rows": 3_000_000_000_u64,
-             "mismatches": [{"after": null, "up_to": ["7"], "description": "(id) <= 7: 7 rows on the source, 6 on the target"}]}
-        ]
-    });
+            {"table": "public.a", "method": "key_ranges", "equal": true, "source_rows": 10,
+             "target_rows": 10, "ranges": 1, "mismatches": []},
+            {"table": "public.b", "method": "whole_table", "equal": false,
+             "source_rows": 3_000_000_000_i64, "target_rows": 6, "ranges": 1,
+             "mismatches": [{"key": ["id"], "after": null, "up_to": ["7"], "source_rows": 7,
+                             "target_rows": 6,
+                             "description": "(id) <= 7: 7 rows on the source, 6 on the target"}],
+             "mismatches_not_listed": 2}
+        ],
+        "equal_tables_not_listed": 3
+    }))
+    .expect("a verify report");
     let done = store
         .transition(
             &j.job_id,

@@ -20,6 +20,7 @@ pub mod progress;
 pub mod replication;
 pub mod schema;
 pub mod snapshot;
+pub mod spec;
 pub mod sql;
 pub mod sync;
 pub mod target;

@@ -26,7 +26,7 @@ pub struct Unit {
 }
 
 /// How to split tables.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SplitPolicy {
     /// Split tables larger than this many heap + TOAST bytes; 0 never splits.
     pub larger_than: u64,

@@ -17,24 +17,22 @@ use crate::target;
 
 pub use crate::checks::{Check, Verdict};
 
-/// The checks as `validate --json` prints them and a remote `validate` job records them:
-/// `{"ok", "checks": [{"check", "result", "detail", "fix"}]}`; `ok` is false when any failed.
-pub fn to_json(checks: &[Check]) -> serde_json::Value {
-    let list: Vec<_> = checks
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "check": c.name,
-                "result": c.verdict.name(),
-                "detail": c.detail,
-                "fix": c.fix,
+/// The checks as `validate --json` prints them and a remote `validate` job records them; `ok`
+/// is false when any failed.
+pub fn to_result(checks: &[Check]) -> job_model::report::ValidateResult {
+    job_model::report::ValidateResult {
+        version: job_model::report::REPORT_VERSION,
+        ok: checks.iter().all(|c| c.verdict != Verdict::Fail),
+        checks: checks
+            .iter()
+            .map(|c| job_model::report::CheckReport {
+                check: c.name.to_owned(),
+                result: c.verdict.name().to_owned(),
+                detail: c.detail.clone(),
+                fix: c.fix.clone(),
             })
-        })
-        .collect();
-    serde_json::json!({
-        "ok": checks.iter().all(|c| c.verdict != Verdict::Fail),
-        "checks": list,
-    })
+            .collect(),
+    }
 }
 
 fn check(

@@ -154,39 +154,45 @@ impl VerifyReport {
         self.tables.iter().all(TableResult::equal)
     }
 
-    /// The report as `verify --json` prints it and a remote `verify` job records it:
-    /// `{"equal", "compared_at_lsn", "tables": [{"table", "method", "equal", "source_rows",
-    /// "target_rows", "ranges", "missing_on_target", "mismatches": [{"key", "after", "up_to",
-    /// "source_rows", "target_rows", "description"}]}]}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        let tables: Vec<_> = self
-            .tables
-            .iter()
-            .map(|t| {
-                json!({
-                    "table": t.table.to_string(),
-                    "method": match t.method {
-                        Method::KeyRanges => "key_ranges",
-                        Method::WholeTable => "whole_table",
+    /// The report as `verify --json` prints it and a remote `verify` job records it.
+    pub fn to_result(&self) -> job_model::report::VerifyResult {
+        use job_model::report::{CompareMethod, RangeReport, TableReport, VerifyResult};
+        VerifyResult {
+            version: job_model::report::REPORT_VERSION,
+            equal: self.equal(),
+            compared_at_lsn: self.compared_at_lsn.clone(),
+            tables: self
+                .tables
+                .iter()
+                .map(|t| TableReport {
+                    table: t.table.to_string(),
+                    method: match t.method {
+                        Method::KeyRanges => CompareMethod::KeyRanges,
+                        Method::WholeTable => CompareMethod::WholeTable,
                     },
-                    "equal": t.equal(),
-                    "source_rows": t.source_rows,
-                    "target_rows": t.target_rows,
-                    "ranges": t.ranges,
-                    "missing_on_target": t.missing_on_target,
-                    "mismatches": t.mismatches.iter().map(|m| json!({
-                        "key": m.key,
-                        "after": m.after,
-                        "up_to": m.up_to,
-                        "source_rows": m.source_rows,
-                        "target_rows": m.target_rows,
-                        "description": m.to_string(),
-                    })).collect::<Vec<_>>(),
+                    equal: t.equal(),
+                    source_rows: t.source_rows,
+                    target_rows: t.target_rows,
+                    ranges: t.ranges as u64,
+                    missing_on_target: t.missing_on_target,
+                    mismatches: t
+                        .mismatches
+                        .iter()
+                        .map(|m| RangeReport {
+                            key: m.key.clone(),
+                            after: m.after.clone(),
+                            up_to: m.up_to.clone(),
+                            source_rows: m.source_rows,
+                            target_rows: m.target_rows,
+                            description: m.to_string(),
+                        })
+                        .collect(),
+                    mismatches_not_listed: 0,
                 })
-            })
-            .collect();
-        json!({ "equal": self.equal(), "compared_at_lsn": self.compared_at_lsn, "tables": tables })
+                .collect(),
+            equal_tables_not_listed: 0,
+            differing_tables_not_listed: 0,
+        }
     }
 }
 

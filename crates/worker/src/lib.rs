@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use job_model::report::JobResult;
 use job_model::seal::Field;
 use job_model::store::retry::{Backoff, Retrying};
 use job_model::{
@@ -22,7 +23,7 @@ use job_model::{
     StoreError, Timestamp,
 };
 use replicator_core::verify::{self, VerifyOptions};
-use replicator_core::{validate, ConnUrl, Filter, InitOptions};
+use replicator_core::{spec, validate, ConnUrl, InitOptions};
 
 use crate::progress::Tracker;
 
@@ -128,42 +129,16 @@ fn plan_work(
     };
     let (source, target) = (url("source", source)?, url("target", target)?);
     let spec = &job.spec;
-    let filter = || {
-        Filter::from_args(
-            &spec.filter.include_tables,
-            &spec.filter.exclude_tables,
-            &spec.filter.schema_only_tables,
-            &spec.filter.table_filters,
-        )
-        .map_err(|e| ErrorBody::new(e.code(), e.to_string()))
-    };
+    let usage = |e: replicator_core::Error| ErrorBody::new(e.code(), e.to_string());
     match spec.command {
         Command::Init => {
-            let mut opts = InitOptions::new(source, target);
-            opts.filter = filter()?;
-            if let Some(j) = spec.options.jobs {
-                opts.jobs = j as usize;
-            }
-            opts.drop_existing = spec.options.drop_existing;
-            opts.no_owner = spec.options.no_owner;
-            opts.no_privileges = spec.options.no_privileges;
+            let mut opts = spec::init_options(source, target, spec).map_err(usage)?;
             opts.pg_bindir = pg_bindir;
             Ok(Work::Init(opts))
         }
-        Command::Verify => {
-            let mut opts = VerifyOptions::new(source, target);
-            opts.filter = filter()?;
-            if let Some(j) = spec.options.jobs {
-                opts.jobs = j as usize;
-            }
-            if let Some(c) = spec.options.chunk_rows {
-                opts.chunk_rows = c;
-            }
-            if let Some(t) = spec.options.catch_up_timeout_seconds {
-                opts.catch_up_timeout = Duration::from_secs(t);
-            }
-            Ok(Work::Verify(opts))
-        }
+        Command::Verify => Ok(Work::Verify(
+            spec::verify_options(source, target, spec).map_err(usage)?,
+        )),
         Command::Validate => Ok(Work::Validate {
             source,
             target,
@@ -186,7 +161,7 @@ enum Done {
     /// A verify or validate report for the job record, and the error to fail the job with when
     /// it found differences or failed checks.
     Report {
-        result: serde_json::Value,
+        result: JobResult,
         verdict: Option<ErrorBody>,
     },
 }
@@ -224,7 +199,7 @@ async fn perform(
                 )
             });
             Ok(Done::Report {
-                result: fit_record(report.to_json(), MAX_RESULT_BYTES),
+                result: JobResult::Verify(report.to_result().fit(MAX_RESULT_BYTES)),
                 verdict,
             })
         }
@@ -247,7 +222,7 @@ async fn perform(
                 )
             });
             Ok(Done::Report {
-                result: validate::to_json(&checks),
+                result: JobResult::Validate(validate::to_result(&checks)),
                 verdict,
             })
         }
@@ -271,66 +246,6 @@ fn name_list(names: &[String]) -> String {
 /// The most a result may take in the job record: a DynamoDB item holds at most 400 KB, and
 /// the rest of the record needs room too.
 const MAX_RESULT_BYTES: usize = 256 * 1024;
-
-/// A verify report that fits the job record: when it is larger than `limit`, the equal tables
-/// are left out (counted in `equal_tables_not_listed`) and each differing table keeps its first
-/// 100 ranges (the rest counted in `mismatches_not_listed`); then, if need be, no ranges; then
-/// only as many differing tables as fit (the rest counted in `differing_tables_not_listed`).
-fn fit_record(mut report: serde_json::Value, limit: usize) -> serde_json::Value {
-    use serde_json::Value;
-    if report.to_string().len() <= limit {
-        return report;
-    }
-    if let Some(Value::Array(tables)) = report.get_mut("tables") {
-        let before = tables.len();
-        tables.retain(|t| t.get("equal") != Some(&Value::Bool(true)));
-        let left_out = before - tables.len();
-        for t in tables.iter_mut() {
-            if let Some(Value::Array(m)) = t.get_mut("mismatches") {
-                let extra = m.len().saturating_sub(100);
-                if extra > 0 {
-                    m.truncate(100);
-                    t["mismatches_not_listed"] = Value::from(extra);
-                }
-            }
-        }
-        report["equal_tables_not_listed"] = Value::from(left_out);
-    }
-    if report.to_string().len() > limit {
-        // Still too large (thousands of differing tables): keep the names only.
-        if let Some(Value::Array(tables)) = report.get_mut("tables") {
-            for t in tables.iter_mut() {
-                let earlier = t
-                    .get("mismatches_not_listed")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if let Some(Value::Array(m)) = t.get_mut("mismatches") {
-                    let n = m.len() as u64 + earlier;
-                    m.clear();
-                    t["mismatches_not_listed"] = Value::from(n);
-                }
-            }
-        }
-    }
-    while report.to_string().len() > limit {
-        // Tens of thousands of differing tables: list as many as fit, count the rest.
-        let Some(Value::Array(tables)) = report.get_mut("tables") else {
-            break;
-        };
-        if tables.is_empty() {
-            break;
-        }
-        let keep = tables.len() / 2;
-        let dropped = tables.len() - keep;
-        tables.truncate(keep);
-        let before = report
-            .get("differing_tables_not_listed")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        report["differing_tables_not_listed"] = Value::from(before + dropped as u64);
-    }
-    report
-}
 
 /// How long a worker waits for a job that is still `pending`: the coordinator records
 /// `provisioning` only once the launch call has returned, and a local worker process (or, in
@@ -791,61 +706,6 @@ mod tests {
             }
             Ok(SecretString::new("postgresql://u@h/db"))
         }
-    }
-
-    #[test]
-    fn a_report_too_large_for_the_record_keeps_what_differs() {
-        use serde_json::json;
-        let table = |i: usize, equal: bool, ranges: usize| {
-            json!({
-                "table": format!("public.t{i}"),
-                "equal": equal,
-                "mismatches": (0..ranges).map(|r| json!({"description": format!("range {r} differs")})).collect::<Vec<_>>(),
-            })
-        };
-        let small = json!({"equal": true, "tables": [table(1, true, 0)]});
-        assert_eq!(
-            fit_record(small.clone(), 10_000),
-            small,
-            "small reports stay whole"
-        );
-
-        let mut tables: Vec<_> = (0..500).map(|i| table(i, true, 0)).collect();
-        tables.push(table(500, false, 300));
-        let big = json!({"equal": false, "tables": tables});
-        let fitted = fit_record(big, 20_000);
-        assert!(
-            fitted.to_string().len() <= 20_000,
-            "{}",
-            fitted.to_string().len()
-        );
-        assert_eq!(fitted["equal_tables_not_listed"], 500);
-        let listed = fitted["tables"].as_array().expect("tables");
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0]["table"], "public.t500");
-        assert_eq!(listed[0]["mismatches"].as_array().map(Vec::len), Some(100));
-        assert_eq!(listed[0]["mismatches_not_listed"], 200);
-
-        // Thousands of differing tables: their names stay, their ranges are counted.
-        let many: Vec<_> = (0..2000).map(|i| table(i, false, 3)).collect();
-        let fitted = fit_record(json!({"equal": false, "tables": many}), 200_000);
-        let listed = fitted["tables"].as_array().expect("tables");
-        assert_eq!(listed.len(), 2000);
-        assert_eq!(listed[7]["mismatches_not_listed"], 3);
-        assert!(listed[7]["mismatches"]
-            .as_array()
-            .is_some_and(Vec::is_empty));
-
-        // More than fit even so: as many as fit, and a count of the others.
-        let many: Vec<_> = (0..2000).map(|i| table(i, false, 3)).collect();
-        let fitted = fit_record(json!({"equal": false, "tables": many}), 30_000);
-        assert!(fitted.to_string().len() <= 30_000);
-        let listed = fitted["tables"].as_array().map_or(0, Vec::len);
-        assert!(listed > 0);
-        assert_eq!(
-            listed as u64 + fitted["differing_tables_not_listed"].as_u64().unwrap_or(0),
-            2000
-        );
     }
 
     #[tokio::test(start_paused = true)]

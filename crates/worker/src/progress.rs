@@ -53,7 +53,8 @@ impl Tracker {
                 p.tables_done += 1;
                 p.current_tables.retain(|t| t != table);
             }
-            Event::PhaseFinished(..) | Event::Retrying { .. } | Event::Warning(_) => {}
+            Event::Warning(w) => p.add_warning(w),
+            Event::PhaseFinished(..) | Event::Retrying { .. } => {}
         }
     }
 
@@ -125,5 +126,8 @@ mod tests {
         assert_eq!(p.current_tables, vec!["public.b".to_owned()]);
         assert_eq!((p.units_done, p.units_total, p.post_items_total), (1, 4, 2));
         assert_eq!(p.bytes_per_sec, 100);
+        assert!(p.warnings.is_empty());
+        t.apply(&Event::Warning("ended 1 session(s)".into()));
+        assert_eq!(t.snapshot().warnings, vec!["ended 1 session(s)".to_owned()]);
     }
 }

@@ -360,7 +360,8 @@ fn verify_and_validate_jobs_record_their_reports() {
             run_job(&e, Command::Verify, &src.url("shop"), &dst.url("shop")).await;
         assert_eq!(outcome, Outcome::Completed);
         assert_eq!(done.status, JobStatus::Completed);
-        let report = done.result.expect("a verify job records its report");
+        let report = serde_json::to_value(done.result.expect("a verify job records its report"))
+            .expect("JSON");
         assert_eq!(report["equal"], true, "{report}");
         assert_eq!(report["tables"].as_array().map(Vec::len), Some(2));
         assert_eq!(done.progress.map(|p| p.phase).as_deref(), Some("done"));
@@ -378,7 +379,8 @@ fn verify_and_validate_jobs_record_their_reports() {
             err.message
         );
         assert_eq!(done.status, JobStatus::Failed);
-        let report = done.result.expect("the report of a failed verify");
+        let report = serde_json::to_value(done.result.expect("the report of a failed verify"))
+            .expect("JSON");
         let items = report["tables"]
             .as_array()
             .and_then(|t| t.iter().find(|t| t["table"] == "public.items"))
@@ -394,7 +396,8 @@ fn verify_and_validate_jobs_record_their_reports() {
         let (outcome, done) =
             run_job(&e, Command::Validate, &src.url("shop"), &dst.url("shop")).await;
         assert_eq!(outcome, Outcome::Completed, "{:?}", done.result);
-        let report = done.result.expect("a validate job records its checks");
+        let report = serde_json::to_value(done.result.expect("a validate job records its checks"))
+            .expect("JSON");
         assert_eq!(report["ok"], true, "{report}");
         assert!(report["checks"].as_array().is_some_and(|c| c.len() >= 10));
 
@@ -407,7 +410,8 @@ fn verify_and_validate_jobs_record_their_reports() {
         };
         assert_eq!(err.code, "validate_failed");
         assert!(err.message.contains("source.wal_level"), "{}", err.message);
-        let report = done.result.expect("the checks of a failed validate");
+        let report = serde_json::to_value(done.result.expect("the checks of a failed validate"))
+            .expect("JSON");
         assert_eq!(report["ok"], false);
     });
 }
@@ -450,7 +454,11 @@ fn a_worker_started_before_its_job_is_marked_provisioning_waits_for_it() {
         assert_eq!(done.instance_id.as_deref(), Some("local-1"));
         assert!(done.started_at.is_some());
         // The recorded checks name the hosts, never the password.
-        let recorded = format!("{:?} {}", done.error, done.result.expect("checks"));
+        let recorded = format!(
+            "{:?} {}",
+            done.error,
+            serde_json::to_value(done.result.expect("checks")).expect("JSON")
+        );
         assert!(recorded.contains("db.nonexistent.invalid"), "{recorded}");
         assert!(!recorded.contains("Hunter2Secret"), "{recorded}");
     });
@@ -683,4 +691,90 @@ fn swapped_sealed_urls_do_not_open() {
             );
         }
     });
+}
+
+/// A session on `db` of `c` that looks like one an interrupted run left behind (it carries the
+/// engine's application_name); a run into `db` ends it and warns.
+fn leftover_session(c: &Cluster, db: &str) -> std::process::Child {
+    let mut psql = c.psql_command(db);
+    psql.env("PGAPPNAME", replicator_core::connect::APPLICATION_NAME)
+        .args(["-c", "SELECT pg_sleep(600)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = psql.spawn().expect("start the leftover session");
+    let app = replicator_core::connect::APPLICATION_NAME;
+    for _ in 0..100 {
+        let n = c.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = '{app}'"),
+        );
+        if n == "1" {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the leftover session never started");
+}
+
+#[test]
+fn a_remote_copy_records_the_warnings_a_local_run_prints() {
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+    );
+    let rt = rt();
+    // Locally, through the engine as the CLI runs it.
+    dst.create_db("shop");
+    let mut left = leftover_session(&dst, "shop");
+    let local = rt.block_on(async {
+        let source = replicator_core::ConnUrl::parse(&src.url("shop")).expect("url");
+        let target = replicator_core::ConnUrl::parse(&dst.url("shop")).expect("url");
+        let mut opts = replicator_core::InitOptions::new(source, target);
+        opts.pg_bindir = Some(bindir());
+        replicator_core::init(opts, Arc::new(|_: &replicator_core::Event| {}))
+            .await
+            .expect("local copy")
+    });
+    let _ = left.wait();
+    let ended = local
+        .warnings
+        .iter()
+        .find(|w| w.starts_with("ended 1 session(s)"))
+        .unwrap_or_else(|| panic!("no warning about the session in {:?}", local.warnings))
+        .clone();
+
+    // The same on a worker: the job record carries the warning, word for word.
+    dst.psql("postgres", "DROP DATABASE shop WITH (FORCE)");
+    dst.create_db("shop");
+    let mut left = leftover_session(&dst, "shop");
+    let e = env();
+    rt.block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("shop"),
+            &dst.url("shop"),
+            Options::default(),
+            "local-w",
+        )
+        .await;
+        assert_eq!(run_on(&e, &job, "local-w").await, Outcome::Completed);
+        let done = e.store.get(&job.job_id).await.expect("get").expect("job");
+        let p = done.progress.expect("progress");
+        assert_eq!(
+            p.warnings, local.warnings,
+            "the remote run warns as the local one"
+        );
+        assert!(p.warnings.contains(&ended));
+    });
+    let _ = left.wait();
+    assert_eq!(
+        content(&src, "shop", "items"),
+        content(&dst, "shop", "items")
+    );
 }

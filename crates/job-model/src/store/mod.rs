@@ -142,7 +142,7 @@ pub struct Change {
     /// Final progress.
     pub progress: Option<Progress>,
     /// What a `verify` or `validate` job found.
-    pub result: Option<serde_json::Value>,
+    pub result: Option<crate::report::JobResult>,
 }
 
 impl Change {
@@ -177,7 +177,7 @@ impl Change {
     }
 
     /// With a `verify` or `validate` report.
-    pub fn result(mut self, r: serde_json::Value) -> Self {
+    pub fn result(mut self, r: crate::report::JobResult) -> Self {
         self.result = Some(r);
         self
     }
