@@ -244,7 +244,7 @@ pub async fn cutover(
     let mut current = now;
     while current > o.max_lag_bytes {
         if started.elapsed() > o.timeout {
-            return Err(Error::Preflight(format!(
+            return Err(Error::CatchUpTimeout(format!(
                 "the target stayed {current} bytes behind for {} s; nothing was changed",
                 o.timeout.as_secs()
             )));

@@ -58,6 +58,24 @@ pub enum Error {
     /// A check before the copy found something that would make it fail or be wrong.
     #[error("{0}")]
     Preflight(String),
+    /// The session holding the copy's snapshot is gone: the copy cannot go on consistently.
+    #[error("{0}")]
+    SnapshotLost(String),
+    /// The copy is complete but its replication did not start (the slot keeps the changes).
+    #[error("{0}")]
+    ReplicationNotStarted(String),
+    /// A replication slot this run must drop or use stays in use by someone else.
+    #[error("{0}")]
+    SlotBusy(String),
+    /// Another run into the same target holds the run lock.
+    #[error("{0}")]
+    RunInProgress(String),
+    /// The target did not catch up with the source within the time given.
+    #[error("{0}")]
+    CatchUpTimeout(String),
+    /// A defect of this tool (a task that panicked): report it.
+    #[error("{0}")]
+    Internal(String),
     /// The target already holds objects and replacing them was not asked for.
     #[error("{0}")]
     TargetNotEmpty(String),
@@ -98,14 +116,20 @@ impl Error {
             Error::Sql {
                 code: Some(code), ..
             } => {
-                // Class 08: connection exception; 40001/40P01: serialization/deadlock;
-                // 57P01-57P03: admin shutdown, crash shutdown, cannot connect now; 53: resources.
+                use tokio_postgres::error::SqlState;
+                // Classes 08 (connection exception) and 53 (insufficient resources), and the
+                // states a retry gets past: serialization failure, deadlock, shutdowns.
+                let state = SqlState::from_code(code);
                 code.starts_with("08")
                     || code.starts_with("53")
-                    || matches!(
-                        code.as_str(),
-                        "40001" | "40P01" | "57P01" | "57P02" | "57P03"
-                    )
+                    || [
+                        SqlState::T_R_SERIALIZATION_FAILURE,
+                        SqlState::T_R_DEADLOCK_DETECTED,
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                    ]
+                    .contains(&state)
             }
             _ => false,
         }
@@ -128,6 +152,12 @@ impl Error {
                 side: Side::Target, ..
             } => "target_error",
             Error::Preflight(_) => "preflight_failed",
+            Error::SnapshotLost(_) => "snapshot_lost",
+            Error::ReplicationNotStarted(_) => "replication_not_started",
+            Error::SlotBusy(_) => "slot_busy",
+            Error::RunInProgress(_) => "run_in_progress",
+            Error::CatchUpTimeout(_) => "catch_up_timeout",
+            Error::Internal(_) => "internal_error",
             Error::TargetNotEmpty(_) => "target_not_empty",
             Error::Tool { .. } => "tool_failed",
             Error::Usage(_) => "invalid_options",
@@ -182,4 +212,90 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
         source = inner.source();
     }
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(code: Option<&str>) -> Error {
+        Error::Sql {
+            side: Side::Target,
+            context: "copy".into(),
+            message: "m".into(),
+            code: code.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_kind_of_failure_has_its_own_documented_code() {
+        let m = || "m".to_owned();
+        let all = [
+            Error::InvalidUrl {
+                side: Side::Source,
+                reason: m(),
+            },
+            Error::Connect {
+                side: Side::Source,
+                url: m(),
+                reason: m(),
+                retryable: true,
+            },
+            Error::Connect {
+                side: Side::Target,
+                url: m(),
+                reason: m(),
+                retryable: true,
+            },
+            Error::Sql {
+                side: Side::Source,
+                context: m(),
+                message: m(),
+                code: None,
+            },
+            sql(None),
+            Error::Preflight(m()),
+            Error::SnapshotLost(m()),
+            Error::ReplicationNotStarted(m()),
+            Error::SlotBusy(m()),
+            Error::RunInProgress(m()),
+            Error::CatchUpTimeout(m()),
+            Error::Internal(m()),
+            Error::TargetNotEmpty(m()),
+            Error::Tool {
+                tool: m(),
+                message: m(),
+            },
+            Error::Usage(m()),
+            Error::Cancelled,
+            Error::io("x", std::io::Error::other("y")),
+        ];
+        let codes: std::collections::BTreeSet<&str> = all.iter().map(Error::code).collect();
+        assert_eq!(codes.len(), all.len(), "two kinds share a code: {codes:?}");
+        let guide = include_str!("../../../docs/user-guide.md");
+        for code in codes {
+            assert!(
+                guide.contains(&format!("`{code}`")),
+                "docs/user-guide.md does not list the error code {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_transient_server_states_are_retried() {
+        for code in [
+            "08006", "53300", "40001", "40P01", "57P01", "57P02", "57P03",
+        ] {
+            assert!(sql(Some(code)).is_retryable(), "{code}");
+        }
+        for code in ["23505", "42P01", "42501", "57014", "22P02"] {
+            assert!(!sql(Some(code)).is_retryable(), "{code}");
+        }
+        assert!(
+            sql(None).is_retryable(),
+            "a lost connection has no SQLSTATE"
+        );
+        assert!(!Error::SnapshotLost("m".into()).is_retryable());
+        assert!(!Error::Internal("m".into()).is_retryable());
+    }
 }

@@ -14,6 +14,7 @@
 //! `cutover` find them from the same two URLs.
 
 use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::conninfo::{ConnUrl, SslMode};
@@ -228,7 +229,7 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool> {
                 {
                     Ok(_) => return Ok(true),
                     // Became active again meanwhile (55006): go round.
-                    Err(e) if e.code().is_some_and(|c| c.code() == "55006") => {}
+                    Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {}
                     Err(e) => {
                         return Err(Error::sql(
                             Side::Source,
@@ -240,7 +241,7 @@ pub async fn drop_slot(source: &Client, slot: &str) -> Result<bool> {
             }
         }
     }
-    Err(Error::Preflight(format!(
+    Err(Error::SlotBusy(format!(
         "the replication slot {slot} stays in use; stop what uses it and try again"
     )))
 }
@@ -590,7 +591,7 @@ pub async fn lock_run(
         return Ok(RunLock { _session: session });
     }
     let holder = run_in_progress(&session, names).await?;
-    Err(Error::Preflight(format!(
+    Err(Error::RunInProgress(format!(
         "another postgres-seren-replicator run into {} is in progress{}: wait for it to end{}",
         target.redacted(),
         holder.map_or(String::new(), |p| format!(" (source session {p})")),
@@ -993,7 +994,7 @@ pub async fn wait_caught_up(
             }
             Some(b) if b <= 0 => return Ok(lsn),
             Some(b) if started.elapsed() >= timeout => {
-                return Err(Error::Preflight(format!(
+                return Err(Error::CatchUpTimeout(format!(
                     "the target is still {b} bytes of WAL behind {lsn} after {} s; check `status` \
                      and try again",
                     timeout.as_secs()

@@ -250,7 +250,11 @@ const MAX_RESULT_BYTES: usize = 256 * 1024;
 /// How long a worker waits for a job that is still `pending`: the coordinator records
 /// `provisioning` only once the launch call has returned, and a local worker process (or, in
 /// principle, a fast instance) can start before that.
-const PENDING_PATIENCE: Duration = Duration::from_secs(60);
+const PENDING_PATIENCE: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    deadline: Duration::from_secs(60),
+};
 
 /// Claim the job: `provisioning → running` on this instance. Returns the job, or the status
 /// that made the claim fail. A job already running on this same instance (a restarted worker)
@@ -259,25 +263,22 @@ async fn claim(
     store: &dyn JobStore,
     cfg: &Config,
 ) -> Result<Result<(Job, bool), JobStatus>, WorkerError> {
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(100);
-    let result = loop {
-        let change = Change::to(JobStatus::Running, Timestamp::now()).instance(&cfg.instance_id);
-        match store
-            .transition(&cfg.job_id, Expect::status(JobStatus::Provisioning), change)
-            .await
-        {
-            Err(StoreError::Conflict {
+    let still_pending = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::Conflict {
                 current: JobStatus::Pending,
                 ..
-            }) if started.elapsed() < PENDING_PATIENCE => {
-                tracing::info!(job_id = %cfg.job_id, "the job is not marked provisioning yet; waiting");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
-            other => break other,
-        }
+        )
     };
+    let result = PENDING_PATIENCE
+        .run("claim the job (still pending)", still_pending, || {
+            let change =
+                Change::to(JobStatus::Running, Timestamp::now()).instance(&cfg.instance_id);
+            store.transition(&cfg.job_id, Expect::status(JobStatus::Provisioning), change)
+        })
+        .await;
     match result {
         Ok(job) => Ok(Ok((job, false))),
         Err(StoreError::Conflict { current, .. }) => {
@@ -324,6 +325,22 @@ async fn finish(
     }
 }
 
+/// Record `failed` with `body` and, when there is any, the progress so far; `body` back for the
+/// outcome.
+async fn fail_with(
+    store: &Arc<dyn JobStore>,
+    cfg: &Config,
+    body: ErrorBody,
+    progress: Option<Progress>,
+) -> Result<ErrorBody, WorkerError> {
+    let mut change = Change::to(JobStatus::Failed, Timestamp::now()).error(body.clone());
+    if let Some(p) = progress {
+        change = change.progress(p);
+    }
+    finish(store, cfg, change).await?;
+    Ok(body)
+}
+
 // One value per job, held briefly: the size of the report variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Stop {
@@ -349,7 +366,11 @@ fn movement(p: &Progress) -> (String, u64, u64, u64, u64, u64) {
 
 /// How long a worker keeps trying to open its job's URLs while the sealer says trying again
 /// may help: on EC2 the worker's KMS grant is made as it boots and can take a moment to apply.
-const OPEN_PATIENCE: Duration = Duration::from_secs(120);
+const OPEN_PATIENCE: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(15),
+    deadline: Duration::from_secs(120),
+};
 
 async fn open_patiently(
     sealer: &dyn Sealer,
@@ -357,21 +378,20 @@ async fn open_patiently(
     field: Field,
     sealed: &[u8],
 ) -> Result<SecretString, job_model::SealError> {
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_secs(1);
-    loop {
-        match sealer.open(job_id, field, sealed).await {
-            Err(job_model::SealError::Backend {
-                message,
+    let may_apply_later = |e: &job_model::SealError| {
+        matches!(
+            e,
+            job_model::SealError::Backend {
                 retryable: true,
-            }) if started.elapsed() + pause < OPEN_PATIENCE => {
-                tracing::warn!(%job_id, error = %message, retry_in_secs = pause.as_secs(), "cannot open the job's URLs yet");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(15));
+                ..
             }
-            other => return other,
-        }
-    }
+        )
+    };
+    OPEN_PATIENCE
+        .run("open the job's URLs", may_apply_later, || {
+            sealer.open(job_id, field, sealed)
+        })
+        .await
 }
 
 /// Run the job named in `cfg` to its end. `stop` resolves when the worker must stop (SIGTERM);
@@ -420,13 +440,7 @@ pub async fn run_watched(
         Ok(pair) => pair,
         Err(e) => {
             let body = ErrorBody::new("sealed_url_unreadable", e.to_string());
-            finish(
-                &store,
-                &cfg,
-                Change::to(JobStatus::Failed, Timestamp::now()).error(body.clone()),
-            )
-            .await?;
-            return Ok(Outcome::Failed(body));
+            return Ok(Outcome::Failed(fail_with(&store, &cfg, body, None).await?));
         }
     };
     let mut work = match plan_work(
@@ -436,15 +450,7 @@ pub async fn run_watched(
         cfg.pg_bindir.clone(),
     ) {
         Ok(w) => w,
-        Err(body) => {
-            finish(
-                &store,
-                &cfg,
-                Change::to(JobStatus::Failed, Timestamp::now()).error(body.clone()),
-            )
-            .await?;
-            return Ok(Outcome::Failed(body));
-        }
+        Err(body) => return Ok(Outcome::Failed(fail_with(&store, &cfg, body, None).await?)),
     };
     drop((source, target));
     if let Work::Init(opts) = &mut work {
@@ -561,15 +567,7 @@ pub async fn run_watched(
         Stop::Done(Err(e)) => {
             let body = ErrorBody::new(e.code(), e.to_string());
             tracing::warn!(code = %body.code, message = %body.message, "copy failed");
-            finish(
-                &store,
-                &cfg,
-                Change::to(JobStatus::Failed, now)
-                    .error(body.clone())
-                    .progress(progress),
-            )
-            .await?;
-            Outcome::Failed(body)
+            Outcome::Failed(fail_with(&store, &cfg, body, Some(progress)).await?)
         }
         Stop::Cancel => {
             let body = ErrorBody::new(
@@ -589,19 +587,13 @@ pub async fn run_watched(
         }
         Stop::Interrupted(text) => {
             tracing::warn!(notice = %text, "spot interruption notice; the copy stopped");
-            finish(
-                &store,
-                &cfg,
-                Change::to(JobStatus::Failed, now)
-                    .error(ErrorBody::new(
-                        "interrupted",
-                        "EC2 reclaimed the spot instance the worker ran on; tables finished \
-                         before the interruption are in the target (run the job again, with \
-                         drop_existing to start over)",
-                    ))
-                    .progress(progress),
-            )
-            .await?;
+            let body = ErrorBody::new(
+                "interrupted",
+                "EC2 reclaimed the spot instance the worker ran on; tables finished before the \
+                 interruption are in the target (run the job again, with drop_existing to start \
+                 over)",
+            );
+            fail_with(&store, &cfg, body, Some(progress)).await?;
             Outcome::Interrupted
         }
         Stop::Stalled(limit) => {
@@ -620,14 +612,7 @@ pub async fn run_watched(
                 ),
             );
             tracing::warn!(message = %body.message, "stalled");
-            finish(
-                &store,
-                &cfg,
-                Change::to(JobStatus::Failed, now)
-                    .error(body.clone())
-                    .progress(progress),
-            )
-            .await?;
+            fail_with(&store, &cfg, body, Some(progress)).await?;
             Outcome::Stalled
         }
         Stop::Lost(current) => {
@@ -650,18 +635,12 @@ pub async fn run_watched(
                 .await?;
                 Outcome::Cancelled
             } else {
-                finish(
-                    &store,
-                    &cfg,
-                    Change::to(JobStatus::Failed, now)
-                        .error(ErrorBody::new(
-                            "worker_stopped",
-                            "the worker was stopped (its instance shut down or the process was \
-                         terminated) before the copy finished",
-                        ))
-                        .progress(progress),
-                )
-                .await?;
+                let body = ErrorBody::new(
+                    "worker_stopped",
+                    "the worker was stopped (its instance shut down or the process was \
+                     terminated) before the copy finished",
+                );
+                fail_with(&store, &cfg, body, Some(progress)).await?;
                 Outcome::Stopped
             }
         }
@@ -731,7 +710,7 @@ mod tests {
             .await
             .is_err());
         assert!(
-            start.elapsed() <= OPEN_PATIENCE,
+            start.elapsed() <= OPEN_PATIENCE.deadline,
             "gives up within its patience"
         );
 

@@ -112,7 +112,7 @@ pub(crate) async fn finish(
     let o = &ctx.opts;
     let (sequences, large_objects) = with_retries(ctx, "sequences and large objects", || async {
         if !snapshot.is_alive() {
-            return Err(Error::Preflight(
+            return Err(Error::SnapshotLost(
                 "the session holding the snapshot was lost before the sequences and large \
                  objects were copied; run again with --resume to finish"
                     .into(),

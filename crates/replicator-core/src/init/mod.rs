@@ -431,7 +431,7 @@ async fn start_replication(
     }
     let target = connect(&o.target, Side::Target).await?;
     if let Err(e) = sync::create_subscription(&target, names, via).await {
-        return Err(Error::Preflight(format!(
+        return Err(Error::ReplicationNotStarted(format!(
             "the copy is complete, but replication did not start: {e}. The slot {} keeps the \
              source's changes since the copy; fix the cause and run `postgres-seren-replicator \
              sync` to start from there, or `sync --stop` to drop the slot",

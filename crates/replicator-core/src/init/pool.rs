@@ -262,7 +262,7 @@ impl Pair {
 
     async fn reconnect(&mut self, ctx: &Ctx, snapshot: &Snapshot) -> Result<()> {
         if !snapshot.is_alive() {
-            return Err(Error::Preflight(
+            return Err(Error::SnapshotLost(
                 "the session holding the snapshot was lost, so the copy cannot go on \
                  consistently; run again with --resume to finish (not consistent) or \
                  --drop-existing to start over"
@@ -465,8 +465,12 @@ pub(crate) async fn run_pool(
                         }
                     }
                     Err(e) => {
+                        // The run fails with the first error; later ones (often its
+                        // consequences) are logged rather than lost.
                         if s.error.is_none() {
                             s.error = Some(e);
+                        } else {
+                            tracing::warn!(code = e.code(), error = %e, "also failed");
                         }
                     }
                 }
@@ -481,9 +485,10 @@ pub(crate) async fn run_pool(
         match joined {
             Ok(p) => back.push(p),
             Err(e) => {
-                lock(&sched)
-                    .error
-                    .get_or_insert(Error::Usage(format!("a worker task failed: {e}")));
+                lock(&sched).error.get_or_insert(Error::Internal(format!(
+                    "a copy task failed ({e}); this is a defect of the tool, please report \
+                         it; the target keeps what finished, for --resume"
+                )));
             }
         }
     }
