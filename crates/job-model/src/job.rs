@@ -432,7 +432,8 @@ impl Options {
                 return bad(
                     "maintenance_work_mem",
                     format!(
-                        "'{}' is not a PostgreSQL memory setting such as 256MB or 1GB                          (units kB, MB, GB, TB; a bare number is kB)",
+                        "'{}' is not a PostgreSQL memory setting such as 256MB or 1GB \
+                         (units kB, MB, GB, TB; a bare number is kB)",
                         m.chars().take(40).collect::<String>()
                     ),
                 );
@@ -448,8 +449,10 @@ pub fn is_memory_setting(s: &str) -> bool {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
     (1..=12).contains(&number.len())
-        && matches!(unit.trim_start(), "" | "B" | "kB" | "MB" | "GB" | "TB")
-        && unit.len() - unit.trim_start().len() <= 1
+        && matches!(
+            unit.strip_prefix(' ').unwrap_or(unit),
+            "" | "B" | "kB" | "MB" | "GB" | "TB"
+        )
 }
 
 fn is_false(b: &bool) -> bool {
@@ -514,17 +517,19 @@ pub const MAX_WARNINGS: usize = 50;
 pub const MAX_WARNING_CHARS: usize = 1000;
 
 impl Progress {
-    /// Keep a warning, within the record's bounds: a long one is cut, and the last of the
-    /// [`MAX_WARNINGS`] entries says that the worker's log holds more.
+    /// Keep a warning, within the record's bounds: a long one is cut (to [`MAX_WARNING_CHARS`]
+    /// with its `…`), and once [`MAX_WARNINGS`] are kept the last entry becomes a note that the
+    /// worker's log holds more.
     pub fn add_warning(&mut self, warning: &str) {
         let mut w: String = warning.chars().take(MAX_WARNING_CHARS).collect();
         if w.len() < warning.len() {
+            w = w.chars().take(MAX_WARNING_CHARS - 1).collect();
             w.push('…');
         }
-        match self.warnings.len() {
-            n if n + 1 < MAX_WARNINGS => self.warnings.push(w),
-            n if n + 1 == MAX_WARNINGS => self.warnings.push(MORE_WARNINGS.into()),
-            _ => {}
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(w);
+        } else if let Some(last) = self.warnings.last_mut() {
+            MORE_WARNINGS.clone_into(last);
         }
     }
 }
@@ -775,6 +780,9 @@ mod tests {
             "1gb",
             "256MB; DROP TABLE t",
             "12345678901234MB",
+            "1\tGB",
+            "1\n",
+            "1  GB",
         ] {
             let o = Options {
                 maintenance_work_mem: Some(m.into()),
@@ -811,7 +819,8 @@ mod tests {
     fn warnings_stay_within_the_records_bounds() {
         let mut p = Progress::default();
         p.add_warning(&"x".repeat(MAX_WARNING_CHARS + 5));
-        assert_eq!(p.warnings[0].chars().count(), MAX_WARNING_CHARS + 1);
+        assert_eq!(p.warnings[0].chars().count(), MAX_WARNING_CHARS);
+        assert!(p.warnings[0].ends_with('…'));
         for i in 1..MAX_WARNINGS + 10 {
             p.add_warning(&format!("w{i}"));
         }

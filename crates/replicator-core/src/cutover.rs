@@ -162,8 +162,8 @@ pub async fn undo(source_url: &ConnUrl, roles: &[String]) -> Result<Vec<String>>
 /// Cut over; see the module documentation. `progress` gets each step as it starts.
 ///
 /// # Errors
-/// [`Error::Preflight`] when there is no replication, a role does not exist, or a wait times
-/// out; [`Error::Sql`] / [`Error::Connect`].
+/// [`Error::Preflight`] when there is no replication or a role does not exist,
+/// [`Error::CatchUpTimeout`] when a wait times out; [`Error::Sql`] / [`Error::Connect`].
 pub async fn cutover(
     o: CutoverOptions,
     progress: &(dyn Fn(&str) + Send + Sync),

@@ -573,7 +573,7 @@ pub async fn run_in_progress(source: &Client, names: &SyncNames) -> Result<Optio
 /// Take the run lock of `names` on a new source session.
 ///
 /// # Errors
-/// [`Error::Preflight`] when another run into the same target holds it; [`Error::Connect`] /
+/// [`Error::RunInProgress`] when another run into the same target holds it; [`Error::Connect`] /
 /// [`Error::Sql`].
 pub async fn lock_run(
     source_url: &ConnUrl,
@@ -960,7 +960,7 @@ pub async fn status(source: &Client, target: &Client, names: &SyncNames) -> Resu
 /// (the point `verify` and `cutover` compare at). Returns the LSN waited for.
 ///
 /// # Errors
-/// [`Error::Preflight`] when the target does not get there within `timeout`, [`Error::Sql`].
+/// [`Error::CatchUpTimeout`] when the target does not get there within `timeout`, [`Error::Sql`].
 pub async fn wait_caught_up(
     source: &Client,
     names: &SyncNames,

@@ -556,8 +556,8 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
 /// Compare every selected table of the source with the target.
 ///
 /// # Errors
-/// [`Error::Connect`] / [`Error::Sql`], or [`Error::Preflight`] when replication does not catch
-/// up in time.
+/// [`Error::Connect`] / [`Error::Sql`], or [`Error::CatchUpTimeout`] when replication does not
+/// catch up in time.
 pub async fn verify(opts: VerifyOptions) -> Result<VerifyReport> {
     if opts.jobs == 0 {
         return Err(Error::Usage("--jobs must be at least 1".into()));

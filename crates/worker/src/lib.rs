@@ -466,6 +466,11 @@ pub async fn run_watched(
 
     let watch_stall = matches!(work, Work::Init(_));
     let tracker = Tracker::default();
+    if resumed {
+        if let Some(p) = &job.progress {
+            tracker.carry_warnings(&p.warnings);
+        }
+    }
     tracker.set_phase("starting");
     let (halt, halted) = tokio::sync::oneshot::channel::<()>();
     let engine = perform(work, &tracker, async move {

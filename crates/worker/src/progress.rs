@@ -22,6 +22,16 @@ impl Tracker {
         }
     }
 
+    /// Start from the warnings an earlier worker of the same job recorded (a resumed job), so
+    /// that the record keeps them and a client following it sees each once.
+    pub fn carry_warnings(&self, earlier: &[String]) {
+        if let Ok(mut p) = self.0.lock() {
+            for w in earlier {
+                p.add_warning(w);
+            }
+        }
+    }
+
     /// Fold one event in.
     pub fn apply(&self, event: &Event) {
         let Ok(mut p) = self.0.lock() else { return };
@@ -129,5 +139,12 @@ mod tests {
         assert!(p.warnings.is_empty());
         t.apply(&Event::Warning("ended 1 session(s)".into()));
         assert_eq!(t.snapshot().warnings, vec!["ended 1 session(s)".to_owned()]);
+        let resumed = Tracker::default();
+        resumed.carry_warnings(&t.snapshot().warnings);
+        resumed.apply(&Event::Warning("resuming".into()));
+        assert_eq!(
+            resumed.snapshot().warnings,
+            vec!["ended 1 session(s)".to_owned(), "resuming".to_owned()]
+        );
     }
 }

@@ -259,7 +259,7 @@ async fn decide_sync(
     match (problems.is_empty(), mode) {
         (true, _) => Ok(true),
         // A complete copy's slot is worth keeping: only an explicit --no-sync gives it up.
-        (false, SyncMode::Auto) if complete => Err(Error::Preflight(format!(
+        (false, SyncMode::Auto) if complete => Err(Error::ReplicationNotStarted(format!(
             "the copy is complete, but its replication cannot start now: {}; fix that and run \
              --resume again (the slot keeps the source's changes meanwhile), or pass --no-sync \
              to finish the copy without replication, which drops the slot",
