@@ -296,7 +296,7 @@ pub const MAX_RETRIES: u32 = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OptionProblem {
     /// The field of [`Options`].
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong and what to do, to follow the field's name.
     pub problem: String,
 }
@@ -304,7 +304,7 @@ pub struct OptionProblem {
 impl OptionProblem {
     /// The same problem named by the command-line flag that sets the option.
     pub fn as_flag(&self) -> String {
-        format!("--{} {}", flag_of(self.field), self.problem)
+        format!("--{} {}", flag_of(&self.field), self.problem)
     }
 }
 
@@ -325,35 +325,13 @@ impl fmt::Display for OptionProblem {
 }
 
 impl Options {
-    /// The fields that are set, by name.
-    fn set_fields(&self) -> Vec<&'static str> {
-        let mut set = Vec::new();
-        let mut note = |name: &'static str, is_set: bool| {
-            if is_set {
-                set.push(name);
-            }
-        };
-        note("jobs", self.jobs.is_some());
-        note("drop_existing", self.drop_existing);
-        note("no_owner", self.no_owner);
-        note("no_privileges", self.no_privileges);
-        note("instance_type", self.instance_type.is_some());
-        note("source_size_bytes", self.source_size_bytes.is_some());
-        note("timeout_seconds", self.timeout_seconds.is_some());
-        note("chunk_rows", self.chunk_rows.is_some());
-        note(
-            "catch_up_timeout_seconds",
-            self.catch_up_timeout_seconds.is_some(),
-        );
-        note("copy_format", self.copy_format.is_some());
-        note(
-            "split_tables_larger_than_bytes",
-            self.split_tables_larger_than_bytes.is_some(),
-        );
-        note("max_parts", self.max_parts.is_some());
-        note("retries", self.retries.is_some());
-        note("maintenance_work_mem", self.maintenance_work_mem.is_some());
-        set
+    /// The fields that are set, by name: those the wire form carries (every field is left out
+    /// of it when unset), so a new field cannot be missed here.
+    fn set_fields(&self) -> Vec<String> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m.into_iter().map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Check every value's range and that each set option means something to `command`: an
@@ -362,7 +340,12 @@ impl Options {
     /// # Errors
     /// The first problem found.
     pub fn check(&self, command: Command) -> Result<(), OptionProblem> {
-        let bad = |field: &'static str, problem: String| Err(OptionProblem { field, problem });
+        let bad = |field: &str, problem: String| {
+            Err(OptionProblem {
+                field: field.to_owned(),
+                problem,
+            })
+        };
         // Where the job runs and for how long apply to every command a worker runs.
         let everywhere = ["instance_type", "source_size_bytes", "timeout_seconds"];
         let applies: &[&str] = match command {
@@ -383,9 +366,9 @@ impl Options {
         if let Some(field) = self
             .set_fields()
             .into_iter()
-            .find(|f| !everywhere.contains(f) && !applies.contains(f))
+            .find(|f| !everywhere.contains(&f.as_str()) && !applies.contains(&f.as_str()))
         {
-            return bad(field, format!("does not apply to {command}; leave it out"));
+            return bad(&field, format!("does not apply to {command}; leave it out"));
         }
         if let Some(j) = self.jobs {
             if !(1..=MAX_JOBS).contains(&j) {
