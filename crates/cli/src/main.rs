@@ -157,7 +157,8 @@ struct InitArgs {
     resume: bool,
     /// Split tables larger than this (heap + TOAST) into ctid block ranges copied in parallel;
     /// tables over 64 MB whose copy and index builds are the run's longest path are also split
-    /// --jobs ways. 0 never splits. Units: B, kB, MB, GB, TB. [default: 1GB]
+    /// --jobs ways. 0 never splits. Units: B, kB, MB, GB, TB. [default: the planner decides:
+    /// only the run's longest table, only as many ways as the servers load at once]
     #[arg(long, value_parser = parse_size)]
     split_tables_larger_than: Option<u64>,
     /// At most this many ranges per split table. [default: 64]

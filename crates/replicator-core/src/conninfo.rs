@@ -327,6 +327,18 @@ impl ConnUrl {
         self.host.starts_with('/')
     }
 
+    /// Whether the server runs on this machine: a Unix socket, `localhost` or a loopback
+    /// address. (A name or address of this machine's own network interfaces counts as elsewhere:
+    /// only what needs no lookup is judged.)
+    pub fn is_on_this_machine(&self) -> bool {
+        self.is_socket()
+            || self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The URL without its password: safe for logs, errors and job records.
     pub fn redacted(&self) -> String {
         let host = if self.is_socket() {
@@ -547,6 +559,33 @@ mod tests {
         // Locally, no host still means localhost (or PGHOST), as with libpq.
         let local = ConnUrl::parse_with_env("postgresql://u@/db", &|_| None).expect("local");
         assert_eq!(local.host, "localhost");
+    }
+
+    #[test]
+    fn servers_on_this_machine_are_sockets_localhost_and_loopback() {
+        let here = |url: &str| {
+            ConnUrl::parse_with_env(url, &|_| None)
+                .expect(url)
+                .is_on_this_machine()
+        };
+        for url in [
+            "postgresql://u@localhost/db",
+            "postgresql://u@LOCALHOST:5433/db",
+            "postgresql://u@127.0.0.1/db",
+            "postgresql://u@127.0.0.2/db",
+            "postgresql://u@[::1]/db",
+            "postgresql://u@/db",
+            "postgresql://u@/db?host=/var/run/postgresql",
+        ] {
+            assert!(here(url), "{url}");
+        }
+        for url in [
+            "postgresql://u@db.example.com/db",
+            "postgresql://u@10.0.0.5/db",
+            "postgresql://u@[2001:db8::1]/db",
+        ] {
+            assert!(!here(url), "{url}");
+        }
     }
 
     #[test]

@@ -25,16 +25,46 @@ pub struct Unit {
     pub done: bool,
 }
 
+/// Which tables are split into block ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitSize {
+    /// The planner decides: a table is split only when that shortens the run (see [`plan`]).
+    Auto,
+    /// No table is split.
+    Never,
+    /// Tables larger than this many heap + TOAST bytes are split into ranges of about this
+    /// size; tables over 64 MiB whose copy and index builds are the run's longest path are also
+    /// split `jobs` ways.
+    LargerThan(u64),
+}
+
 /// How to split tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SplitPolicy {
-    /// Split tables larger than this many heap + TOAST bytes; 0 never splits.
-    pub larger_than: u64,
+    /// Which tables are split.
+    pub size: SplitSize,
     /// At most this many parts per table.
     pub max_parts: u64,
     /// Whether the source can scan ctid ranges efficiently (TID Range Scan, PostgreSQL ≥ 14).
     /// Without it every range would read the whole table.
     pub tid_range_scan: bool,
+}
+
+/// How many COPY streams into one table the two servers run side by side faster than one:
+/// the most parts an automatic split makes.
+///
+/// One stream keeps about one core of the target busy (parsing and inserting rows, writing
+/// WAL) and half a core of the source (reading and sending). When both servers run on this
+/// machine they share its `cores`, so a second stream only pays from four cores up; measured
+/// on two cores, two streams of one 3.4 GB table ran no faster than one and lost COPY FREEZE
+/// (see docs/engine.md). A server elsewhere is assumed to have the cores for `jobs` streams.
+pub fn stream_capacity(source_here: bool, target_here: bool, cores: u64, jobs: u64) -> u64 {
+    let jobs = jobs.max(1);
+    match (source_here, target_here) {
+        (true, true) => (cores / 2).clamp(1, jobs),
+        (true, false) | (false, true) => cores.clamp(1, jobs),
+        (false, false) => jobs,
+    }
 }
 
 /// Copy plus index-build cost of a table, in heap-byte equivalents: the length of its path
@@ -59,14 +89,24 @@ fn predicate(table: &Table, filter: &Filter) -> Option<String> {
 }
 
 /// Plan units for the tables whose rows are copied (`copy[i]` says whether table `i` is), for a
-/// pool of `jobs` workers: a table whose copy and index builds make up more than its share of
-/// the whole run is split `jobs` ways, so that its slow indexes can start early.
+/// pool of `jobs` workers whose servers load `streams` ranges of one table side by side faster
+/// than one ([`stream_capacity`]).
+///
+/// A split costs the table its `COPY FREEZE` (only a unit that empties the table in its own
+/// transaction may freeze), so its rows are written unfrozen and the first scan after the copy
+/// (the index builds, then the application's reads and autovacuum) rewrites every page to set
+/// hint bits: measured, a primary key build took 1.7× as long on the unfrozen table. So under
+/// [`SplitSize::Auto`] a table is split only when its copy and index builds are longer than its
+/// share of the run (the run would otherwise wait for it alone), it holds at least 64 MiB, and
+/// the servers can load more than one range at once; then it is split into as many ranges as
+/// they can load side by side. An explicit size splits as asked.
 pub fn plan(
     tables: &[Table],
     copy: &[bool],
     filter: &Filter,
     policy: SplitPolicy,
     jobs: u64,
+    streams: u64,
 ) -> Vec<Unit> {
     let mut units = Vec::new();
     let total: u64 = tables
@@ -81,21 +121,28 @@ pub fn plan(
             continue;
         }
         let pred = predicate(t, filter);
-        let mut parts =
-            if policy.tid_range_scan && policy.larger_than > 0 && t.bytes > policy.larger_than {
-                t.bytes.div_ceil(policy.larger_than)
-            } else {
-                1
-            };
         // The longest path decides when the run ends: share its copy among the workers.
-        if policy.tid_range_scan
-            && policy.larger_than > 0
+        let longest = policy.tid_range_scan
             && jobs > 1
             && t.bytes >= MIN_BALANCE_SPLIT
-            && path_cost(t) > share
-        {
-            parts = parts.max(jobs);
-        }
+            && path_cost(t) > share;
+        let parts = match policy.size {
+            SplitSize::Never | SplitSize::LargerThan(0) => 1,
+            SplitSize::Auto if longest => jobs.min(streams.max(1)),
+            SplitSize::Auto => 1,
+            SplitSize::LargerThan(n) => {
+                let by_size = if policy.tid_range_scan && t.bytes > n {
+                    t.bytes.div_ceil(n.max(1))
+                } else {
+                    1
+                };
+                if longest {
+                    by_size.max(jobs)
+                } else {
+                    by_size
+                }
+            }
+        };
         let parts = parts.min(policy.max_parts.max(1)).min(t.pages.max(1));
         if parts <= 1 {
             units.push(Unit {
@@ -278,7 +325,7 @@ mod tests {
     }
 
     const SPLIT: SplitPolicy = SplitPolicy {
-        larger_than: 1000,
+        size: SplitSize::LargerThan(1000),
         max_parts: 8,
         tid_range_scan: true,
     };
@@ -286,7 +333,7 @@ mod tests {
     #[test]
     fn large_tables_split_into_contiguous_ranges_covering_every_block() {
         let tables = [table("big", 100, 3500)];
-        let units = plan(&tables, &[true], &Filter::default(), SPLIT, 1);
+        let units = plan(&tables, &[true], &Filter::default(), SPLIT, 1, 1);
         assert_eq!(units.len(), 4);
         let mut slices: Vec<_> = units
             .iter()
@@ -313,15 +360,15 @@ mod tests {
             ..SPLIT
         };
         assert_eq!(
-            plan(&tables, &[true, true], &Filter::default(), old, 1).len(),
+            plan(&tables, &[true, true], &Filter::default(), old, 1, 1).len(),
             2
         );
         let never = SplitPolicy {
-            larger_than: 0,
+            size: SplitSize::Never,
             ..SPLIT
         };
         assert_eq!(
-            plan(&tables, &[true, true], &Filter::default(), never, 1).len(),
+            plan(&tables, &[true, true], &Filter::default(), never, 1, 1).len(),
             2
         );
         let parts_capped = SplitPolicy {
@@ -329,7 +376,15 @@ mod tests {
             ..SPLIT
         };
         assert_eq!(
-            plan(&tables[..1], &[true], &Filter::default(), parts_capped, 1).len(),
+            plan(
+                &tables[..1],
+                &[true],
+                &Filter::default(),
+                parts_capped,
+                1,
+                1
+            )
+            .len(),
             2
         );
     }
@@ -348,6 +403,7 @@ mod tests {
             &Filter::default(),
             SPLIT,
             1,
+            1,
         );
         let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, ["public.b", "public.c", "public.a"]);
@@ -360,24 +416,85 @@ mod tests {
         slow.index_cost = 600 << 20;
         let tables = [table("big", 20_000, 450 << 20), slow];
         let policy = SplitPolicy {
-            larger_than: 1 << 30,
+            size: SplitSize::LargerThan(1 << 30),
             max_parts: 64,
             tid_range_scan: true,
         };
-        let units = plan(&tables, &[true, true], &Filter::default(), policy, 2);
+        let units = plan(&tables, &[true, true], &Filter::default(), policy, 2, 2);
         let ids: Vec<_> = units.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, ["public.slow#0", "public.slow#1", "public.big"]);
         assert_eq!(
-            plan(&tables, &[true, true], &Filter::default(), policy, 1).len(),
+            plan(&tables, &[true, true], &Filter::default(), policy, 1, 1).len(),
             2
         );
+    }
+
+    #[test]
+    fn automatic_splits_follow_the_longest_path_and_the_servers_capacity() {
+        // One table holds nearly all the data (pgbench's accounts): its path is the run's.
+        let tables = [
+            table("accounts", 400_000, 3 << 30),
+            table("tellers", 10, 80_000),
+        ];
+        let auto = SplitPolicy {
+            size: SplitSize::Auto,
+            max_parts: 64,
+            tid_range_scan: true,
+        };
+        let parts = |jobs, streams| {
+            plan(
+                &tables,
+                &[true, true],
+                &Filter::default(),
+                auto,
+                jobs,
+                streams,
+            )
+            .iter()
+            .filter(|u| u.table == 0)
+            .count()
+        };
+        // Both servers on a 2-core machine: one stream at a time, so the table stays whole and
+        // keeps COPY FREEZE; no size alone splits it.
+        assert_eq!(parts(2, stream_capacity(true, true, 2, 2)), 1);
+        // Eight cores shared by both servers load four ranges at once.
+        assert_eq!(parts(8, stream_capacity(true, true, 8, 8)), 4);
+        // Servers elsewhere: one range per worker.
+        assert_eq!(parts(4, stream_capacity(false, false, 2, 4)), 4);
+        assert_eq!(parts(1, 1), 1);
+        // Two equal tables each take their share: neither is split.
+        let even = [table("a", 200_000, 2 << 30), table("b", 200_000, 2 << 30)];
+        assert_eq!(
+            plan(&even, &[true, true], &Filter::default(), auto, 2, 2).len(),
+            2
+        );
+        // Old sources (no TID Range Scan) are never split.
+        let old = SplitPolicy {
+            tid_range_scan: false,
+            ..auto
+        };
+        assert_eq!(
+            plan(&tables, &[true, true], &Filter::default(), old, 8, 8).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn stream_capacity_counts_the_cores_the_servers_share() {
+        assert_eq!(stream_capacity(true, true, 2, 2), 1);
+        assert_eq!(stream_capacity(true, true, 3, 8), 1);
+        assert_eq!(stream_capacity(true, true, 16, 8), 8);
+        assert_eq!(stream_capacity(true, false, 2, 8), 2);
+        assert_eq!(stream_capacity(false, true, 1, 8), 1);
+        assert_eq!(stream_capacity(false, false, 2, 8), 8);
+        assert_eq!(stream_capacity(false, false, 2, 0), 1);
     }
 
     #[test]
     fn row_filters_apply_to_every_range() {
         let tables = [table("big", 100, 3500)];
         let filter = Filter::from_args(&[], &[], &[], &["public.big:a > 1".into()]).expect("valid");
-        let units = plan(&tables, &[true], &filter, SPLIT, 1);
+        let units = plan(&tables, &[true], &filter, SPLIT, 1, 1);
         assert!(units
             .iter()
             .all(|u| u.slice.predicate.as_deref() == Some("a > 1")));
@@ -390,7 +507,14 @@ mod tests {
             table("small", 1, 10),
             table("done", 100, 3500),
         ];
-        let units = plan(&tables, &[true, true, true], &Filter::default(), SPLIT, 1);
+        let units = plan(
+            &tables,
+            &[true, true, true],
+            &Filter::default(),
+            SPLIT,
+            1,
+            1,
+        );
         let mut recs = records(&units, &tables);
         // Some of big's ranges finished, all of done's, and small.
         for r in &mut recs {
@@ -422,7 +546,7 @@ mod tests {
     #[test]
     fn records_round_trip_into_the_same_plan() {
         let tables = [table("big", 100, 3500), table("small", 1, 10)];
-        let units = plan(&tables, &[true, true], &Filter::default(), SPLIT, 1);
+        let units = plan(&tables, &[true, true], &Filter::default(), SPLIT, 1, 1);
         let mut recs = records(&units, &tables);
         recs[1].done = true;
         let back = from_records(&recs, &tables, &Filter::default()).expect("resumable");

@@ -11,6 +11,7 @@ use crate::conninfo::ConnUrl;
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::init::{FormatChoice, InitOptions};
+use crate::plan::SplitSize;
 use crate::verify::VerifyOptions;
 
 /// The table selection of a job.
@@ -60,7 +61,11 @@ pub fn init_options(source: ConnUrl, target: ConnUrl, spec: &JobSpec) -> Result<
         };
     }
     if let Some(b) = o.split_tables_larger_than_bytes {
-        opts.split.larger_than = b;
+        opts.split.size = if b == 0 {
+            SplitSize::Never
+        } else {
+            SplitSize::LargerThan(b)
+        };
     }
     if let Some(p) = o.max_parts {
         opts.split.max_parts = p;
@@ -138,7 +143,7 @@ mod tests {
         assert_eq!(o.jobs, 3);
         assert!(o.drop_existing && o.no_owner && o.no_privileges);
         assert_eq!(o.format, FormatChoice::Text);
-        assert_eq!((o.split.larger_than, o.split.max_parts), (0, 7));
+        assert_eq!((o.split.size, o.split.max_parts), (SplitSize::Never, 7));
         assert_eq!(o.retries, 9);
         assert_eq!(o.maintenance_work_mem, "1GB");
         assert_eq!(

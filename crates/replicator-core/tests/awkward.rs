@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use pg_harness::{Cluster, Options};
+use replicator_core::plan::SplitSize;
 use replicator_core::Event;
 
 fn awkward_source() -> Cluster {
@@ -24,7 +25,7 @@ fn every_awkward_case_is_copied_exactly() {
     // Roles are global objects, outside any database dump.
     dst.psql("postgres", "CREATE ROLE reader_role_for_test NOLOGIN");
     let mut opts = options(&src, "awkward", &dst, "copy");
-    opts.split.larger_than = 1 << 20; // split `wide` (~10 MB) into ranges
+    opts.split.size = SplitSize::LargerThan(1 << 20); // split `wide` (~10 MB) into ranges
     opts.jobs = 3;
     let (result, events) = run_init(opts);
     let report = result.expect("init succeeds");

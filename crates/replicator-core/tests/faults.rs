@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use pg_harness::proxy::{Action, Fault, Proxy, Trigger};
 use pg_harness::{Cluster, Options};
-use replicator_core::plan::SplitPolicy;
+use replicator_core::plan::{SplitPolicy, SplitSize};
 use replicator_core::{Error, Event, InitOptions, Observer};
 
 /// A source with a table of ~8 MB and no primary key (a duplicate would go unnoticed by any
@@ -43,7 +43,7 @@ fn source() -> Cluster {
 /// Split `big` into 8 ranges of ~1 MB.
 fn split(opts: &mut InitOptions) {
     opts.split = SplitPolicy {
-        larger_than: 1 << 20,
+        size: SplitSize::LargerThan(1 << 20),
         max_parts: 8,
         tid_range_scan: true,
     };

@@ -31,7 +31,7 @@ use crate::connect::connect;
 use crate::conninfo::ConnUrl;
 use crate::error::{Error, Result, Side};
 use crate::filter::{Filter, QualName};
-use crate::plan::{self, SplitPolicy};
+use crate::plan::{self, SplitPolicy, SplitSize};
 use crate::progress::{Event, Observer, Phase, PlanSummary};
 use crate::schema::{self, DumpOptions};
 use crate::snapshot::{self, Snapshot};
@@ -88,7 +88,7 @@ pub struct InitOptions {
 }
 
 impl InitOptions {
-    /// Defaults: one connection pair per core, split tables over 1 GiB, binary COPY.
+    /// Defaults: one connection pair per core, splits decided by the planner, binary COPY.
     pub fn new(source: ConnUrl, target: ConnUrl) -> Self {
         Self {
             source,
@@ -98,7 +98,7 @@ impl InitOptions {
             drop_existing: false,
             resume: false,
             split: SplitPolicy {
-                larger_than: 1 << 30,
+                size: SplitSize::Auto,
                 max_parts: 64,
                 tid_range_scan: true,
             },
@@ -746,7 +746,22 @@ async fn plan_units(
         tid_range_scan: o.split.tid_range_scan && pre.source_major >= 14,
         ..o.split
     };
-    let units = plan::plan(&catalog.tables, copy, &o.filter, policy, o.jobs as u64);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let streams = plan::stream_capacity(
+        o.source.is_on_this_machine(),
+        o.target.is_on_this_machine(),
+        cores,
+        o.jobs as u64,
+    );
+    let units = plan::plan(
+        &catalog.tables,
+        copy,
+        &o.filter,
+        policy,
+        o.jobs as u64,
+        streams,
+    );
+    tracing::info!(streams, units = units.len(), "planned the data phase");
     target::create_bookkeeping(
         &bookkeeping,
         &plan::records(&units, &catalog.tables),
