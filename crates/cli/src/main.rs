@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use job_model::RemoteUrlError;
 use replicator_core::sync::SyncMode;
 use replicator_core::{ConnUrl, Error, InitOptions, Side, TargetState};
 
@@ -275,6 +276,15 @@ fn count(j: usize) -> anyhow::Result<u32> {
     u32::try_from(j).map_err(|_| anyhow::anyhow!("--jobs {j} is too many; give 1 to 256"))
 }
 
+/// Whether `flag` was given on the command line (rather than its value coming from the
+/// environment variable clap falls back to).
+fn on_command_line(flag: &str) -> bool {
+    std::env::args_os().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+    })
+}
+
 /// Refuse `--pg-bindir` for a job a worker runs, and say so when SEREN_PG_BINDIR is set.
 fn no_bindir_remotely(flag: Option<&PathBuf>) -> anyhow::Result<()> {
     if flag.is_some() {
@@ -357,34 +367,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The source's size, for sizing the worker; `None` when it cannot be read quickly from here
-/// (the worker may reach databases this machine cannot).
-async fn source_size(source: &ConnUrl) -> Option<u64> {
-    let mut url = source.clone();
-    url.connect_timeout = std::time::Duration::from_secs(3);
-    let attempt = async {
-        let client = replicator_core::connect::connect(&url, Side::Source)
-            .await
-            .ok()?;
-        let row = client
-            .query_one("SELECT pg_database_size(current_database())", &[])
-            .await
-            .ok()?;
-        u64::try_from(row.get::<_, i64>(0)).ok()
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), attempt)
-        .await
-        .ok()
-        .flatten()
-}
-
 async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     let api = args.remote_args.api()?;
     if args.resume {
         bail!("--resume is for local runs; a remote job that failed midway is rerun with --drop-existing");
     }
-    if args.sync || args.sync_source_url.is_some() {
+    if args.sync || (args.sync_source_url.is_some() && on_command_line("--sync-source-url")) {
         bail!("--sync is for local runs: a remote job copies only; for a copy followed by replication run init (or `sync --force`) without --remote");
+    }
+    if args.sync_source_url.is_some() {
+        eprintln!(
+            "note: SEREN_SYNC_SOURCE_URL is for replication, which remote jobs do not start \
+             (they copy only): it is not used"
+        );
     }
     no_bindir_remotely(args.pg_bindir.as_ref())?;
     let (source, target) = remote_urls(&args.source, &args.target)?;
@@ -400,7 +395,11 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
         target_url: args.target.clone(),
         options: job_model::Options {
             instance_type: args.instance_type.clone(),
-            source_size_bytes: source_size(&source).await,
+            source_size_bytes: replicator_core::catalog::database_size(
+                &source,
+                std::time::Duration::from_secs(5),
+            )
+            .await,
             timeout_seconds: args.timeout_secs,
             ..spec.options
         },
@@ -417,32 +416,15 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
 /// anything is sent.
 fn remote_urls(source: &str, target: &str) -> anyhow::Result<(ConnUrl, ConnUrl)> {
     let check = |text: &str, side: Side| {
-        let url = ConnUrl::parse_remote(text).map_err(|reason| Error::InvalidUrl {
+        ConnUrl::parse_for_worker(text).map_err(|e| Error::InvalidUrl {
             side,
-            reason: match side {
-                Side::Source => format!(
+            reason: match (side, e) {
+                (Side::Source, RemoteUrlError::Invalid(reason)) => format!(
                     "{reason} (remote jobs take everything from the URL, not from PG* variables)"
                 ),
-                Side::Target => reason,
+                (_, e) => e.to_string(),
             },
-        })?;
-        let local_only = if url.is_socket() {
-            Some("it names a Unix socket directory; a remote worker needs a host name or address")
-        } else if url.sslrootcert.is_some() {
-            Some(
-                "its sslrootcert is a file on this machine that the worker cannot read; use \
-                 sslmode=verify-full with a publicly trusted certificate, or run locally",
-            )
-        } else {
-            None
-        };
-        match local_only {
-            Some(reason) => Err(Error::InvalidUrl {
-                side,
-                reason: reason.into(),
-            }),
-            None => Ok(url),
-        }
+        })
     };
     Ok((check(source, Side::Source)?, check(target, Side::Target)?))
 }
@@ -677,6 +659,7 @@ async fn sync_force(args: replication::SyncArgs) -> anyhow::Result<()> {
     };
     let mut opts = replicator_core::spec::init_options(source, target, &spec)?;
     opts.sync = SyncMode::Required;
+    opts.pg_bindir = replication::local_bindir(args.pg_bindir);
     opts.sync_source = args
         .sync_source_url
         .as_deref()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
+use indicatif::HumanBytes;
 use job_model::api::{ErrorResponse, JobView, ListResponse, SubmitRequest, SubmitResponse};
 use job_model::JobStatus;
 use replicator_core::progress::{DataProgress, Event, Observer, Phase, PlanSummary};
@@ -192,21 +193,6 @@ impl Api {
     }
 }
 
-fn human_bytes(b: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
-
 /// One line describing where a job is.
 pub fn status_line(j: &JobView) -> String {
     let mut s = format!("{} {}", j.job_id, j.status);
@@ -216,8 +202,8 @@ pub fn status_line(j: &JobView) -> String {
             if p.phase.is_empty() { "-" } else { &p.phase },
             p.tables_done,
             p.tables_total,
-            human_bytes(p.bytes),
-            human_bytes(p.bytes_total),
+            HumanBytes(p.bytes),
+            HumanBytes(p.bytes_total),
             p.rows
         ));
         if let Some(eta) = p.eta_seconds {
@@ -251,6 +237,8 @@ pub struct Replay {
     planned: bool,
     /// Warnings of the record already replayed.
     warned: usize,
+    /// Retries of the record already replayed.
+    retried: usize,
 }
 
 impl Replay {
@@ -265,6 +253,17 @@ impl Replay {
                 .map(|w| Event::Warning(w.clone())),
         );
         self.warned = self.warned.max(p.warnings.len());
+        out.extend(
+            p.retries
+                .iter()
+                .skip(self.retried)
+                .map(|r| Event::Retrying {
+                    what: r.what.clone(),
+                    attempt: r.attempt,
+                    error: r.error.clone(),
+                }),
+        );
+        self.retried = self.retried.max(p.retries.len());
         if p.phase != self.phase {
             p.phase.clone_into(&mut self.phase);
             if let Some(phase) = Phase::from_name(&p.phase) {
@@ -360,10 +359,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bytes_read_like_people_write_them() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_500), "1.5 kB");
-        assert_eq!(human_bytes(776_000_000), "776.0 MB");
+    fn a_status_line_counts_bytes_as_the_local_display_does() {
+        let view: JobView = serde_json::from_str(
+            r#"{"job_id":"0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11","status":"running","command":"init",
+                "source_display":"s","target_display":"t","created_at":"2026-11-27T10:00:00Z",
+                "updated_at":"2026-11-27T10:00:00Z",
+                "progress":{"phase":"data","bytes":999,"bytes_total":776000000}}"#,
+        )
+        .expect("view");
+        let line = status_line(&view);
+        assert!(line.contains("| 999 B of ~740.05 MiB |"), "{line}");
     }
 
     #[test]
@@ -406,6 +411,20 @@ mod tests {
         }
         assert_eq!(r.events(&view)[0], Event::Warning("third".into()));
         assert_eq!(r.events(&view).len(), 1, "no warning twice");
+        // Retries, each once, as a local run prints them.
+        if let Some(p) = view.progress.as_mut() {
+            p.add_retry("public.t", 2, "connection reset");
+        }
+        let events = r.events(&view);
+        assert_eq!(
+            events[0],
+            Event::Retrying {
+                what: "public.t".into(),
+                attempt: 2,
+                error: "connection reset".into()
+            }
+        );
+        assert_eq!(r.events(&view).len(), 1, "no retry twice");
     }
 
     #[test]

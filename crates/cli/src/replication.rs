@@ -85,6 +85,10 @@ pub struct SyncArgs {
     /// With --force: connection pairs copying in parallel (default: the number of cores).
     #[arg(long, short = 'j', requires = "force")]
     pub jobs: Option<usize>,
+    /// With --force: directory holding pg_dump and psql (default: SEREN_PG_BINDIR, else the
+    /// newest found).
+    #[arg(long, requires = "force")]
+    pub pg_bindir: Option<PathBuf>,
     /// With --force: do not ask before dropping the target database.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -283,83 +287,37 @@ pub async fn sync_cmd(args: &SyncArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if sync::subscription_exists(&target, &names).await? {
-        if args.json {
-            println!(
-                "{}",
-                json!({ "started": false, "already_running": true, "subscription": names.subscription })
-            );
-        } else {
-            eprintln!(
-                "already replicating into {} (subscription {}); `status` shows the lag",
-                target_url.redacted(),
-                names.subscription
-            );
-        }
-        return Ok(());
-    }
-    // Only a complete copy may start replicating: one still being made (or interrupted) would
-    // have changes applied to rows it has yet to copy.
-    if let Some(pid) = sync::run_in_progress(&source, &names).await? {
-        bail!(
-            "a copy into {} is in progress (source session {pid}): it starts its replication \
-             itself when it completes",
-            target_url.redacted()
-        );
-    }
-    let state = replicator_core::inspect_target(&target_url).await?;
-    if state != replicator_core::TargetState::AwaitingReplication {
-        bail!(
-            "the target {} holds no complete copy waiting for replication ({}), so replication \
-             cannot start without a gap: finish an interrupted copy with `init --resume`, or copy \
-             again and replicate with `sync --force`",
-            target_url.redacted(),
-            match state {
-                replicator_core::TargetState::Interrupted => "its copy was interrupted",
-                replicator_core::TargetState::Missing => "the database does not exist",
-                _ => "its copy is not marked complete",
-            }
-        );
-    }
-    if sync::slot_lost(&source, &names).await? {
-        bail!(
-            "the replication slot {} was invalidated (the source removed WAL it needed), so \
-             replication cannot start without a gap: run `sync --force` to copy again and replicate",
-            names.slot
-        );
-    }
-    let (slot, publication) = sync::source_objects(&source, &names).await?;
-    if !(slot && publication) {
-        bail!(
-            "the source has no replication slot from a copy into {} (expected {}), so replication \
-             cannot start without a gap: run `sync --force` to copy again and replicate from that \
-             copy, or `init --drop-existing`",
-            target_url.redacted(),
-            names.slot
-        );
-    }
     let via = match &args.sync_source_url {
         Some(u) => parse_url(u, Side::Source)?,
         None => source_url.clone(),
     };
-    if via.password.is_some() {
-        eprintln!(
-            "warning: the subscription's connection string holds the source password, which the \
-             target keeps in pg_subscription; prefer --sync-source-url with a replication role or \
-             without a password (and a pgpass file on the target server)"
-        );
-    }
-    sync::create_subscription(&target, &names, &via).await?;
-    if args.json {
-        println!(
+    match sync::start(&source, &target, &target_url, &names, &via).await? {
+        sync::Started::AlreadyRunning if args.json => println!(
             "{}",
-            json!({ "started": true, "subscription": names.subscription, "slot": names.slot })
-        );
-    } else {
-        eprintln!(
-            "replicating: subscription {} on the target follows slot {} from where the copy ended",
-            names.subscription, names.slot
-        );
+            json!({ "started": false, "already_running": true, "subscription": names.subscription })
+        ),
+        sync::Started::AlreadyRunning => eprintln!(
+            "already replicating into {} (subscription {}); `status` shows the lag",
+            target_url.redacted(),
+            names.subscription
+        ),
+        sync::Started::Now { warnings } => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "started": true, "subscription": names.subscription, "slot": names.slot })
+                );
+            } else {
+                eprintln!(
+                    "replicating: subscription {} on the target follows slot {} from where the \
+                     copy ended",
+                    names.subscription, names.slot
+                );
+            }
+        }
     }
     Ok(())
 }

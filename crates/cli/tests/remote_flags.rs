@@ -65,6 +65,7 @@ fn cli(api: &Api) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_postgres-seren-replicator"));
     cmd.stdin(Stdio::null())
         .env_remove("SEREN_PG_BINDIR")
+        .env_remove("SEREN_SYNC_SOURCE_URL")
         .env("SEREN_REMOTE_API", &api.url)
         .env("SEREN_API_KEY", KEY);
     cmd
@@ -295,6 +296,24 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
     assert!(out.status.success(), "{}", said(&out));
     assert!(
         said(&out).contains("SEREN_PG_BINDIR is a directory on this machine"),
+        "{}",
+        said(&out)
+    );
+    // So is SEREN_SYNC_SOURCE_URL (set for the local runs' replication): said, not refused;
+    // the flag itself is refused above.
+    let out = cli(&api)
+        .env(
+            "SEREN_SYNC_SOURCE_URL",
+            "postgresql://repl@127.0.0.1:1/shop",
+        )
+        .args([
+            "init", "--remote", "--detach", "--source", SOURCE, "--target", TARGET,
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("SEREN_SYNC_SOURCE_URL is for replication"),
         "{}",
         said(&out)
     );

@@ -14,8 +14,8 @@ use job_model::api::{Health, JobView, ListResponse, SubmitRequest, SubmitRespons
 use job_model::job::is_valid_job_id;
 use job_model::seal::Field;
 use job_model::{
-    Change, Created, Cursor, ErrorBody, Expect, Job, JobStatus, JobStore, Owner, Sealer,
-    SecretString, StoreError, Timestamp,
+    Change, Created, Cursor, ErrorBody, Expect, Job, JobStatus, JobStore, Owner, Sealer, Secret,
+    StoreError, Timestamp,
 };
 use serde::Deserialize;
 
@@ -144,20 +144,12 @@ async fn submit(
     } = &req;
     let sealed_source = state
         .sealer
-        .seal(
-            &job_id,
-            Field::SourceUrl,
-            &SecretString::new(source_url.as_str()),
-        )
+        .seal(&job_id, Field::SourceUrl, &Secret::new(source_url.as_str()))
         .await
         .map_err(|e| seal_error(&e))?;
     let sealed_target = state
         .sealer
-        .seal(
-            &job_id,
-            Field::TargetUrl,
-            &SecretString::new(target_url.as_str()),
-        )
+        .seal(&job_id, Field::TargetUrl, &Secret::new(target_url.as_str()))
         .await
         .map_err(|e| seal_error(&e))?;
     let now = Timestamp::now();

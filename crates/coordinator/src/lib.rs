@@ -2,10 +2,10 @@
 //! by `lambda_http` in Lambda and by axum on one machine), the [`Provisioner`] port with its EC2
 //! and local-process adapters, and the [`reaper`].
 //!
-//! Jobs, their wire types and the store and sealer ports come from `job-model`; connection
-//! URLs are checked with the engine's parser (`replicator-core`), and nothing else of the
-//! engine is used here. The coordinator never connects to a database and never holds a URL's
-//! password longer than it takes to seal it.
+//! Jobs, their wire types, the store and sealer ports, and the parsers of connection URLs and
+//! table filters all come from `job-model`; the engine (`replicator-core`, with its database
+//! driver and TLS stack) is not linked here. The coordinator never connects to a database and
+//! never holds a URL's password longer than it takes to seal it.
 
 pub mod api;
 pub mod auth;

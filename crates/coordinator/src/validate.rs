@@ -1,14 +1,13 @@
 //! Checks on a submitted job before anything is stored, each failing with one line that says
 //! what is wrong and what to do.
 //!
-//! URLs go through the engine's own parser as remote URLs ([`ConnUrl::parse_remote`]): the
-//! worker parses them the same way, so what passes here is what the worker will connect with. Passwords are
-//! opaque: `;`, `&&` or `$(` in one is a password, not an attack, because nothing here or in
-//! the worker hands a URL to a shell.
+//! URLs go through the one parser for a worker's URLs ([`ConnUrl::parse_for_worker`]), which
+//! the CLI applies before it submits and the worker parses with, so what passes here is what the
+//! worker will connect with. Passwords are opaque: `;`, `&&` or `$(` in one is a password, not
+//! an attack, because nothing here or in the worker hands a URL to a shell.
 
 use job_model::api::SubmitRequest;
-use job_model::{Command, FilterSpec, Options};
-use replicator_core::ConnUrl;
+use job_model::{Command, ConnUrl, FilterSpec, Options};
 
 use crate::error::ApiError;
 
@@ -74,19 +73,7 @@ fn url(field: &str, text: &str) -> Result<ConnUrl, ApiError> {
             "{field} is longer than {MAX_URL_LEN} characters"
         )));
     }
-    let u = ConnUrl::parse_remote(text).map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
-    if u.is_socket() {
-        return Err(ApiError::invalid(format!(
-            "{field} names a Unix socket directory; a remote worker needs a host name or address"
-        )));
-    }
-    if u.sslrootcert.is_some() {
-        return Err(ApiError::invalid(format!(
-            "{field} has sslrootcert, a file on this machine the worker cannot read; use \
-             sslmode=verify-full with a publicly trusted certificate, or run locally"
-        )));
-    }
-    Ok(u)
+    ConnUrl::parse_for_worker(text).map_err(|e| ApiError::invalid(format!("{field}: {e}")))
 }
 
 fn filter(f: &FilterSpec) -> Result<(), ApiError> {
@@ -103,7 +90,7 @@ fn filter(f: &FilterSpec) -> Result<(), ApiError> {
             )));
         }
     }
-    replicator_core::Filter::from_args(
+    job_model::Filter::from_args(
         &f.include_tables,
         &f.exclude_tables,
         &f.schema_only_tables,

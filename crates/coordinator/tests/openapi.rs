@@ -141,6 +141,7 @@ fn documented_schemas_match_the_wire_types() {
     let progress = Progress {
         eta_seconds: Some(1),
         warnings: vec!["w".into()],
+        retries: vec![job_model::Retry::default()],
         ..Progress::default()
     };
     assert_eq!(

@@ -112,35 +112,6 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// A value that must never be shown: a connection URL with its password, an API key.
-/// `Debug` and `Display` print `********`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wrap a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; only for handing to the code that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("********")
-    }
-}
-
-impl fmt::Display for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("********")
-    }
-}
-
 /// Who a job belongs to: derived from the API key that submitted it, never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -492,10 +463,28 @@ pub struct Progress {
     /// `warning: …`. At most [`MAX_WARNINGS`], each at most [`MAX_WARNING_CHARS`] characters.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Steps the engine tried again after a transient failure, oldest first: the lines a local
+    /// run prints as `retrying …`. At most [`MAX_RETRIES_KEPT`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<Retry>,
+}
+
+/// A step tried again after a transient failure (a lost connection, a deadlock).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Retry {
+    /// The step (a unit, an index, `connect to the source` …).
+    pub what: String,
+    /// Which attempt comes next (2 for the first retry).
+    pub attempt: u32,
+    /// Why the attempt before failed, one line, without secrets.
+    pub error: String,
 }
 
 /// The most warnings a job record keeps (the worker's log has them all).
 pub const MAX_WARNINGS: usize = 50;
+/// The most retries a job record keeps (the first ones; the worker's log has them all).
+pub const MAX_RETRIES_KEPT: usize = 50;
 /// The longest warning a job record keeps.
 pub const MAX_WARNING_CHARS: usize = 1000;
 
@@ -504,17 +493,33 @@ impl Progress {
     /// with its `…`), and once [`MAX_WARNINGS`] are kept the last entry becomes a note that the
     /// worker's log holds more.
     pub fn add_warning(&mut self, warning: &str) {
-        let mut w: String = warning.chars().take(MAX_WARNING_CHARS).collect();
-        if w.len() < warning.len() {
-            w = w.chars().take(MAX_WARNING_CHARS - 1).collect();
-            w.push('…');
-        }
+        let w = cut(warning);
         if self.warnings.len() < MAX_WARNINGS {
             self.warnings.push(w);
         } else if let Some(last) = self.warnings.last_mut() {
             MORE_WARNINGS.clone_into(last);
         }
     }
+
+    /// Keep a retry, within the record's bounds (each text cut as a warning is).
+    pub fn add_retry(&mut self, what: &str, attempt: u32, error: &str) {
+        if self.retries.len() < MAX_RETRIES_KEPT {
+            self.retries.push(Retry {
+                what: cut(what),
+                attempt,
+                error: cut(error),
+            });
+        }
+    }
+}
+
+fn cut(text: &str) -> String {
+    if text.chars().count() <= MAX_WARNING_CHARS {
+        return text.to_owned();
+    }
+    let mut t: String = text.chars().take(MAX_WARNING_CHARS - 1).collect();
+    t.push('…');
+    t
 }
 
 /// The last warning of a record that had to leave some out.
@@ -816,8 +821,29 @@ mod tests {
     }
 
     #[test]
+    fn retries_are_kept_typed_and_bounded() {
+        let mut p = Progress::default();
+        for i in 0..MAX_RETRIES_KEPT + 5 {
+            p.add_retry(&format!("unit {i}"), 2, &"e".repeat(MAX_WARNING_CHARS * 2));
+        }
+        assert_eq!(p.retries.len(), MAX_RETRIES_KEPT);
+        assert_eq!(p.retries[0].what, "unit 0");
+        assert_eq!(p.retries[0].error.chars().count(), MAX_WARNING_CHARS);
+        let back: Progress =
+            serde_json::from_value(serde_json::to_value(&p).expect("json")).expect("decode");
+        assert_eq!(back, p);
+        // A record written before retries were kept still reads, with none.
+        let old: Progress =
+            serde_json::from_str(r#"{"phase":"data","warnings":["w"]}"#).expect("old record");
+        assert!(old.retries.is_empty());
+        assert!(!serde_json::to_string(&Progress::default())
+            .expect("json")
+            .contains("retries"));
+    }
+
+    #[test]
     fn secrets_do_not_print() {
-        let s = SecretString::new("postgresql://u:hunter2@h/db");
+        let s = crate::Secret::new("postgresql://u:hunter2@h/db");
         assert_eq!(format!("{s} {s:?}"), "******** ********");
     }
 

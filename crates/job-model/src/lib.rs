@@ -9,13 +9,19 @@
 //! - [`item`]: the DynamoDB item codec with the attribute names operators query (feature `aws`).
 //! - [`seal`]: the [`Sealer`] port for connection URLs; a key file (feature `local`) and KMS
 //!   (feature `aws`).
+//! - [`conninfo`]: connection URLs ([`ConnUrl`]): parsing, redaction, the rule for a URL a remote
+//!   worker can use; [`filter`]: table patterns and row filters ([`Filter`]). The CLI, the
+//!   coordinator, the worker and the engine check what a job names with this one code.
 //!
-//! This crate must not depend on an HTTP framework or on the engine; without features it has
-//! no I/O at all, so the CLI can use the wire types cheaply.
+//! This crate must not depend on an HTTP framework or on the engine; without features its only
+//! I/O is what libpq reads for a local URL (`PG*` variables, the password file), so the CLI and
+//! the coordinator can use it cheaply.
 
 pub mod api;
 #[cfg(all(feature = "aws", feature = "local"))]
 pub mod backends;
+pub mod conninfo;
+pub mod filter;
 #[cfg(feature = "aws")]
 pub mod item;
 pub mod job;
@@ -24,9 +30,11 @@ pub mod seal;
 pub mod status;
 pub mod store;
 
+pub use conninfo::{ConnUrl, RemoteUrlError, Secret, SslMode};
+pub use filter::{Filter, FilterError, QualName};
 pub use job::{
     Command, CopyFormat, ErrorBody, FilterSpec, Job, JobSpec, OptionProblem, Options, Owner,
-    Progress, SecretString, Timestamp,
+    Progress, Retry, Timestamp,
 };
 pub use seal::{SealError, Sealer};
 pub use status::JobStatus;

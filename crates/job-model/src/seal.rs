@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 
-use crate::job::SecretString;
+use crate::conninfo::Secret;
 
 /// Which of a job's secrets a blob holds: part of what it is bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub trait Sealer: Send + Sync + std::fmt::Debug {
         &self,
         job_id: &str,
         field: Field,
-        plaintext: &SecretString,
+        plaintext: &Secret,
     ) -> Result<Vec<u8>, SealError>;
 
     /// Decrypt a blob sealed for `job_id` and `field`.
@@ -74,12 +74,7 @@ pub trait Sealer: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`SealError::Open`] when the blob was sealed for another job or field, altered, or
     /// under another key.
-    async fn open(
-        &self,
-        job_id: &str,
-        field: Field,
-        sealed: &[u8],
-    ) -> Result<SecretString, SealError>;
+    async fn open(&self, job_id: &str, field: Field, sealed: &[u8]) -> Result<Secret, SealError>;
 }
 
 #[cfg(feature = "local")]
@@ -97,7 +92,7 @@ mod local {
     use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
     use super::{Field, SealError, Sealer};
-    use crate::job::SecretString;
+    use crate::conninfo::Secret;
 
     /// `SLX2`: bound to job id and field (`SLX1` blobs, bound to the job id only, are refused).
     const MAGIC: &[u8; 4] = b"SLX2";
@@ -182,7 +177,7 @@ mod local {
             &self,
             job_id: &str,
             field: Field,
-            plaintext: &SecretString,
+            plaintext: &Secret,
         ) -> Result<Vec<u8>, SealError> {
             let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
             let aad = associated(job_id, field);
@@ -208,7 +203,7 @@ mod local {
             job_id: &str,
             field: Field,
             sealed: &[u8],
-        ) -> Result<SecretString, SealError> {
+        ) -> Result<Secret, SealError> {
             let bad = |reason: &str| SealError::Open {
                 job_id: job_id.to_owned(),
                 reason: reason.to_owned(),
@@ -233,7 +228,7 @@ mod local {
                     bad("sealed for another job or field, altered, or under another key")
                 })?;
             String::from_utf8(pt)
-                .map(SecretString::new)
+                .map(Secret::new)
                 .map_err(|_| bad("not text"))
         }
     }
@@ -250,7 +245,7 @@ mod kms {
     use aws_sdk_kms::Client;
 
     use super::{Field, SealError, Sealer};
-    use crate::job::SecretString;
+    use crate::conninfo::Secret;
 
     /// The encryption context keys, which IAM conditions and grants name.
     pub const CONTEXT_JOB_ID: &str = "job_id";
@@ -314,7 +309,7 @@ mod kms {
             &self,
             job_id: &str,
             field: Field,
-            plaintext: &SecretString,
+            plaintext: &Secret,
         ) -> Result<Vec<u8>, SealError> {
             let key_id = self.key_id.as_deref().ok_or_else(|| {
                 SealError::Key("sealing with KMS needs a key id (SEREN_KMS_KEY_ID)".into())
@@ -339,7 +334,7 @@ mod kms {
             job_id: &str,
             field: Field,
             sealed: &[u8],
-        ) -> Result<SecretString, SealError> {
+        ) -> Result<Secret, SealError> {
             let out = self
                 .client
                 .decrypt()
@@ -371,7 +366,7 @@ mod kms {
                 .map(Blob::into_inner)
                 .ok_or_else(|| SealError::Key("KMS Decrypt returned no plaintext".into()))?;
             String::from_utf8(pt)
-                .map(SecretString::new)
+                .map(Secret::new)
                 .map_err(|_| SealError::Open {
                     job_id: job_id.to_owned(),
                     reason: "not text".into(),
@@ -392,7 +387,7 @@ mod tests {
         let sealer = LocalSealer::open_or_create(&path).expect("create");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let url = SecretString::new("postgresql://u:p%3B%26%26@h/db");
+        let url = Secret::new("postgresql://u:p%3B%26%26@h/db");
         let src = Field::SourceUrl;
         let a = sealer.seal("job-a", src, &url).await.expect("seal");
         let b = sealer.seal("job-a", src, &url).await.expect("seal");

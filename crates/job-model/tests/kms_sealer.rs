@@ -1,7 +1,7 @@
 //! The KMS sealer against moto's KMS: the encryption context binds a sealed URL to its job.
 
 use job_model::seal::{Field, KmsSealer};
-use job_model::{SealError, Sealer, SecretString};
+use job_model::{SealError, Sealer, Secret};
 
 async fn sealer() -> (KmsSealer, KmsSealer) {
     let moto = moto_harness::Moto::shared();
@@ -25,7 +25,7 @@ async fn sealer() -> (KmsSealer, KmsSealer) {
 #[tokio::test]
 async fn kms_sealed_urls_open_only_for_their_job() {
     let (sealer, opener) = sealer().await;
-    let url = SecretString::new("postgresql://app:s%3Bcr%26%26t$(x)@db.example.com:5432/prod");
+    let url = Secret::new("postgresql://app:s%3Bcr%26%26t$(x)@db.example.com:5432/prod");
     let src = Field::SourceUrl;
     let blob = sealer.seal("job-1", src, &url).await.expect("seal");
     assert!(!String::from_utf8_lossy(&blob).contains("s%3Bcr"));

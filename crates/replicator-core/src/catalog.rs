@@ -9,6 +9,29 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result, Side};
 use crate::filter::QualName;
 
+/// The size of `url`'s database on disk, when it can be read within `within` (a remote job's
+/// worker is sized by it; the worker may reach databases this machine cannot, so no answer is
+/// not an error).
+pub async fn database_size(
+    url: &crate::conninfo::ConnUrl,
+    within: std::time::Duration,
+) -> Option<u64> {
+    let mut url = url.clone();
+    url.connect_timeout = url.connect_timeout.min(within);
+    let attempt = async {
+        let client = crate::connect::connect(&url, Side::Source).await.ok()?;
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.pg_database_size(current_database())",
+                &[],
+            )
+            .await
+            .ok()?;
+        u64::try_from(row.get::<_, i64>(0)).ok()
+    };
+    tokio::time::timeout(within, attempt).await.ok().flatten()
+}
+
 /// A table whose rows the run copies.
 #[derive(Debug, Clone)]
 pub struct Table {

@@ -86,7 +86,10 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
         }
         Ok(Ok(pair)) => pair,
     };
-    let alive = url.sessions.track(&client, &tls);
+    let alive = RUN_SESSIONS
+        .try_with(|sessions| sessions.track(&client, &tls))
+        .ok()
+        .flatten();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(%side, error = %pg_message(&e), "connection closed");
@@ -108,8 +111,11 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
 /// (behind another session's `ACCESS EXCLUSIVE`, say) waits on, holding its place in the lock
 /// queue, until the lock comes, and only then finds its client gone. A run that stops (a
 /// cancel, a stall, a failure) sends each of its live sessions a cancel request, as `psql` does
-/// on Ctrl-C, so that nothing of it keeps waiting on the user's servers. Untracked by default;
-/// [`Sessions::tracked`] starts a registry, shared by every clone of the URL that carries it.
+/// on Ctrl-C, so that nothing of it keeps waiting on the user's servers.
+///
+/// A run's code opens sessions inside [`Sessions::scope`]; [`connect`] records each one in the
+/// registry of the scope it runs in (none outside a scope: untracked). A task the run spawns
+/// stays in the run's scope only through [`Sessions::carry`].
 #[derive(Clone, Default)]
 pub struct Sessions(Option<Arc<std::sync::Mutex<Vec<Tracked>>>>);
 
@@ -119,10 +125,27 @@ struct Tracked {
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
+tokio::task_local! {
+    /// The registry of the run the current task belongs to.
+    static RUN_SESSIONS: Sessions;
+}
+
 impl Sessions {
     /// A new, empty registry.
     pub fn tracked() -> Self {
         Self(Some(Arc::default()))
+    }
+
+    /// Run `work` with every session it opens recorded here.
+    pub async fn scope<F: std::future::Future>(&self, work: F) -> F::Output {
+        RUN_SESSIONS.scope(self.clone(), work).await
+    }
+
+    /// `work`, made ready to be spawned as a task of the current run: the sessions it opens are
+    /// recorded in the run's registry, as they would be in the task that spawns it.
+    pub fn carry<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
+        let current = RUN_SESSIONS.try_with(Clone::clone).unwrap_or_default();
+        RUN_SESSIONS.scope(current, work)
     }
 
     /// Record `client`'s session; returns the flag its connection task clears when it ends.
@@ -167,15 +190,6 @@ impl Sessions {
         n
     }
 }
-
-impl PartialEq for Sessions {
-    /// Not part of what a URL says.
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Sessions {}
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

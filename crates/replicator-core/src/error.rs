@@ -106,6 +106,12 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<job_model::FilterError> for Error {
+    fn from(e: job_model::FilterError) -> Self {
+        Error::Usage(e.0)
+    }
+}
+
 impl Error {
     /// Whether the same step may succeed when tried again (connection loss, serialization
     /// failures, deadlocks, server shutdown), as opposed to errors a retry only repeats.

@@ -4,16 +4,16 @@
 //!
 //! The CLI runs it in-process; the worker runs it on a remote machine. It reports progress as
 //! [`progress::Event`]s through a callback and knows nothing about either caller. This crate
-//! must not depend on AWS, HTTP frameworks or the job model.
+//! must not depend on AWS or HTTP frameworks. From the job model (`job-model`, no I/O) it takes
+//! what a job names, parsed once for every caller: connection URLs ([`conninfo`]), table
+//! filters ([`filter`]), the wire options ([`spec`]) and the typed reports.
 
 pub mod catalog;
 pub mod checks;
 pub mod connect;
-pub mod conninfo;
 pub mod copy;
 pub mod cutover;
 pub mod error;
-pub mod filter;
 pub mod init;
 pub mod plan;
 pub mod progress;
@@ -31,5 +31,9 @@ pub use conninfo::{ConnUrl, Secret, SslMode};
 pub use error::{Error, Result, Side};
 pub use filter::{Filter, QualName};
 pub use init::{init, init_until, inspect_target, FormatChoice, InitOptions, InitReport};
+/// Connection URLs, shared with the CLI and the coordinator.
+pub use job_model::conninfo;
+/// Table patterns and row filters, shared with the CLI and the coordinator.
+pub use job_model::filter;
 pub use progress::{Event, Observer, Phase};
 pub use target::TargetState;

@@ -19,12 +19,12 @@ use crate::verify::VerifyOptions;
 /// # Errors
 /// `Usage` when a pattern or row filter does not parse.
 pub fn filter(spec: &FilterSpec) -> Result<Filter> {
-    Filter::from_args(
+    Ok(Filter::from_args(
         &spec.include_tables,
         &spec.exclude_tables,
         &spec.schema_only_tables,
         &spec.table_filters,
-    )
+    )?)
 }
 
 fn checked(spec: &JobSpec) -> Result<&Options> {

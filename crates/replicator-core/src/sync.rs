@@ -270,6 +270,94 @@ pub fn subscription_conninfo(source: &ConnUrl) -> String {
     parts.join(" ")
 }
 
+/// The warning for a subscription whose connection string holds the source password (the
+/// target keeps it in `pg_subscription`), or `None` when `via` has none. Said by `init` and
+/// `sync` alike.
+pub fn password_warning(via: &ConnUrl) -> Option<String> {
+    via.password.is_some().then(|| {
+        "the subscription's connection string holds the source password, which the target \
+         keeps in pg_subscription (readable by its superusers); prefer a replication role of \
+         its own, or --sync-source-url without a password and a pgpass file on the target \
+         server"
+            .to_owned()
+    })
+}
+
+/// How [`start`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// The subscription already existed: replication was running.
+    AlreadyRunning,
+    /// The subscription was created; what the user should know about it.
+    Now {
+        /// Warnings (one line each).
+        warnings: Vec<String>,
+    },
+}
+
+/// `sync`: start replication into a target whose copy is complete and waits for it, from the
+/// slot that copy made, so that no change is lost or applied twice. `via` is how the target
+/// server reaches the source. Anything that would leave a gap is refused before anything is
+/// made.
+///
+/// # Errors
+/// [`Error::RunInProgress`] while a copy into the target runs (it starts its replication
+/// itself); [`Error::ReplicationNotStarted`] when replication cannot start without a gap (no
+/// complete copy, the slot invalidated or missing), saying what to run instead; [`Error::Sql`].
+pub async fn start(
+    source: &Client,
+    target: &Client,
+    target_url: &ConnUrl,
+    names: &SyncNames,
+    via: &ConnUrl,
+) -> Result<Started> {
+    if subscription_exists(target, names).await? {
+        return Ok(Started::AlreadyRunning);
+    }
+    let gap = |why: String| Err(Error::ReplicationNotStarted(why));
+    if let Some(pid) = run_in_progress(source, names).await? {
+        return Err(Error::RunInProgress(format!(
+            "a copy into {} is in progress (source session {pid}): it starts its replication \
+             itself when it completes",
+            target_url.redacted()
+        )));
+    }
+    let state = crate::init::inspect_target(target_url).await?;
+    if state != crate::TargetState::AwaitingReplication {
+        return gap(format!(
+            "the target {} holds no complete copy waiting for replication ({}), so replication \
+             cannot start without a gap: finish an interrupted copy with `init --resume`, or copy \
+             again and replicate with `sync --force`",
+            target_url.redacted(),
+            match state {
+                crate::TargetState::Interrupted => "its copy was interrupted",
+                crate::TargetState::Missing => "the database does not exist",
+                _ => "its copy is not marked complete",
+            }
+        ));
+    }
+    if slot_lost(source, names).await? {
+        return gap(format!(
+            "the replication slot {} was invalidated (the source removed WAL it needed), so \
+             replication cannot start without a gap: run `sync --force` to copy again and replicate",
+            names.slot
+        ));
+    }
+    let (slot, publication) = source_objects(source, names).await?;
+    if !(slot && publication) {
+        return gap(format!(
+            "the source has no replication slot from a copy into {} (expected {}), so replication \
+             cannot start without a gap: run `sync --force` to copy again and replicate from that \
+             copy, or `init --drop-existing`",
+            target_url.redacted(),
+            names.slot
+        ));
+    }
+    let warnings = password_warning(via).into_iter().collect();
+    create_subscription(target, names, via).await?;
+    Ok(Started::Now { warnings })
+}
+
 /// Create the subscription on the target, starting at the slot's consistent point, and drop
 /// the copy's bookkeeping in the same transaction: the target then holds either a complete
 /// copy waiting for replication (the bookkeeping says so, and `sync` or `init --resume` starts

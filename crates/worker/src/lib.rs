@@ -19,7 +19,7 @@ use job_model::report::JobResult;
 use job_model::seal::Field;
 use job_model::store::retry::{Backoff, Retrying};
 use job_model::{
-    Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Progress, Sealer, SecretString,
+    Change, Command, ErrorBody, Expect, Job, JobStatus, JobStore, Progress, Sealer, Secret,
     StoreError, Timestamp,
 };
 use replicator_core::verify::{self, VerifyOptions};
@@ -377,7 +377,7 @@ async fn open_patiently(
     job_id: &str,
     field: Field,
     sealed: &[u8],
-) -> Result<SecretString, job_model::SealError> {
+) -> Result<Secret, job_model::SealError> {
     let may_apply_later = |e: &job_model::SealError| {
         matches!(
             e,
@@ -672,23 +672,18 @@ mod tests {
             &self,
             _: &str,
             _: Field,
-            _: &SecretString,
+            _: &Secret,
         ) -> Result<Vec<u8>, job_model::SealError> {
             unreachable!("workers never seal")
         }
-        async fn open(
-            &self,
-            _: &str,
-            _: Field,
-            _: &[u8],
-        ) -> Result<SecretString, job_model::SealError> {
+        async fn open(&self, _: &str, _: Field, _: &[u8]) -> Result<Secret, job_model::SealError> {
             if self.calls.fetch_add(1, Ordering::SeqCst) < self.refusals {
                 return Err(job_model::SealError::Backend {
                     message: "KMS Decrypt: AccessDeniedException".into(),
                     retryable: self.retryable,
                 });
             }
-            Ok(SecretString::new("postgresql://u@h/db"))
+            Ok(Secret::new("postgresql://u@h/db"))
         }
     }
 

@@ -64,7 +64,12 @@ impl Tracker {
                 p.current_tables.retain(|t| t != table);
             }
             Event::Warning(w) => p.add_warning(w),
-            Event::PhaseFinished(..) | Event::Retrying { .. } => {}
+            Event::Retrying {
+                what,
+                attempt,
+                error,
+            } => p.add_retry(what, *attempt, error),
+            Event::PhaseFinished(..) => {}
         }
     }
 
@@ -137,6 +142,13 @@ mod tests {
         assert_eq!((p.units_done, p.units_total, p.post_items_total), (1, 4, 2));
         assert_eq!(p.bytes_per_sec, 100);
         assert!(p.warnings.is_empty());
+        t.apply(&Event::Retrying {
+            what: "public.t".into(),
+            attempt: 2,
+            error: "connection reset".into(),
+        });
+        assert_eq!(t.snapshot().retries.len(), 1);
+        assert_eq!(t.snapshot().retries[0].attempt, 2);
         t.apply(&Event::Warning("ended 1 session(s)".into()));
         assert_eq!(t.snapshot().warnings, vec!["ended 1 session(s)".to_owned()]);
         let resumed = Tracker::default();

@@ -10,7 +10,7 @@ use job_model::seal::{Field, LocalSealer};
 use job_model::store::sqlite::SqliteStore;
 use job_model::{
     Change, Command, Expect, FilterSpec, Job, JobSpec, JobStatus, JobStore, Options, Owner, Sealer,
-    SecretString, Timestamp,
+    Secret, Timestamp,
 };
 use pg_harness::{bindir, Cluster};
 use worker::{Config, Outcome};
@@ -60,7 +60,7 @@ async fn pending(e: &Env, command: Command, source: &str, target: &str, options:
     let id = Job::new_id();
     let seal = |u: &str, field: Field| {
         let (s, id) = (e.sealer.clone(), id.clone());
-        let u = SecretString::new(u);
+        let u = Secret::new(u);
         async move { s.seal(&id, field, &u).await.expect("seal") }
     };
     let job = Job::new(

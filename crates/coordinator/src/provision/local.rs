@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use job_model::{Job, Timestamp};
+use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
@@ -74,14 +75,15 @@ fn alive(r: &mut Running) -> bool {
 }
 
 /// A process's environment, when it is readable (ours, or any as root).
-fn environ(pid: u32) -> Option<Vec<(String, String)>> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+fn environ(p: &procfs::process::Process) -> Option<HashMap<String, String>> {
+    let env = p.environ().ok()?;
     Some(
-        raw.split(|b| *b == 0)
-            .filter_map(|kv| {
-                let kv = String::from_utf8_lossy(kv);
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        env.into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
             })
             .collect(),
     )
@@ -89,14 +91,11 @@ fn environ(pid: u32) -> Option<Vec<(String, String)>> {
 
 /// Whether a process exists and has not exited (a zombie has).
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    i32::try_from(pid)
         .ok()
-        .and_then(|stat| {
-            // "pid (comm) S …": the state follows the last ')'.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-        })
-        .is_some_and(|state| state != 'Z' && state != 'X')
+        .and_then(|pid| procfs::process::Process::new(pid).ok())
+        .and_then(|p| p.stat().ok())
+        .is_some_and(|stat| stat.state != 'Z' && stat.state != 'X')
 }
 
 impl LocalProvisioner {
@@ -107,21 +106,22 @@ impl LocalProvisioner {
         }
         let ours: std::collections::HashSet<String> =
             known.values().map(|r| r.instance_id.clone()).collect();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
+        let Ok(processes) = procfs::process::all_processes() else {
             return Vec::new();
         };
-        entries
+        processes
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| !ours.contains(&format!("local-{pid}")) && running(*pid))
-            .filter_map(|pid| {
-                let env = environ(pid)?;
-                let has = |k: &str, v: &str| env.iter().any(|(ek, ev)| ek == k && ev == v);
+            .filter_map(|p| {
+                let pid = u32::try_from(p.pid()).ok()?;
+                if ours.contains(&format!("local-{pid}")) || !running(pid) {
+                    return None;
+                }
+                let env = environ(&p)?;
+                let has = |k: &str, v: &str| env.get(k).is_some_and(|ev| ev == v);
                 if !self.config.env.iter().all(|(k, v)| has(k, v)) {
                     return None;
                 }
-                let job = env.iter().find(|(k, _)| k == "SEREN_JOB_ID")?.1.clone();
-                Some((pid, job))
+                Some((pid, env.get("SEREN_JOB_ID")?.clone()))
             })
             .collect()
     }
@@ -130,27 +130,23 @@ impl LocalProvisioner {
     fn stop_adopted(&self, pid: u32) {
         let grace = self.config.stop_grace;
         tokio::spawn(async move {
-            signal(pid, "TERM").await;
+            signal(pid, Signal::TERM);
             let deadline = tokio::time::Instant::now() + grace;
             while running(pid) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if running(pid) {
-                signal(pid, "KILL").await;
+                signal(pid, Signal::KILL);
             }
         });
     }
 }
 
-async fn signal(pid: u32, sig: &str) {
-    // `kill(1)` rather than libc: this crate forbids unsafe code.
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
+fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        // Gone already is fine: the worker ended on its own.
+        let _ = kill_process(pid, sig);
+    }
 }
 
 #[async_trait]
@@ -237,7 +233,7 @@ impl Provisioner for LocalProvisioner {
             ..
         } = running;
         if let Some(pid) = child.id() {
-            signal(pid, "TERM").await;
+            signal(pid, Signal::TERM);
         }
         let grace = self.config.stop_grace;
         tokio::spawn(async move {

@@ -1,12 +1,13 @@
 //! `init`: copy one database into another under one snapshot.
 //!
 //! Preflight ([`preflight`]: the shared checks, the target's state, the run lock and the sweep
-//! for leftovers) → snapshot and catalog (with sync: publication, then the slot whose snapshot
-//! the copy uses) → pre-data (one transaction) → data and, per table as soon as its rows are
-//! in, its indexes and constraints → foreign keys → the rest of post-data ([`post_data`]) →
-//! sequences and large objects ([`finish`]) → ANALYZE → the copy recorded as complete → the
-//! subscription and the bookkeeping's removal in one transaction (or just the removal). A pool
-//! of `jobs` connection pairs ([`pool`]) works one queue; every unit and item is one target
+//! for leftovers) → snapshot and catalog ([`source`]; with sync: publication, then the slot
+//! whose snapshot the copy uses) → the plan and pre-data (one transaction) → data and, per
+//! table as soon as its rows are in, its indexes and constraints → foreign keys → the rest of
+//! post-data ([`run`], [`post_data`]) → sequences and large objects ([`finish`]) → ANALYZE →
+//! the copy recorded as complete → the subscription and the bookkeeping's removal in one
+//! transaction, or just the removal ([`replicate`]). A pool
+//! of `jobs` connection pairs ([`pool`]) works one queue ([`queue`]); every unit and item is one target
 //! transaction that claims its record first, so a failure loses nothing that was finished, a
 //! retry never applies anything twice, and nothing is left half done.
 //!
@@ -18,30 +19,31 @@ mod finish;
 mod pool;
 mod post_data;
 mod preflight;
+mod queue;
+mod replicate;
+mod run;
+mod source;
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::catalog::{self, Catalog};
-use crate::checks;
 use crate::connect::connect;
 use crate::conninfo::ConnUrl;
 use crate::error::{Error, Result, Side};
-use crate::filter::{Filter, QualName};
-use crate::plan::{self, SplitPolicy, SplitSize};
-use crate::progress::{Event, Observer, Phase, PlanSummary};
-use crate::schema::{self, DumpOptions};
-use crate::snapshot::{self, Snapshot};
+use crate::filter::Filter;
+use crate::plan::{SplitPolicy, SplitSize};
+use crate::progress::{Event, Observer, Phase};
 use crate::sync::{self, SyncMode, SyncNames, SyncReport};
 use crate::target::{self, TargetState};
 
 pub(crate) use finish::copy_sequences;
-use pool::{run_pool, with_retries, Pair, Sched, Shared, Task, Tracker};
-use post_data::{classify, Classified, Item};
-use preflight::{preflight, tables_to_copy, Preflight};
+use preflight::{preflight, Preflight};
+use replicate::{
+    drop_bookkeeping, finish_complete_copy, retire_old_replication, start_replication,
+};
+use run::run;
+use source::take_snapshot;
 
 /// Which COPY format to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,10 +250,7 @@ pub async fn init_until(
         return Err(Error::Usage("--jobs must be at least 1".into()));
     }
     let names = SyncNames::for_target(&opts.target);
-    let mut opts = opts;
     let sessions = crate::connect::Sessions::tracked();
-    opts.source.sessions = sessions.clone();
-    opts.target.sessions = sessions.clone();
     let ctx = Arc::new(Ctx {
         opts,
         observer,
@@ -260,10 +259,15 @@ pub async fn init_until(
         target_system: Mutex::new(None),
     });
     // Leaving the select drops the losing branch: every session of the run closes.
-    let outcome = tokio::select! {
-        r = run_all(&ctx, &names) => r,
-        () = stop => Err(Error::Cancelled),
-    };
+    // Boxed: the run's future is large, and callers (the worker) hold it beside others.
+    let outcome = sessions
+        .scope(Box::pin(async {
+            tokio::select! {
+                r = run_all(&ctx, &names) => r,
+                () = stop => Err(Error::Cancelled),
+            }
+        }))
+        .await;
     match outcome {
         Ok(()) => Ok(lock(&ctx.report).clone()),
         Err(e) => {
@@ -383,122 +387,6 @@ async fn clean_up(ctx: &Ctx, names: &SyncNames) {
     }
 }
 
-/// A target about to be replaced may still be subscribed to the source (an earlier sync). Its
-/// subscription goes first: left running, it would reattach to the slot this run creates under
-/// the same name and consume changes meant for the new copy. Without sync in this run, the old
-/// slot and publication go too, or the source would keep WAL for them.
-async fn retire_old_replication(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -> Result<()> {
-    let o = &ctx.opts;
-    if pre.create_with.is_none() || pre.state == TargetState::Missing {
-        return Ok(());
-    }
-    let mut subscribed = false;
-    if let Ok(old) = connect(&o.target, Side::Target).await {
-        if sync::drop_subscription(&old, names).await? {
-            tracing::info!(subscription = %names.subscription, "dropped the replaced target's subscription");
-            subscribed = true;
-        }
-    }
-    // The replaced copy's slot and publication were its own (its subscription used them); a
-    // new slot of the same name is made below when sync follows.
-    if subscribed || !pre.sync {
-        let source = connect(&o.source, Side::Source).await?;
-        sync::drop_source_objects(&source, names).await?;
-    }
-    Ok(())
-}
-
-/// The copy is complete: subscribe the target to the slot, so that replication starts exactly
-/// where the copy's snapshot ended, and remove the bookkeeping in the same transaction. When
-/// the target cannot subscribe, the slot, the publication and the bookkeeping (which records
-/// the copy as complete) are kept, so that `sync` can start it later from the same point.
-async fn start_replication(
-    ctx: &Ctx,
-    names: &SyncNames,
-    consistent_point: String,
-    published: usize,
-) -> Result<SyncReport> {
-    let o = &ctx.opts;
-    let via = o.sync_source.as_ref().unwrap_or(&o.source);
-    if via.password.is_some() {
-        ctx.warn(
-            "the subscription's connection string holds the source password, which the target \
-             keeps in pg_subscription (readable by its superusers); prefer a replication role \
-             of its own, or --sync-source-url without a password and a pgpass file on the \
-             target server"
-                .into(),
-        );
-    }
-    let target = connect(&o.target, Side::Target).await?;
-    if let Err(e) = sync::create_subscription(&target, names, via).await {
-        return Err(Error::ReplicationNotStarted(format!(
-            "the copy is complete, but replication did not start: {e}. The slot {} keeps the \
-             source's changes since the copy; fix the cause and run `postgres-seren-replicator \
-             sync` to start from there, or `sync --stop` to drop the slot",
-            names.slot
-        )));
-    }
-    Ok(SyncReport {
-        names: names.clone(),
-        consistent_point,
-        published_tables: published,
-    })
-}
-
-/// `--resume` of a copy that had completed: start its replication from the slot it made, or,
-/// when replication does not follow, drop the slot and the bookkeeping.
-async fn finish_complete_copy(ctx: &Ctx, pre: &Preflight, names: &SyncNames) -> Result<()> {
-    let o = &ctx.opts;
-    let source = connect(&o.source, Side::Source).await?;
-    let (slot, publication) = sync::source_objects(&source, names).await?;
-    let lost = slot && sync::slot_lost(&source, names).await?;
-    if lost {
-        ctx.warn(format!(
-            "the copy is complete, but its replication slot {} was invalidated (the source \
-             removed WAL it needed, see max_slot_wal_keep_size), so replication cannot start \
-             without a gap: `postgres-seren-replicator sync --force` copies again and replicates",
-            names.slot
-        ));
-    }
-    if pre.sync && slot && publication && !lost {
-        let (point, published) = sync::slot_origin(&source, names).await?;
-        let report = ctx
-            .phase(
-                Phase::Replication,
-                start_replication(ctx, names, point, published),
-            )
-            .await?;
-        lock(&ctx.report).sync = Some(report);
-        return Ok(());
-    }
-    if o.sync != SyncMode::Off && !slot && !lost {
-        ctx.warn(format!(
-            "the copy is complete, but its replication slot {} is gone, so replication cannot \
-             start without a gap: `postgres-seren-replicator sync --force` copies again and \
-             replicates",
-            names.slot
-        ));
-    }
-    let dropped = sync::drop_source_objects(&source, names).await?;
-    if !dropped.is_empty() {
-        ctx.warn(format!(
-            "dropped the {} of the complete copy: replication does not follow it",
-            dropped.join(" and ")
-        ));
-    }
-    drop_bookkeeping(ctx).await
-}
-
-/// Remove the bookkeeping once the copy is complete (retried: dropping it twice is harmless).
-async fn drop_bookkeeping(ctx: &Ctx) -> Result<()> {
-    let o = &ctx.opts;
-    with_retries(ctx, "remove the bookkeeping", || async {
-        let t = connect(&o.target, Side::Target).await?;
-        target::drop_bookkeeping(&t).await
-    })
-    .await
-}
-
 /// Drop and/or create the target database. Runs only after every check has passed, so a
 /// refused run changes nothing.
 async fn prepare_target(ctx: &Ctx, pre: &Preflight) -> Result<()> {
@@ -515,423 +403,5 @@ async fn prepare_target(ctx: &Ctx, pre: &Preflight) -> Result<()> {
     if let Some(w) = warning {
         ctx.warn(w);
     }
-    Ok(())
-}
-
-struct Snap {
-    snapshot: Snapshot,
-    catalog: Catalog,
-    copy: Vec<bool>,
-    excluded: Vec<QualName>,
-    /// With sync: the slot whose snapshot this is, and how many tables it publishes.
-    slot: Option<(crate::replication::CreatedSlot, usize)>,
-}
-
-/// What the publication carries and what it leaves out.
-struct Published {
-    tables: Vec<QualName>,
-    left_out: HashSet<QualName>,
-}
-
-/// With sync: publish the tables the copy will fill that replication can keep exact, then
-/// create the slot whose exported snapshot the copy uses. The publication comes first because
-/// pgoutput decides what a change belongs to by the catalog as of that change. Tables that are
-/// not permanent, or whose UPDATE and DELETE replication cannot carry, are copied and left out,
-/// with a warning: publishing a table without a replica identity would make the application's
-/// UPDATE and DELETE on it fail.
-async fn snapshot_with_slot(
-    ctx: &Ctx,
-    names: &SyncNames,
-) -> Result<(Snapshot, crate::replication::CreatedSlot, Published)> {
-    let o = &ctx.opts;
-    let plain = connect(&o.source, Side::Source).await?;
-    let now = catalog::read(&plain).await?;
-    let (persistent, unlogged) = sync::replicable(&plain, &tables_to_copy(&now, &o.filter)).await?;
-    if !unlogged.is_empty() {
-        let list: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
-        ctx.warn(format!(
-            "copied but not replicated (logical replication carries permanent tables only): {}",
-            list.join(", ")
-        ));
-    }
-    let gaps = checks::identity_problems(&plain, Some(&persistent)).await?;
-    if !gaps.is_empty() {
-        let list: Vec<String> = gaps.iter().map(ToString::to_string).collect();
-        ctx.warn(format!(
-            "copied but not replicated: {}; publishing them would make UPDATE and DELETE on them \
-             fail on the source or stop the subscription, so changes to them after the copy do \
-             not reach the target: {}",
-            checks::name_list(&list, 10),
-            checks::IDENTITY_FIX
-        ));
-    }
-    let gap_tables: HashSet<&QualName> = gaps.iter().map(|g| &g.table).collect();
-    let tables: Vec<QualName> = persistent
-        .iter()
-        .filter(|t| !gap_tables.contains(t))
-        .cloned()
-        .collect();
-    let left_out: HashSet<QualName> = unlogged
-        .into_iter()
-        .chain(gaps.into_iter().map(|g| g.table))
-        .collect();
-    warn_money_locale(ctx, &plain, &tables).await?;
-    // Anything of this name still there belongs to a replication this run may not end.
-    sync::refuse_existing(&plain, names).await?;
-    ctx.made(|m| m.replication = true);
-    let comment = sync::publication_comment(&o.target, pre_target_system(ctx).as_deref());
-    sync::create_publication(&plain, names, &tables, &comment).await?;
-    let (snapshot, created) = sync::create_slot(&o.source, &plain, names).await?;
-    Ok((snapshot, created, Published { tables, left_out }))
-}
-
-/// Replication carries values as text rendered by the source's WAL sender, which does not pin
-/// `lc_monetary` as this tool's sessions do: a `money` column is read back right only when the
-/// target reads it in the same locale. Warn when the two defaults differ.
-async fn warn_money_locale(
-    ctx: &Ctx,
-    source: &tokio_postgres::Client,
-    tables: &[QualName],
-) -> Result<()> {
-    let (schemas, names): (Vec<&str>, Vec<&str>) = tables
-        .iter()
-        .map(|t| (t.schema.as_str(), t.name.as_str()))
-        .unzip();
-    let with_money: Vec<String> = source
-        .query(
-            "SELECT DISTINCT format('%I.%I', n.nspname, c.relname) FROM pg_attribute a \
-             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE a.atttypid = 'money'::regtype AND a.attnum > 0 AND NOT a.attisdropped \
-               AND (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
-             ORDER BY 1",
-            &[&schemas, &names],
-        )
-        .await
-        .map_err(|e| Error::sql(Side::Source, "look for money columns", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if with_money.is_empty() {
-        return Ok(());
-    }
-    let default = "SELECT reset_val FROM pg_settings WHERE name = 'lc_monetary'";
-    let theirs: String = source
-        .query_one(default, &[])
-        .await
-        .map_err(|e| Error::sql(Side::Source, "read lc_monetary", e))?
-        .get(0);
-    let maintenance = target::connect_maintenance(&ctx.opts.target).await?;
-    let ours: String = maintenance
-        .query_one(default, &[])
-        .await
-        .map_err(|e| Error::sql(Side::Target, "read lc_monetary", e))?
-        .get(0);
-    if theirs != ours {
-        ctx.warn(format!(
-            "{} have money columns, and the source renders money in lc_monetary {theirs} while \
-             the target reads it in {ours}: replicated changes to them would arrive wrong or stop \
-             the subscription; set lc_monetary = '{theirs}' on the target database (ALTER DATABASE \
-             … SET lc_monetary) before writes start, or use numeric",
-            checks::name_list(&with_money, 5)
-        ));
-    }
-    Ok(())
-}
-
-async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap> {
-    let (snapshot, slot) = match sync_names {
-        Some(names) => {
-            let (snapshot, created, published) = snapshot_with_slot(ctx, names).await?;
-            (snapshot, Some((created, published)))
-        }
-        None => (Snapshot::export(&ctx.opts.source).await?, None),
-    };
-    let client = connect(&ctx.opts.source, Side::Source).await?;
-    snapshot::import(&client, snapshot.name()).await?;
-    let catalog = catalog::read(&client).await?;
-    let filter = &ctx.opts.filter;
-    for name in filter.row_filters.keys() {
-        if !catalog.tables.iter().any(|t| &t.name == name) {
-            return Err(Error::Usage(format!(
-                "--table-filter names {name}, which is not a table in the source"
-            )));
-        }
-    }
-    let excluded: Vec<QualName> = catalog
-        .relations
-        .iter()
-        .filter(|r| !filter.selects(r))
-        .cloned()
-        .collect();
-    if !filter.include.is_empty()
-        && excluded.len() == catalog.relations.len()
-        && !catalog.relations.is_empty()
-    {
-        return Err(Error::Usage(
-            "--include-tables matches no table in the source".into(),
-        ));
-    }
-    let copy = catalog
-        .tables
-        .iter()
-        .map(|t| filter.selects(&t.name) && !filter.is_schema_only(&t.name))
-        .collect();
-    let slot = match slot {
-        Some((created, published)) => {
-            // A table created between the publication and the slot would be copied and then
-            // never replicated: refuse rather than drift.
-            let published_set: HashSet<&QualName> = published.tables.iter().collect();
-            let (persistent, _) =
-                sync::replicable(&client, &tables_to_copy(&catalog, filter)).await?;
-            let missing: Vec<String> = persistent
-                .iter()
-                .filter(|t| !published_set.contains(t) && !published.left_out.contains(t))
-                .map(ToString::to_string)
-                .collect();
-            if !missing.is_empty() {
-                return Err(Error::Preflight(format!(
-                    "table(s) {} appeared on the source while replication was being set up; run \
-                     again",
-                    missing.join(", ")
-                )));
-            }
-            Some((created, published.tables.len()))
-        }
-        None => None,
-    };
-    Ok(Snap {
-        snapshot,
-        catalog,
-        copy,
-        excluded,
-        slot,
-    })
-}
-
-/// The plan of this run: a fresh one recorded in new bookkeeping, or the interrupted run's,
-/// with its split tables that did not finish planned again whole. Returns the units and the
-/// keys of the steps already done.
-async fn plan_units(
-    ctx: &Ctx,
-    pre: &Preflight,
-    catalog: &Catalog,
-    copy: &[bool],
-) -> Result<(Vec<plan::Unit>, HashSet<String>)> {
-    let o = &ctx.opts;
-    let bookkeeping = connect(&o.target, Side::Target).await?;
-    if pre.resumed {
-        let (records, steps) = target::load_bookkeeping(&bookkeeping).await?;
-        // Rows updated since the interrupted run's snapshot may have moved between blocks: a
-        // split table must not mix ranges of two snapshots, so it is copied again whole.
-        let (records, redo) = plan::restart_unfinished_splits(records);
-        for r in &redo {
-            target::replace_units(&bookkeeping, &r.schema, &r.table, r).await?;
-            ctx.warn(format!(
-                "copying {}.{} again in one piece: not all of its block ranges had finished \
-                 before the interruption, and rows may have moved between blocks since",
-                r.schema, r.table
-            ));
-        }
-        let units = plan::from_records(&records, &catalog.tables, &o.filter)?;
-        ctx.warn(
-            "resuming an interrupted run: its finished units are kept and the rest are copied \
-             from a new snapshot, so rows copied before and after the interruption reflect \
-             different moments of the source; for a consistent copy start over with \
-             --drop-existing"
-                .into(),
-        );
-        return Ok((units, steps.into_iter().collect()));
-    }
-    let policy = SplitPolicy {
-        tid_range_scan: o.split.tid_range_scan && pre.source_major >= 14,
-        ..o.split
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let streams = plan::stream_capacity(
-        o.source.is_on_this_machine(),
-        o.target.is_on_this_machine(),
-        cores,
-        o.jobs as u64,
-    );
-    let units = plan::plan(
-        &catalog.tables,
-        copy,
-        &o.filter,
-        policy,
-        o.jobs as u64,
-        streams,
-    );
-    tracing::info!(streams, units = units.len(), "planned the data phase");
-    target::create_bookkeeping(
-        &bookkeeping,
-        &plan::records(&units, &catalog.tables),
-        &pre.source_identity,
-        &o.filter.describe(),
-    )
-    .await?;
-    ctx.made(|m| m.bookkeeping = true);
-    Ok((units, HashSet::new()))
-}
-
-async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<()> {
-    let o = &ctx.opts;
-    let Snap {
-        snapshot,
-        catalog,
-        copy,
-        excluded,
-        slot: _,
-    } = snap;
-    let (units, done_steps) = plan_units(ctx, pre, &catalog, &copy).await?;
-    {
-        let mut r = lock(&ctx.report);
-        r.resumed = pre.resumed;
-        r.tables = copy.iter().filter(|c| **c).count();
-        r.units_total = units.len();
-    }
-
-    let dump_opts = DumpOptions {
-        excluded,
-        no_owner: o.no_owner,
-        no_privileges: o.no_privileges,
-        target_major: pre.target_major,
-    };
-    if !done_steps.contains("pre-data") {
-        ctx.phase(
-            Phase::PreData,
-            schema::restore_pre_data(
-                &pre.tools,
-                &o.source,
-                &o.target,
-                snapshot.name(),
-                &dump_opts,
-                &target::record_step_sql("pre-data"),
-            ),
-        )
-        .await?;
-        ctx.made(|m| m.pre_data = true);
-    }
-    let post = schema::dump_post_data(&pre.tools, &o.source, snapshot.name(), &dump_opts).await?;
-    let classified = classify(&post, &catalog, &done_steps);
-    let post_items = classified.len();
-    let Classified {
-        by_table,
-        attach,
-        foreign_keys,
-        rest,
-    } = classified;
-
-    let summary = PlanSummary {
-        tables: lock(&ctx.report).tables,
-        units: units.len(),
-        units_done: units.iter().filter(|u| u.done).count(),
-        bytes_estimate: units.iter().filter(|u| !u.done).map(|u| u.est_bytes).sum(),
-        rows_estimate: catalog
-            .tables
-            .iter()
-            .zip(&copy)
-            .filter(|(_, c)| **c)
-            .filter_map(|(t, _)| t.est_rows)
-            .sum(),
-        post_data_items: post_items,
-    };
-    ctx.emit(Event::Planned(summary.clone()));
-
-    // The pool.
-    let mut pairs = Vec::with_capacity(o.jobs);
-    for id in 0..o.jobs {
-        pairs.push(Pair::open(ctx, id, snapshot.name(), &post).await?);
-    }
-    let shared = Shared {
-        snapshot: Arc::new(snapshot),
-        catalog: Arc::new(catalog),
-        tracker: Arc::new(Tracker::new(&units)),
-        units: Arc::new(units),
-    };
-    let (catalog, units, tracker) = (&shared.catalog, &shared.units, &shared.tracker);
-
-    // Data, and each table's indexes and constraints as soon as its rows are in.
-    let mut sched = Sched::default();
-    let mut remaining: HashMap<QualName, usize> = HashMap::new();
-    for (i, u) in units.iter().enumerate() {
-        if !u.done {
-            sched.tasks.push_back(Task::Unit(i));
-            *remaining
-                .entry(catalog.tables[u.table].name.clone())
-                .or_default() += 1;
-        } else {
-            ctx.rows_moved();
-        }
-    }
-    for (table, items) in by_table {
-        if remaining.contains_key(&table) {
-            sched.waiting.insert(table, items);
-        } else {
-            sched.tasks.extend(items.into_iter().map(Task::Item));
-        }
-    }
-    sched.remaining = remaining;
-    let ticker = tracker.clone().start_ticker(ctx.clone());
-    let data = ctx
-        .phase(Phase::Data, run_pool(ctx, pairs, sched, &shared))
-        .await;
-    ticker.abort();
-    tracker.emit_progress(ctx);
-    let pairs = data?;
-
-    // Constraints built as indexes become constraints; then foreign keys (in parallel: every
-    // index and key they need exists now); then the rest in order.
-    let post_phase = async {
-        let mut pairs = pairs;
-        for items in [attach, foreign_keys] {
-            let mut sched = Sched::default();
-            sched.tasks.extend(items.into_iter().map(Task::Item));
-            pairs = run_pool(ctx, pairs, sched, &shared).await?;
-        }
-        let mut sched = Sched::default();
-        sched.tasks.extend(rest.into_iter().map(Task::Item));
-        // In dump order: one pair works the queue.
-        let mut rest_pairs = pairs;
-        let others = rest_pairs.split_off(1.min(rest_pairs.len()));
-        let first = run_pool(ctx, rest_pairs, sched, &shared).await?;
-        Ok::<_, Error>(first.into_iter().chain(others).collect::<Vec<_>>())
-    };
-    let pairs = ctx.phase(Phase::PostData, post_phase).await?;
-    lock(&ctx.report).post_data_items = tracker.items_done.load(Ordering::Relaxed);
-
-    ctx.phase(
-        Phase::Finish,
-        finish::finish(ctx, &shared.snapshot, catalog, &done_steps),
-    )
-    .await?;
-
-    // ANALYZE every copied table, in parallel.
-    let mut sched = Sched::default();
-    for (t, c) in catalog.tables.iter().zip(&copy) {
-        if *c {
-            sched.tasks.push_back(Task::Item(Item {
-                key: None,
-                label: format!("analyze {}", t.name),
-                sql: format!("ANALYZE {}", t.name.quoted()),
-                cost: 0,
-                is_index: false,
-            }));
-        }
-    }
-    ctx.phase(Phase::Analyze, run_pool(ctx, pairs, sched, &shared))
-        .await?;
-
-    with_retries(ctx, "record the copy as complete", || async {
-        let t = connect(&o.target, Side::Target).await?;
-        t.batch_execute(&target::record_step_sql(target::COMPLETE_STEP))
-            .await
-            .map_err(|e| Error::sql(Side::Target, "record the copy as complete", e))
-    })
-    .await?;
-    ctx.made(|m| m.complete = true);
-    let mut r = lock(&ctx.report);
-    r.rows = tracker.rows.load(Ordering::Relaxed);
-    r.bytes = tracker.bytes.load(Ordering::Relaxed);
-    r.units_run = tracker.units_done.load(Ordering::Relaxed);
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The pool: `jobs` connection pairs working one queue of units (a table or a block range of
-//! one) and post-data items, with retries.
+//! one) and post-data statements ([`Queue`]), with retries. The pool's own task owns the queue
+//! and hands each idle pair the next task; a pair comes back with its outcome when the task
+//! ends, so nothing is shared between them but the counters.
 //!
 //! Every unit and every recorded item claims its record as the first statement of the
 //! transaction that does it ([`target::claim_unit`], [`target::claim_step`]), so a retry after
@@ -8,47 +10,28 @@
 //! still committing waits for it, and one whose predecessor rolled back does the work in full.
 //! No range is ever appended twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio_postgres::Client;
 
-use super::post_data::Item;
+use super::post_data::Statement;
+use super::queue::{Queue, Task};
 use super::{lock, Ctx, FormatChoice};
 use crate::catalog::Catalog;
 use crate::connect::connect;
 use crate::copy::{copy_in_sql, copy_out_sql, pump, Format};
 use crate::error::{Error, Result, Side};
-use crate::filter::QualName;
 use crate::plan::Unit;
 use crate::progress::{DataProgress, Event};
 use crate::schema::ParsedDump;
 use crate::snapshot::{self, Snapshot};
 use crate::target::{self, Claim};
 
-#[derive(Debug)]
-pub(crate) enum Task {
-    Unit(usize),
-    Item(Item),
-}
-
-/// The shared queue. Items become ready when the last unit of their table finishes; they go to
-/// the front so a table's indexes build while other tables are still loading.
-#[derive(Debug, Default)]
-pub(crate) struct Sched {
-    pub tasks: VecDeque<Task>,
-    pub waiting: HashMap<QualName, Vec<Item>>,
-    pub remaining: HashMap<QualName, usize>,
-    copied: HashMap<QualName, (u64, u64)>,
-    in_flight: usize,
-    error: Option<Error>,
-}
-
 /// Live counters of the data phase.
-pub(crate) struct Tracker {
+pub(crate) struct Counters {
     started: Instant,
     pub bytes: AtomicU64,
     pub rows: AtomicU64,
@@ -60,7 +43,7 @@ pub(crate) struct Tracker {
     active: Mutex<HashMap<usize, (String, u64, u64)>>,
 }
 
-impl Tracker {
+impl Counters {
     pub fn new(units: &[Unit]) -> Self {
         Self {
             started: Instant::now(),
@@ -280,7 +263,7 @@ impl Pair {
         ctx: &Ctx,
         unit: &Unit,
         catalog: &Catalog,
-        tracker: &Tracker,
+        counters: &Counters,
     ) -> Result<UnitDone> {
         let table = &catalog.tables[unit.table];
         let format = if ctx.opts.format == FormatChoice::Auto && table.binary_ok {
@@ -309,8 +292,8 @@ impl Pair {
             let out_sql = copy_out_sql(table, &unit.slice, format);
             let in_sql = copy_in_sql(table, format, freeze);
             let (rows, bytes) = pump(&self.source, &self.target, &out_sql, &in_sql, |n| {
-                tracker.bytes.fetch_add(n, Ordering::Relaxed);
-                if let Some(entry) = lock(&tracker.active).get_mut(&self.id) {
+                counters.bytes.fetch_add(n, Ordering::Relaxed);
+                if let Some(entry) = lock(&counters.active).get_mut(&self.id) {
                     entry.1 += n;
                 }
             })
@@ -355,7 +338,7 @@ impl Pair {
 
     /// Run one item; a recorded one claims its key first and is skipped when an earlier
     /// attempt committed it.
-    pub async fn run_item(&self, item: &Item) -> Result<()> {
+    pub async fn run_item(&self, item: &Statement) -> Result<()> {
         let fail = |e| Error::sql(Side::Target, item.label.clone(), e);
         let Some(key) = &item.key else {
             return self.target.batch_execute(&item.sql).await.map_err(fail);
@@ -391,112 +374,83 @@ pub(crate) struct Shared {
     pub snapshot: Arc<Snapshot>,
     pub catalog: Arc<Catalog>,
     pub units: Arc<Vec<Unit>>,
-    pub tracker: Arc<Tracker>,
+    pub counters: Arc<Counters>,
 }
 
 pub(crate) async fn run_pool(
     ctx: &Arc<Ctx>,
     pairs: Vec<Pair>,
-    sched: Sched,
+    mut queue: Queue,
     shared: &Shared,
 ) -> Result<Vec<Pair>> {
-    let sched = Arc::new(Mutex::new(sched));
-    let notify = Arc::new(Notify::new());
-    let mut set = tokio::task::JoinSet::new();
-    for mut pair in pairs {
-        let (ctx, sched, notify) = (ctx.clone(), sched.clone(), notify.clone());
-        let (snapshot, catalog, units, tracker) = (
-            shared.snapshot.clone(),
-            shared.catalog.clone(),
-            shared.units.clone(),
-            shared.tracker.clone(),
-        );
-        set.spawn(async move {
-            loop {
-                let task = {
-                    let mut s = lock(&sched);
-                    if s.error.is_some() {
-                        break;
-                    }
-                    match s.tasks.pop_front() {
-                        Some(t) => {
-                            s.in_flight += 1;
-                            Some(t)
-                        }
-                        None if s.in_flight == 0 => break,
-                        None => None,
-                    }
-                };
-                let Some(task) = task else {
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(100), notify.notified()).await;
-                    continue;
-                };
+    // Idle pairs, the lowest id on top: a pass with one task uses pair 0.
+    let mut idle = pairs;
+    idle.sort_by_key(|p| std::cmp::Reverse(p.id));
+    let mut running = tokio::task::JoinSet::new();
+    let mut error: Option<Error> = None;
+    loop {
+        // After a failure nothing new starts; what runs finishes (or fails) first.
+        while error.is_none() && !idle.is_empty() {
+            let Some(task) = queue.next() else { break };
+            let Some(mut pair) = idle.pop() else { break };
+            let (ctx, snapshot, catalog, units, counters) = (
+                ctx.clone(),
+                shared.snapshot.clone(),
+                shared.catalog.clone(),
+                shared.units.clone(),
+                shared.counters.clone(),
+            );
+            running.spawn(crate::connect::Sessions::carry(async move {
                 let outcome = run_task(
-                    &ctx, &mut pair, &task, &snapshot, &catalog, &units, &tracker,
+                    &ctx, &mut pair, &task, &snapshot, &catalog, &units, &counters,
                 )
                 .await;
-                let mut s = lock(&sched);
-                s.in_flight -= 1;
-                match outcome {
-                    Ok((rows, bytes)) => {
-                        if let Task::Unit(i) = task {
-                            let table = &catalog.tables[units[i].table].name;
-                            let total = s.copied.entry(table.clone()).or_default();
-                            total.0 += rows;
-                            total.1 += bytes;
-                            let left = s.remaining.get_mut(table).map(|n| {
-                                *n -= 1;
-                                *n
-                            });
-                            if left == Some(0) {
-                                let (rows, bytes) = s.copied.remove(table).unwrap_or_default();
-                                ctx.emit(Event::TableCopied {
-                                    table: table.to_string(),
-                                    rows,
-                                    bytes,
-                                });
-                                if let Some(items) = s.waiting.remove(table) {
-                                    for item in items.into_iter().rev() {
-                                        s.tasks.push_front(Task::Item(item));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // The run fails with the first error; later ones (often its
-                        // consequences) are logged rather than lost.
-                        if s.error.is_none() {
-                            s.error = Some(e);
-                        } else {
-                            tracing::warn!(code = e.code(), error = %e, "also failed");
-                        }
-                    }
-                }
-                drop(s);
-                notify.notify_waiters();
-            }
-            pair
-        });
-    }
-    let mut back = Vec::new();
-    while let Some(joined) = set.join_next().await {
+                (pair, task, outcome)
+            }));
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
         match joined {
-            Ok(p) => back.push(p),
+            Ok((pair, task, outcome)) => {
+                idle.push(pair);
+                idle.sort_by_key(|p| std::cmp::Reverse(p.id));
+                match (outcome, task) {
+                    (Ok((rows, bytes)), Task::Unit(i)) => {
+                        let table = &shared.catalog.tables[shared.units[i].table].name;
+                        if let Some((rows, bytes)) = queue.unit_done(table, rows, bytes) {
+                            ctx.emit(Event::TableCopied {
+                                table: table.to_string(),
+                                rows,
+                                bytes,
+                            });
+                        }
+                    }
+                    (Ok(_), Task::Statement(_)) => {}
+                    // The run fails with the first error; later ones (often its consequences)
+                    // are logged rather than lost.
+                    (Err(e), _) if error.is_none() => error = Some(e),
+                    (Err(e), _) => tracing::warn!(code = e.code(), error = %e, "also failed"),
+                }
+            }
             Err(e) => {
-                lock(&sched).error.get_or_insert(Error::Internal(format!(
+                let defect = Error::Internal(format!(
                     "a copy task failed ({e}); this is a defect of the tool, please report \
-                         it; the target keeps what finished, for --resume"
-                )));
+                     it; the target keeps what finished, for --resume"
+                ));
+                match &error {
+                    None => error = Some(defect),
+                    Some(_) => tracing::warn!(error = %defect, "also failed"),
+                }
             }
         }
     }
-    back.sort_by_key(|p| p.id);
-    let error = lock(&sched).error.take();
     match error {
         Some(e) => Err(e),
-        None => Ok(back),
+        None => {
+            idle.reverse();
+            Ok(idle)
+        }
     }
 }
 
@@ -509,43 +463,43 @@ async fn run_task(
     snapshot: &Snapshot,
     catalog: &Catalog,
     units: &[Unit],
-    tracker: &Tracker,
+    counters: &Counters,
 ) -> Result<(u64, u64)> {
     let label = match task {
         Task::Unit(i) => units[*i].id.clone(),
-        Task::Item(item) => item.label.clone(),
+        Task::Statement(item) => item.label.clone(),
     };
     let est = match task {
         Task::Unit(i) => units[*i].est_bytes,
-        Task::Item(_) => 0,
+        Task::Statement(_) => 0,
     };
     let mut attempt = 0;
     loop {
         let started = Instant::now();
-        lock(&tracker.active).insert(pair.id, (label.clone(), 0, est));
+        lock(&counters.active).insert(pair.id, (label.clone(), 0, est));
         let result = async {
             if attempt > 0 {
                 pair.reconnect(ctx, snapshot).await?;
             }
             match task {
                 Task::Unit(i) => {
-                    let done = pair.run_unit(ctx, &units[*i], catalog, tracker).await?;
+                    let done = pair.run_unit(ctx, &units[*i], catalog, counters).await?;
                     let (rows, bytes) = match done {
                         UnitDone::Copied(r, b) | UnitDone::Earlier(r, b) => (r, b),
                     };
                     ctx.rows_moved();
-                    tracker.rows.fetch_add(rows, Ordering::Relaxed);
-                    tracker.estimate_done.fetch_add(est, Ordering::Relaxed);
-                    tracker.units_done.fetch_add(1, Ordering::Relaxed);
+                    counters.rows.fetch_add(rows, Ordering::Relaxed);
+                    counters.estimate_done.fetch_add(est, Ordering::Relaxed);
+                    counters.units_done.fetch_add(1, Ordering::Relaxed);
                     Ok((rows, bytes))
                 }
-                Task::Item(item) => {
+                Task::Statement(item) => {
                     pair.run_item(item).await?;
                     if item.key.is_some() {
-                        tracker.items_done.fetch_add(1, Ordering::Relaxed);
+                        counters.items_done.fetch_add(1, Ordering::Relaxed);
                         // After the data phase no ticker runs: each item finished is progress
                         // (a remote worker's stall detection watches it).
-                        tracker.emit_progress(ctx);
+                        counters.emit_progress(ctx);
                     }
                     Ok((0, 0))
                 }
@@ -553,7 +507,7 @@ async fn run_task(
         }
         .await;
         let result: Result<(u64, u64)> = result;
-        lock(&tracker.active).remove(&pair.id);
+        lock(&counters.active).remove(&pair.id);
         match result {
             Ok(done) => {
                 tracing::info!(pair = pair.id, task = %label, rows = done.0, bytes = done.1,

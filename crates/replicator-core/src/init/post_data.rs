@@ -12,7 +12,7 @@ use crate::schema::{DumpEntry, ParsedDump};
 
 /// A post-data item or any other statement the pool runs on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Item {
+pub(crate) struct Statement {
     /// Bookkeeping key; `None` for work that is not recorded (ANALYZE).
     pub key: Option<String>,
     pub label: String,
@@ -27,14 +27,14 @@ pub(crate) struct Item {
 #[derive(Debug, Default)]
 pub(crate) struct Classified {
     /// Each table's indexes and constraints, built as soon as its rows are in.
-    pub by_table: HashMap<QualName, Vec<Item>>,
+    pub by_table: HashMap<QualName, Vec<Statement>>,
     /// `ADD CONSTRAINT … USING INDEX` for the constraints built as indexes beside the others;
     /// run before the foreign keys.
-    pub attach: Vec<Item>,
+    pub attach: Vec<Statement>,
     /// Foreign keys, in parallel once every table's indexes exist.
-    pub foreign_keys: Vec<Item>,
+    pub foreign_keys: Vec<Statement>,
     /// Everything else, in the dump's order.
-    pub rest: Vec<Item>,
+    pub rest: Vec<Statement>,
 }
 
 impl Classified {
@@ -129,7 +129,7 @@ pub(crate) fn classify(post: &ParsedDump, catalog: &Catalog, done: &HashSet<Stri
             .get(&(e.schema.clone(), index_name.to_owned()))
             .map_or(0, |i| i.build_cost);
         let label = format!("{} {}.{}", e.kind.to_lowercase(), e.schema, e.tag);
-        let item = Item {
+        let item = Statement {
             key: Some(key.clone()),
             label: label.clone(),
             sql: e.sql.clone(),
@@ -149,7 +149,7 @@ pub(crate) fn classify(post: &ParsedDump, catalog: &Catalog, done: &HashSet<Stri
             (_, Some(t), Some(sep)) => {
                 let index_key = format!("{key}:index");
                 if !done.contains(&index_key) {
-                    out.by_table.entry(t.clone()).or_default().push(Item {
+                    out.by_table.entry(t.clone()).or_default().push(Statement {
                         key: Some(index_key),
                         label: format!("{label} (its index)"),
                         sql: sep.index_sql.clone(),
@@ -157,7 +157,7 @@ pub(crate) fn classify(post: &ParsedDump, catalog: &Catalog, done: &HashSet<Stri
                         is_index: true,
                     });
                 }
-                out.attach.push(Item {
+                out.attach.push(Statement {
                     key: Some(key),
                     label,
                     sql: sep.attach_sql.clone(),

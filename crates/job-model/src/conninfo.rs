@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
-/// A password. `Debug` and `Display` print `********`.
+/// A value that must never be shown: a password, a connection URL with its password, an API
+/// key. `Debug` and `Display` print `********`; the value leaves only through [`Secret::expose`].
+/// (Hand-written rather than `secrecy`'s: URLs that hold one compare with `==`.)
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -87,6 +89,17 @@ impl SslMode {
     }
 }
 
+/// Why a URL cannot be handed to a remote worker ([`ConnUrl::parse_for_worker`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteUrlError {
+    /// It does not parse, or names no host.
+    #[error("{0}")]
+    Invalid(String),
+    /// It names something only this machine has.
+    #[error("{0}")]
+    LocalOnly(&'static str),
+}
+
 /// A parsed PostgreSQL connection URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnUrl {
@@ -110,9 +123,6 @@ pub struct ConnUrl {
     pub application_name: Option<String>,
     /// Server settings sent at startup (`-c name=value …`).
     pub options: Option<String>,
-    /// The run whose sessions are tracked, so that it can cancel what they wait on when it
-    /// stops (see [`crate::connect::Sessions`]); not part of what the URL says.
-    pub sessions: crate::connect::Sessions,
 }
 
 /// Where `PG*` defaults come from; the process environment in production, a map in tests.
@@ -147,6 +157,28 @@ impl ConnUrl {
     /// As [`ConnUrl::parse`], and when the URL names no host.
     pub fn parse_remote(input: &str) -> Result<Self, String> {
         Self::parse_inner(input, &|_| None, true)
+    }
+
+    /// Parse a URL for a remote worker, as [`ConnUrl::parse_remote`], and refuse what only
+    /// this machine has: a Unix socket directory, an `sslrootcert` file. The one rule the CLI
+    /// (before it submits) and the coordinator (before it stores) apply.
+    ///
+    /// # Errors
+    /// [`RemoteUrlError`], one line without the password.
+    pub fn parse_for_worker(input: &str) -> Result<Self, RemoteUrlError> {
+        let url = Self::parse_remote(input).map_err(RemoteUrlError::Invalid)?;
+        if url.is_socket() {
+            return Err(RemoteUrlError::LocalOnly(
+                "it names a Unix socket directory; a remote worker needs a host name or address",
+            ));
+        }
+        if url.sslrootcert.is_some() {
+            return Err(RemoteUrlError::LocalOnly(
+                "its sslrootcert is a file on this machine that the worker cannot read; use \
+                 sslmode=verify-full with a publicly trusted certificate, or run locally",
+            ));
+        }
+        Ok(url)
     }
 
     /// [`ConnUrl::parse`] with an explicit environment.
@@ -300,7 +332,6 @@ impl ConnUrl {
             connect_timeout,
             application_name,
             options,
-            sessions: crate::connect::Sessions::default(),
         };
         if url.password.is_none() {
             // As libpq: PGPASSFILE, else ~/.pgpass.
@@ -559,6 +590,27 @@ mod tests {
         // Locally, no host still means localhost (or PGHOST), as with libpq.
         let local = ConnUrl::parse_with_env("postgresql://u@/db", &|_| None).expect("local");
         assert_eq!(local.host, "localhost");
+    }
+
+    #[test]
+    fn a_worker_url_names_nothing_only_this_machine_has() {
+        let local_only = |url: &str| match ConnUrl::parse_for_worker(url) {
+            Err(RemoteUrlError::LocalOnly(why)) => why,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(local_only("postgresql://u:pw@h/db?host=/tmp").contains("Unix socket"));
+        assert!(
+            local_only("postgresql://u:pw@h/db?sslrootcert=/etc/ca.pem&sslmode=verify-full")
+                .contains("sslrootcert")
+        );
+        let no_host =
+            ConnUrl::parse_for_worker("postgresql://u:secretpw@/db").expect_err("no host");
+        assert!(matches!(no_host, RemoteUrlError::Invalid(_)), "{no_host:?}");
+        assert!(!no_host.to_string().contains("secretpw"), "{no_host}");
+        let ok =
+            ConnUrl::parse_for_worker("postgresql://u:pw@db.example.com:6432/db?sslmode=require")
+                .expect("a worker URL");
+        assert_eq!((ok.host.as_str(), ok.port), ("db.example.com", 6432));
     }
 
     #[test]

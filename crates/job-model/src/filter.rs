@@ -3,7 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{Error, Result};
+/// A table pattern or `--table-filter` entry that does not parse; the text names it and says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(pub String);
+
+type Result<T, E = FilterError> = std::result::Result<T, E>;
+
+/// A quoted SQL identifier: `"name"` with embedded double quotes doubled (as libpq's
+/// `PQescapeIdentifier`; nothing else is special inside a quoted identifier).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 /// A qualified relation name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,11 +36,7 @@ impl QualName {
 
     /// `"schema"."name"`, quoted for SQL.
     pub fn quoted(&self) -> String {
-        format!(
-            "{}.{}",
-            crate::sql::ident(&self.schema),
-            crate::sql::ident(&self.name)
-        )
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 }
 
@@ -99,7 +106,7 @@ impl Pattern {
     /// # Errors
     /// A message naming the pattern when it is empty, has an unclosed quote or too many dots.
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Usage(format!("table pattern '{text}': {why}"));
+        let bad = |why: &str| FilterError(format!("table pattern '{text}': {why}"));
         let mut parts: Vec<Vec<GlobItem>> = vec![Vec::new()];
         let mut chars = text.trim().chars().peekable();
         let mut quoted = false;
@@ -168,7 +175,7 @@ impl Filter {
     /// Build from the CLI's strings.
     ///
     /// # Errors
-    /// [`Error::Usage`] naming the bad pattern or `--table-filter` entry.
+    /// [`FilterError`] naming the bad pattern or `--table-filter` entry.
     pub fn from_args(
         include: &[String],
         exclude: &[String],
@@ -184,7 +191,7 @@ impl Filter {
         for entry in table_filters {
             let (table, predicate) = split_table_filter(entry)?;
             if row_filters.insert(table.clone(), predicate).is_some() {
-                return Err(Error::Usage(format!("--table-filter names {table} twice")));
+                return Err(FilterError(format!("--table-filter names {table} twice")));
             }
         }
         Ok(Self {
@@ -247,7 +254,7 @@ impl Filter {
 /// `schema.table:predicate` → the table and the predicate. The table part is literal (quotes
 /// allowed) and must name a schema.
 fn split_table_filter(entry: &str) -> Result<(QualName, String)> {
-    let bad = |why: &str| Error::Usage(format!("--table-filter '{entry}': {why}"));
+    let bad = |why: &str| FilterError(format!("--table-filter '{entry}': {why}"));
     let mut quoted = false;
     let mut split = None;
     for (i, c) in entry.char_indices() {
