@@ -285,38 +285,30 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
     let undecided: Vec<&String> = all.difference(&decided).collect();
     assert!(undecided.is_empty(), "no decision for {undecided:?}");
 
-    // SEREN_PG_BINDIR is this machine's setting: not an error, but said.
-    let out = cli(&api)
-        .env("SEREN_PG_BINDIR", "/usr/lib/postgresql/15/bin")
-        .args([
-            "init", "--remote", "--detach", "--source", SOURCE, "--target", TARGET,
-        ])
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", said(&out));
-    assert!(
-        said(&out).contains("SEREN_PG_BINDIR is a directory on this machine"),
-        "{}",
-        said(&out)
-    );
-    // So is SEREN_SYNC_SOURCE_URL (set for the local runs' replication): said, not refused;
-    // the flag itself is refused above.
-    let out = cli(&api)
-        .env(
+    // This machine's settings in the environment are not errors, but said: SEREN_PG_BINDIR,
+    // and SEREN_SYNC_SOURCE_URL (for the local runs' replication; the flag is refused above).
+    for (var, value, note) in [
+        (
+            "SEREN_PG_BINDIR",
+            "/usr/lib/postgresql/15/bin",
+            "SEREN_PG_BINDIR is a directory on this machine",
+        ),
+        (
             "SEREN_SYNC_SOURCE_URL",
             "postgresql://repl@127.0.0.1:1/shop",
-        )
-        .args([
-            "init", "--remote", "--detach", "--source", SOURCE, "--target", TARGET,
-        ])
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", said(&out));
-    assert!(
-        said(&out).contains("SEREN_SYNC_SOURCE_URL is for replication"),
-        "{}",
-        said(&out)
-    );
+            "SEREN_SYNC_SOURCE_URL is for replication",
+        ),
+    ] {
+        let out = cli(&api)
+            .env(var, value)
+            .args([
+                "init", "--remote", "--detach", "--source", SOURCE, "--target", TARGET,
+            ])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{var}: {}", said(&out));
+        assert!(said(&out).contains(note), "{var}: {}", said(&out));
+    }
 }
 
 #[test]
