@@ -36,11 +36,33 @@ install -m 0755 -o root -g root /tmp/seren-worker /usr/local/bin/seren-worker
 /usr/local/bin/seren-worker --version
 useradd --system --no-create-home --home-dir /nonexistent --shell /sbin/nologin seren-worker 2>/dev/null || true
 
+say "CA bundle: the system's CAs, the RDS/Aurora CAs${EXTRA_CA_CERTS:+ and $EXTRA_CA_CERTS}"
+# verify-full URLs of a job are checked against this one file, by seren-worker and by pg_dump
+# (the worker user has no ~/.postgresql/root.crt). The cloud database CAs are not in the web PKI.
+rds_bundle=/tmp/rds-global-bundle.pem
+curl -fsS --retry 3 -o "$rds_bundle" "${RDS_CA_BUNDLE_URL:-https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem}" \
+    || die "cannot download the RDS CA bundle; set RDS_CA_BUNDLE_URL or build with network access"
+ca_files=(/etc/pki/tls/certs/ca-bundle.crt "$rds_bundle")
+if [ -n "${EXTRA_CA_CERTS:-}" ]; then
+    [ -f "$EXTRA_CA_CERTS" ] || die "EXTRA_CA_CERTS=$EXTRA_CA_CERTS is not a file"
+    ca_files+=("$EXTRA_CA_CERTS")
+fi
+install -d -m 0755 /etc/seren-worker
+for f in "${ca_files[@]}"; do
+    n="$(grep -c 'BEGIN CERTIFICATE' "$f" || true)"
+    [ "$n" -gt 0 ] || die "$f holds no PEM certificate"
+    cat "$f"
+done > /etc/seren-worker/ca-bundle.pem
+chmod 0644 /etc/seren-worker/ca-bundle.pem
+openssl storeutl -noout -certs /etc/seren-worker/ca-bundle.pem >/dev/null \
+    || die "/etc/seren-worker/ca-bundle.pem does not parse"
+rm -f "$rds_bundle"
+
 say "systemd unit (started by each instance's user data, never at boot by itself)"
 install -m 0644 /tmp/seren-worker.service /etc/systemd/system/seren-worker.service
 install -d -m 0755 /etc/systemd/system/seren-worker.service.d
 install -m 0644 /tmp/seren-worker-logs.conf /etc/systemd/system/seren-worker.service.d/logs.conf
-install -d -m 0755 /var/log/seren-worker /etc/seren-worker
+install -d -m 0755 /var/log/seren-worker
 systemctl daemon-reload
 systemd-analyze verify /etc/systemd/system/seren-worker.service
 
@@ -52,7 +74,7 @@ sed "s|@WORKER_LOG_GROUP@|${WORKER_LOG_GROUP}|g" /tmp/cloudwatch-agent.json \
 systemctl enable amazon-cloudwatch-agent
 
 say "clean up"
-rm -f /tmp/seren-worker /tmp/seren-worker.service /tmp/seren-worker-logs.conf /tmp/cloudwatch-agent.json
+rm -f /tmp/extra-ca-certs.pem /tmp/seren-worker /tmp/seren-worker.service /tmp/seren-worker-logs.conf /tmp/cloudwatch-agent.json
 rm -f /etc/seren-worker/job.env
 # Each instance gets its own identity and logs.
 cloud-init clean --logs

@@ -34,6 +34,12 @@ variable "pg_major" {
   description = "PostgreSQL client major to install: pg_dump must be at least the newest source major you copy from."
 }
 
+variable "extra_ca_certs" {
+  type        = string
+  default     = ""
+  description = "A PEM file of further CA certificates the workers trust for verify-full (a Cloud SQL instance's server CA, a private CA); empty: the system's CAs and the RDS/Aurora CAs only."
+}
+
 variable "worker_log_group" {
   type        = string
   default     = "/seren-replication/workers"
@@ -109,9 +115,14 @@ build {
     destination = "/tmp/cloudwatch-agent.json"
   }
 
+  provisioner "file" {
+    content     = var.extra_ca_certs != "" ? file(var.extra_ca_certs) : ""
+    destination = "/tmp/extra-ca-certs.pem"
+  }
+
   provisioner "shell" {
     script           = "${path.root}/setup-worker.sh"
     execute_command  = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
-    environment_vars = ["PG_MAJOR=${var.pg_major}", "WORKER_LOG_GROUP=${var.worker_log_group}", "EXPECTED_ARCH=${var.arch}"]
+    environment_vars = ["PG_MAJOR=${var.pg_major}", "WORKER_LOG_GROUP=${var.worker_log_group}", "EXPECTED_ARCH=${var.arch}", "EXTRA_CA_CERTS=${var.extra_ca_certs != "" ? "/tmp/extra-ca-certs.pem" : ""}"]
   }
 }

@@ -6,7 +6,7 @@
 //! into the environment of a child tool (`PGPASSWORD`), never into argv.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
@@ -133,6 +133,9 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// `sslrootcert=system`: the machine's own trust store (libpq 16+).
+pub const SYSTEM_ROOTS: &str = "system";
+
 const EMPTY_HOST: &str = "seren-empty-host.invalid";
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,13 +175,46 @@ impl ConnUrl {
                 "it names a Unix socket directory; a remote worker needs a host name or address",
             ));
         }
-        if url.sslrootcert.is_some() {
-            return Err(RemoteUrlError::LocalOnly(
-                "its sslrootcert is a file on this machine that the worker cannot read; use \
-                 sslmode=verify-full with a publicly trusted certificate, or run locally",
-            ));
+        let system = url
+            .sslrootcert
+            .as_ref()
+            .map(|p| p.as_os_str() == SYSTEM_ROOTS);
+        match system {
+            None => {}
+            Some(true) if url.sslmode != SslMode::VerifyFull => {
+                return Err(RemoteUrlError::LocalOnly(
+                    "sslrootcert=system needs sslmode=verify-full (as libpq requires)",
+                ));
+            }
+            Some(true) => {}
+            Some(false) => {
+                return Err(RemoteUrlError::LocalOnly(
+                    "its sslrootcert is a file on this machine that the worker cannot read; use \
+                     sslmode=verify-full without sslrootcert (or with sslrootcert=system): the \
+                     worker trusts the public CAs and the cloud database CAs of its trust store",
+                ));
+            }
         }
         Ok(url)
+    }
+
+    /// This URL as a worker opens it: a URL that checks the server's certificate
+    /// (`verify-ca`, `verify-full`) and names no CA file of its own (none, or `system`) is
+    /// checked against `trust_store`, the worker's CA bundle, by the driver and by `pg_dump`
+    /// and `psql` alike (a worker has no `~/.postgresql/root.crt`, and libpq before 16 knows
+    /// no `system`). Every other URL is unchanged: `require` keeps libpq's meaning (encrypt,
+    /// check nothing when no CA file is given).
+    #[must_use]
+    pub fn with_trust_store(mut self, trust_store: &Path) -> Self {
+        let checks = matches!(self.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
+        let own_file = self
+            .sslrootcert
+            .as_ref()
+            .is_some_and(|p| p.as_os_str() != SYSTEM_ROOTS);
+        if checks && !own_file {
+            self.sslrootcert = Some(trust_store.to_path_buf());
+        }
+        self
     }
 
     /// [`ConnUrl::parse`] with an explicit environment.
@@ -611,6 +647,53 @@ mod tests {
             ConnUrl::parse_for_worker("postgresql://u:pw@db.example.com:6432/db?sslmode=require")
                 .expect("a worker URL");
         assert_eq!((ok.host.as_str(), ok.port), ("db.example.com", 6432));
+        let system = ConnUrl::parse_for_worker(
+            "postgresql://u:pw@db.example.com/db?sslmode=verify-full&sslrootcert=system",
+        )
+        .expect("the worker's own trust store");
+        assert_eq!(system.sslrootcert.as_deref(), Some(Path::new("system")));
+        assert!(
+            local_only("postgresql://u:pw@h/db?sslmode=require&sslrootcert=system")
+                .contains("verify-full")
+        );
+    }
+
+    #[test]
+    fn a_worker_checks_certificates_against_its_trust_store() {
+        let bundle = Path::new("/etc/seren-worker/ca-bundle.pem");
+        let open = |url: &str| {
+            ConnUrl::parse_remote(url)
+                .expect(url)
+                .with_trust_store(bundle)
+                .sslrootcert
+        };
+        for url in [
+            "postgresql://u@h/db?sslmode=verify-full",
+            "postgresql://u@h/db?sslmode=verify-ca",
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=system",
+        ] {
+            assert_eq!(open(url).as_deref(), Some(bundle), "{url}");
+            let env = ConnUrl::parse_remote(url)
+                .expect(url)
+                .with_trust_store(bundle)
+                .libpq_env();
+            assert!(
+                env.contains(&("PGSSLROOTCERT", bundle.display().to_string())),
+                "pg_dump gets the same CAs: {url}"
+            );
+        }
+        // libpq's meanings stay: require checks nothing, a URL's own file is its own.
+        for url in [
+            "postgresql://u@h/db?sslmode=require",
+            "postgresql://u@h/db?sslmode=prefer",
+            "postgresql://u@h/db?sslmode=disable",
+        ] {
+            assert_eq!(open(url), None, "{url}");
+        }
+        assert_eq!(
+            open("postgresql://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem").as_deref(),
+            Some(Path::new("/ca.pem"))
+        );
     }
 
     #[test]

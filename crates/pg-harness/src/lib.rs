@@ -13,6 +13,7 @@
 //! This crate must not depend on the engine: it is the ground the engine's tests stand on.
 
 pub mod proxy;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fs;
@@ -42,6 +43,8 @@ pub struct Options {
     /// system identifier of its own (clusters copied from one template share theirs, as servers
     /// restored from one base backup do).
     pub own_initdb: bool,
+    /// Serve TLS with this certificate and key (`ssl=on`); plain connections still work.
+    pub tls: Option<tls::ServerCert>,
 }
 
 impl Options {
@@ -596,7 +599,25 @@ impl Cluster {
             give_to_server_user(root.path());
         }
 
-        let mut settings: Vec<(String, String)> = vec![
+        let mut settings: Vec<(String, String)> = Vec::new();
+        if let Some(t) = &opts.tls {
+            let (cert, key) = (
+                root.path().join("server.crt"),
+                root.path().join("server.key"),
+            );
+            fs::copy(&t.cert, &cert).expect("copy the server certificate");
+            fs::copy(&t.key, &key).expect("copy the server key");
+            // The server refuses a key that others may read.
+            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the server key");
+            give_to_server_user(root.path());
+            settings.extend([
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), cert.display().to_string()),
+                ("ssl_key_file".into(), key.display().to_string()),
+            ]);
+        }
+        settings.extend::<[(String, String); 8]>([
             ("listen_addresses".into(), "127.0.0.1".into()),
             (
                 "unix_socket_directories".into(),
@@ -608,7 +629,7 @@ impl Cluster {
             ("max_connections".into(), "60".into()),
             ("shared_buffers".into(), "64MB".into()),
             ("log_min_messages".into(), "warning".into()),
-        ];
+        ]);
         if opts.logical {
             settings.extend([
                 ("wal_level".into(), "logical".into()),

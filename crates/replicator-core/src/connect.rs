@@ -79,6 +79,9 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
             ))
         }
         Ok(Err(e)) => {
+            if let Some(hint) = certificate_refused(&e) {
+                return Err(fail(format!("{}; {hint}", pg_message(&e)), false));
+            }
             let retryable = e.as_db_error().is_none()
                 || e.code()
                     .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("53"));
@@ -103,6 +106,35 @@ pub async fn connect(url: &ConnUrl, side: Side) -> Result<Client> {
         .await
         .map_err(|e| Error::sql(side, "pin the session settings", e))?;
     Ok(client)
+}
+
+/// What to do about a server certificate that the TLS check refused, when `e` is that refusal
+/// (not worth retrying: the same certificate is refused again).
+pub(crate) fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+            return Some(match why {
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => {
+                    "the server's certificate does not name the host of the URL: connect by \
+                     the name the certificate holds, or use sslmode=verify-ca"
+                }
+                _ => {
+                    "the server's certificate is not signed by a CA this machine trusts: name \
+                     the CA in sslrootcert (a remote worker trusts its --ca-bundle), or use \
+                     sslmode=require to encrypt without checking the server"
+                }
+            });
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// The sessions of one run, so that a run that stops can cancel what they are waiting on.

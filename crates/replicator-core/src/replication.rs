@@ -182,7 +182,10 @@ impl ReplicationSession {
                 let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| (format!("TLS: {e}"), false))?;
+                    .map_err(|e| match crate::connect::certificate_refused(&e) {
+                        Some(hint) => (format!("TLS: {e}; {hint}"), false),
+                        None => (format!("TLS: {e}"), false),
+                    })?;
                 Ok(Box::new(tls))
             }
             b'N' if matches!(url.sslmode, SslMode::Allow | SslMode::Prefer) => Ok(Box::new(tcp)),

@@ -45,6 +45,10 @@ pub struct Config {
     /// How long to keep trying to record the outcome before giving up (the instance then
     /// powers off and the reaper decides).
     pub outcome_backoff: Backoff,
+    /// The CA bundle (PEM) that a job's `verify-ca`/`verify-full` URLs without a CA file of
+    /// their own are checked against, by the driver and by `pg_dump` alike
+    /// ([`ConnUrl::with_trust_store`]). `None`: such URLs are opened as they are.
+    pub trust_store: Option<PathBuf>,
 }
 
 impl Config {
@@ -58,8 +62,23 @@ impl Config {
             pg_bindir: None,
             stall_after: Some(DEFAULT_STALL_AFTER),
             outcome_backoff: Backoff::OUTCOME,
+            trust_store: default_trust_store(),
         }
     }
+}
+
+/// Where the worker's CA bundle is looked for, in order: the bundle the AMI builds (the
+/// system's CAs and the cloud database CAs, see `ami/setup-worker.sh`), then the system
+/// bundles of Debian/Ubuntu/Alpine and of Amazon Linux/RHEL/Fedora.
+pub const TRUST_STORES: &[&str] = &[
+    "/etc/seren-worker/ca-bundle.pem",
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+
+/// The first of [`TRUST_STORES`] that exists.
+pub fn default_trust_store() -> Option<PathBuf> {
+    TRUST_STORES.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
 /// How long a copy may go without progress before it counts as stuck. Progress moves with every
@@ -117,15 +136,15 @@ enum Work {
 }
 
 /// The engine's work for a job, or the error to fail it with.
-fn plan_work(
-    job: &Job,
-    source: &str,
-    target: &str,
-    pg_bindir: Option<PathBuf>,
-) -> Result<Work, ErrorBody> {
+fn plan_work(job: &Job, source: &str, target: &str, cfg: &Config) -> Result<Work, ErrorBody> {
+    let pg_bindir = cfg.pg_bindir.clone();
     let url = |side: &str, text: &str| {
-        ConnUrl::parse_remote(text)
-            .map_err(|e| ErrorBody::new("invalid_url", format!("{side} URL: {e}")))
+        let url = ConnUrl::parse_remote(text)
+            .map_err(|e| ErrorBody::new("invalid_url", format!("{side} URL: {e}")))?;
+        Ok::<_, ErrorBody>(match &cfg.trust_store {
+            Some(bundle) => url.with_trust_store(bundle),
+            None => url,
+        })
     };
     let (source, target) = (url("source", source)?, url("target", target)?);
     let spec = &job.spec;
@@ -443,12 +462,7 @@ pub async fn run_watched(
             return Ok(Outcome::Failed(fail_with(&store, &cfg, body, None).await?));
         }
     };
-    let mut work = match plan_work(
-        &job,
-        source.expose(),
-        target.expose(),
-        cfg.pg_bindir.clone(),
-    ) {
+    let mut work = match plan_work(&job, source.expose(), target.expose(), &cfg) {
         Ok(w) => w,
         Err(body) => return Ok(Outcome::Failed(fail_with(&store, &cfg, body, None).await?)),
     };

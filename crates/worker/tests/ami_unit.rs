@@ -84,4 +84,18 @@ fn the_unit_and_the_user_data_speak_the_workers_language() {
     let user = setting("User");
     assert_eq!(user, vec!["seren-worker"]);
     assert!(setup.contains("useradd --system") && setup.contains(" seren-worker "));
+    // verify-full on EC2: the unit names the bundle the setup script builds, which is also the
+    // first place the worker looks without it.
+    let bundle = worker::TRUST_STORES[0];
+    assert_eq!(
+        setting("Environment")
+            .iter()
+            .filter_map(|e| e.strip_prefix("SEREN_CA_BUNDLE="))
+            .collect::<Vec<_>>(),
+        vec![bundle]
+    );
+    assert!(
+        setup.contains(&format!("> {bundle}")),
+        "setup-worker.sh builds {bundle}"
+    );
 }

@@ -313,7 +313,17 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
             "local-1",
         )
         .await;
-        let stop = tokio::time::sleep(Duration::from_millis(1500));
+        // The signal comes while rows are moving (a fixed delay raced a fast machine's copy).
+        let (store, id) = (e.store.clone(), job.job_id.clone());
+        let stop = async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let j = store.get(&id).await.expect("get").expect("job");
+                if j.progress.as_ref().is_some_and(|p| p.rows > 0) {
+                    break;
+                }
+            }
+        };
         let outcome = worker::run(
             e.store.clone(),
             e.sealer.clone(),
@@ -776,5 +786,117 @@ fn a_remote_copy_records_the_warnings_a_local_run_prints() {
     assert_eq!(
         content(&src, "shop", "items"),
         content(&dst, "shop", "items")
+    );
+}
+
+/// `sslmode=verify-full` on a remote job: the worker checks both servers' certificates against
+/// its own CA bundle, in its own connections and in `pg_dump`'s (which has no
+/// `~/.postgresql/root.crt` on a worker), so a copy between servers whose certificates a
+/// throwaway CA signed completes; with a bundle that lacks that CA, nothing is copied.
+#[test]
+fn verify_full_checks_both_servers_against_the_worker_trust_store() {
+    let ca = pg_harness::tls::ThrowawayCa::new("seren test CA");
+    let cert = ca.server("db", &["IP:127.0.0.1", "DNS:localhost"]);
+    let tls = |o: pg_harness::Options| pg_harness::Options {
+        tls: Some(cert.clone()),
+        ..o
+    };
+    let src = Cluster::start(&tls(pg_harness::Options::source()));
+    let dst = Cluster::start(&tls(pg_harness::Options::target()));
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, since date);
+         INSERT INTO customers SELECT g, 'c' || g, date '2020-01-01' + g FROM generate_series(1, 2000) g;
+         CREATE INDEX ON customers (name);",
+    );
+    let url = |c: &Cluster, db: &str| {
+        format!(
+            "postgresql://postgres@127.0.0.1:{}/{db}?sslmode=verify-full",
+            c.port()
+        )
+    };
+    let other = pg_harness::tls::ThrowawayCa::new("another CA");
+    let e = env();
+    rt().block_on(async {
+        // A bundle without the servers' CA: refused at the first connection, nothing made.
+        let job = provisioned(
+            &e,
+            &url(&src, "shop"),
+            &url(&dst, "refused"),
+            Options::default(),
+            "local-1",
+        )
+        .await;
+        let mut c = cfg(&job, "local-1");
+        c.trust_store = Some(other.cert());
+        let outcome = worker::run(e.store.clone(), e.sealer.clone(), c, std::future::pending())
+            .await
+            .expect("run");
+        let Outcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            err.message
+                .contains("not signed by a CA this machine trusts"),
+            "{}: {}",
+            err.code,
+            err.message
+        );
+        assert_eq!(
+            dst.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname = 'refused'"
+            ),
+            "0"
+        );
+
+        // The right CA, but a certificate made out to another host: refused too.
+        let misnamed = Cluster::start(&pg_harness::Options {
+            tls: Some(ca.server("misnamed", &["DNS:db.example.invalid"])),
+            ..pg_harness::Options::target()
+        });
+        let job = provisioned(
+            &e,
+            &url(&src, "shop"),
+            &url(&misnamed, "shop"),
+            Options::default(),
+            "local-3",
+        )
+        .await;
+        let mut c = cfg(&job, "local-3");
+        c.trust_store = Some(ca.cert());
+        let outcome = worker::run(e.store.clone(), e.sealer.clone(), c, std::future::pending())
+            .await
+            .expect("run");
+        let Outcome::Failed(err) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            err.message.contains("does not name the host"),
+            "{}: {}",
+            err.code,
+            err.message
+        );
+
+        // The worker's bundle holds the CA: the copy (pg_dump's schema included) completes.
+        let job = provisioned(
+            &e,
+            &url(&src, "shop"),
+            &url(&dst, "shop"),
+            Options::default(),
+            "local-2",
+        )
+        .await;
+        let mut c = cfg(&job, "local-2");
+        c.trust_store = Some(ca.cert());
+        let outcome = worker::run(e.store.clone(), e.sealer.clone(), c, std::future::pending())
+            .await
+            .expect("run");
+        assert_eq!(outcome, Outcome::Completed);
+    });
+    assert_eq!(
+        content(&src, "shop", "customers"),
+        content(&dst, "shop", "customers")
     );
 }

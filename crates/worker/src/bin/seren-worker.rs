@@ -51,6 +51,12 @@ struct Cli {
     /// network blip) before giving up.
     #[arg(long, env = "SEREN_OUTCOME_DEADLINE_SECS", default_value_t = job_model::store::retry::Backoff::OUTCOME.deadline.as_secs())]
     outcome_deadline_secs: u64,
+    /// CA bundle (PEM) that the job's verify-ca/verify-full URLs without a CA file of their
+    /// own are checked against, by the driver and by pg_dump. Default: the first of
+    /// /etc/seren-worker/ca-bundle.pem (built into the AMI: the system's CAs and the cloud
+    /// database CAs), /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt.
+    #[arg(long, env = "SEREN_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
     /// After recording the outcome, power the machine off (EC2 workers).
     #[arg(long, env = "SEREN_POWER_OFF")]
     power_off: bool,
@@ -146,6 +152,18 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     cfg.pg_bindir.clone_from(&cli.pg_bindir);
     cfg.stall_after = (cli.stall_after_secs > 0).then(|| Duration::from_secs(cli.stall_after_secs));
     cfg.outcome_backoff.deadline = Duration::from_secs(cli.outcome_deadline_secs);
+    if let Some(bundle) = &cli.ca_bundle {
+        anyhow::ensure!(
+            bundle.is_file(),
+            "--ca-bundle {} is not a readable file; point it at a PEM bundle of CA certificates",
+            bundle.display()
+        );
+        cfg.trust_store = Some(bundle.clone());
+    }
+    match &cfg.trust_store {
+        Some(b) => tracing::info!(trust_store = %b.display(), "server certificates checked against this bundle"),
+        None => tracing::warn!("no CA bundle found (--ca-bundle); verify-full URLs will fail unless they name sslrootcert"),
+    }
     tracing::info!(job_id = %cfg.job_id, instance_id = %cfg.instance_id, "seren-worker starting");
     let stop = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
