@@ -9,6 +9,19 @@ locals {
     aws_dynamodb_table.jobs.arn,
     "${aws_dynamodb_table.jobs.arn}/index/*",
   ]
+  # What a worker's writes to a job item may touch: its status, times, progress, outcome and
+  # the removal of the sealed URLs when the job ends; the key and both index keys, as
+  # DynamoDB's attribute conditions require. Not `spec` (drop_existing, filters), `ttl`, the
+  # displayed URLs, the owner's idempotency key or a cancel request. Checked against the
+  # worker's real requests by crates/worker/tests/store_scope.rs.
+  worker_item_attributes = [
+    "job_id", "status", "owner", "created_at", "updated_at", "version", "started_at",
+    "heartbeat_at", "finished_at", "instance_id", "error", "progress", "result",
+    "source_secret", "target_secret",
+  ]
+  # The one ledger item a worker writes (its job's finish decrements the count) and its fields.
+  worker_ledger_keys       = ["active-jobs"]
+  worker_ledger_attributes = ["pk", "active_jobs", "changed_at_ms"]
   launch_template_arn = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:launch-template/${aws_launch_template.worker.id}"
   worker_session_arns = "arn:${local.partition}:sts::${local.account_id}:assumed-role/${aws_iam_role.worker.name}/i-*"
 }
@@ -109,6 +122,12 @@ data "aws_iam_policy_document" "coordinator" {
     sid       = "JobsTable"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"]
     resources = local.table_arns
+  }
+
+  statement {
+    sid       = "LedgerCounterAndIdempotency"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.ledger.arn]
   }
 
   statement {
@@ -262,6 +281,12 @@ data "aws_iam_policy_document" "reaper" {
     actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"]
     resources = local.table_arns
   }
+
+  statement {
+    sid       = "LedgerCounter"
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.ledger.arn]
+  }
 }
 
 resource "aws_iam_role" "reaper" {
@@ -289,10 +314,39 @@ data "aws_iam_policy_document" "ec2_assume" {
 
 data "aws_iam_policy_document" "worker" {
   statement {
-    sid = "ReadAndUpdateJobItems"
-    # Claim, heartbeat, finish. No Query, Scan, Put or Delete; no index.
-    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    sid = "ReadJobItems"
+    # No Query, Scan, Put or Delete; no index.
+    actions   = ["dynamodb:GetItem"]
     resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  statement {
+    sid = "UpdateJobProgressAndOutcome"
+    # Claim, heartbeat, finish: only the attributes a worker owns.
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:Attributes"
+      values   = local.worker_item_attributes
+    }
+  }
+
+  statement {
+    sid = "DecrementActiveJobCount"
+    # A job's finish and the count move in one transaction.
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.ledger.arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:LeadingKeys"
+      values   = local.worker_ledger_keys
+    }
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:Attributes"
+      values   = local.worker_ledger_attributes
+    }
   }
 
   statement {

@@ -108,6 +108,19 @@ def main():
           not any(a.startswith(("ec2:", "kms:", "iam:")) for a in actions_of(worker)))
     check("worker role: only GetItem/UpdateItem on the table",
           {a for a in actions_of(worker) if a.startswith("dynamodb:")} == {"dynamodb:GetItem", "dynamodb:UpdateItem"})
+    worker_updates = [st for st in statements(worker) if "dynamodb:UpdateItem" in st.get("actions", [])]
+    check("worker role: every UpdateItem limited to the attributes a worker owns",
+          worker_updates and all(any(c["variable"] == "dynamodb:Attributes" and c["test"] == "ForAllValues:StringEquals"
+                                     for c in st.get("condition", [])) for st in worker_updates))
+    ledger_updates = [st for st in worker_updates if st["resources"] == ["${aws_dynamodb_table.ledger.arn}"]]
+    check("worker role: on the ledger, only the active-job counter",
+          len(ledger_updates) == 1 and any(c["variable"] == "dynamodb:LeadingKeys" for c in ledger_updates[0]["condition"]))
+    ledger = res("aws_dynamodb_table")["ledger"]
+    check("ledger table: the jobs table's name + -ledger, hash key pk, TTL, PITR, KMS",
+          ledger["name"] == "${var.jobs_table_name}-ledger" and ledger["hash_key"] == "pk"
+          and ledger["ttl"][0] == {"attribute_name": "ttl", "enabled": True}
+          and ledger["point_in_time_recovery"][0]["enabled"] is True
+          and "aws_kms_key" in ledger["server_side_encryption"][0]["kms_key_arn"])
 
     coord = docs["coordinator"]
     common = docs["lambda_common"]

@@ -686,3 +686,72 @@ async fn sqlite_file_shared_by_two_connections_lets_one_claim_win() {
         );
     }
 }
+
+/// The operator's scan of the jobs table (`Items[].{JobId:job_id.S,Status:status.S,…}`) lists
+/// jobs only: the active-job counter and the idempotency records live in the ledger table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_jobs_table_holds_jobs_only() {
+    let moto = moto_harness::Moto::shared();
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    let table = moto_harness::unique("jobs");
+    let store = DynamoStore::new(client.clone(), table.clone());
+    store.create_table().await.expect("create tables");
+    assert_eq!(store.ledger_table(), format!("{table}-ledger"));
+    let first = create(&store, &job("key-a", at(0), Some("idem-1"))).await;
+    create(&store, &job("key-b", at(1), None)).await;
+    assert!(matches!(
+        store.create(&job("key-a", at(2), Some("idem-1")), Some(10)).await,
+        Ok(Created::Existing(j)) if j.job_id == first.job_id
+    ));
+    store
+        .transition(
+            &first.job_id,
+            Expect::status(JobStatus::Pending),
+            Change::to(JobStatus::Cancelled, at(3)),
+        )
+        .await
+        .expect("cancel");
+    let scan = |t: String| {
+        let client = client.clone();
+        async move {
+            client
+                .scan()
+                .table_name(t)
+                .send()
+                .await
+                .expect("scan")
+                .items
+                .unwrap_or_default()
+        }
+    };
+    let jobs = scan(table.clone()).await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for item in &jobs {
+        assert!(
+            item.get("status").and_then(|v| v.as_s().ok()).is_some()
+                && item.get("job_id").is_some(),
+            "not a job: {item:?}"
+        );
+    }
+    let mut ledger: Vec<String> = scan(store.ledger_table().to_owned())
+        .await
+        .iter()
+        .map(|i| {
+            i["pk"]
+                .as_s()
+                .expect("pk")
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    ledger.sort();
+    assert_eq!(ledger, ["active-jobs", "idem"]);
+    let active = scan(store.ledger_table().to_owned())
+        .await
+        .into_iter()
+        .find(|i| i["pk"].as_s().is_ok_and(|k| k == "active-jobs"))
+        .expect("counter");
+    assert_eq!(active["active_jobs"].as_n().expect("n"), "1");
+}

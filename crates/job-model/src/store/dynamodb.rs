@@ -1,9 +1,8 @@
-//! The AWS store: the `replication-jobs` DynamoDB table.
-//!
-//! Besides one item per job the table holds two kinds of bookkeeping item, keyed so they can
-//! never be mistaken for a job and without `status` or `owner`, so neither index shows them:
-//! `#active-jobs` counts the jobs not yet finished (for `max_concurrent_jobs`), and
-//! `#idem#<sha256>` maps an owner's `Idempotency-Key` to its job. Creating a job writes all
+//! The AWS store: the `replication-jobs` DynamoDB table, one item per job and nothing else (an
+//! operator's scan of it lists jobs only), and beside it the `replication-jobs-ledger` table
+//! (the jobs table's name and [`LEDGER_SUFFIX`]) for the bookkeeping, keyed by `pk`:
+//! `active-jobs` counts the jobs not yet finished (for `max_concurrent_jobs`), and
+//! `idem#<sha256>` maps an owner's `Idempotency-Key` to its job. Creating a job writes all
 //! three in one transaction; a transition into a terminal status decrements the counter in the
 //! same transaction as the status change, which happens once per job, so the count stays exact.
 
@@ -31,7 +30,12 @@ pub const DEFAULT_TABLE: &str = "replication-jobs";
 pub const STATUS_INDEX: &str = "status-created_at-index";
 /// Index for listing a caller's jobs: hash `owner`, range `created_at`.
 pub const OWNER_INDEX: &str = "owner-created_at-index";
-const COUNTER_KEY: &str = "#active-jobs";
+/// The ledger table's name is the jobs table's with this suffix.
+pub const LEDGER_SUFFIX: &str = "-ledger";
+/// The ledger's key attribute.
+pub const LEDGER_KEY_ATTR: &str = "pk";
+/// The ledger item counting unfinished jobs.
+pub const COUNTER_KEY: &str = "active-jobs";
 const COUNTER_ATTR: &str = "active_jobs";
 /// When the count last changed (Unix milliseconds), so that reconciling it can wait for quiet.
 const COUNTER_CHANGED_ATTR: &str = "changed_at_ms";
@@ -41,7 +45,7 @@ const COUNTER_OBSERVED_WAS_ATTR: &str = "observed_count";
 /// See [`COUNTER_OBSERVED_WAS_ATTR`].
 const COUNTER_OBSERVED_ACTIVE_ATTR: &str = "observed_active";
 
-/// The `#active-jobs` item.
+/// The `active-jobs` item.
 struct Counter {
     value: i64,
     changed_ms: i64,
@@ -53,6 +57,7 @@ struct Counter {
 pub struct DynamoStore {
     client: Client,
     table: String,
+    ledger: String,
 }
 
 fn sdk_err<E, R>(op: &str, e: SdkError<E, R>) -> StoreError
@@ -90,12 +95,16 @@ fn key(job_id: &str) -> Item {
     Item::from([(attr::JOB_ID.to_owned(), AV::S(job_id.to_owned()))])
 }
 
+fn ledger_key(k: &str) -> Item {
+    Item::from([(LEDGER_KEY_ATTR.to_owned(), AV::S(k.to_owned()))])
+}
+
 fn idempotency_item_key(owner: &Owner, key: &str) -> String {
     let mut h = Sha256::new();
     h.update(owner.as_str().as_bytes());
     h.update([0]);
     h.update(key.as_bytes());
-    format!("#idem#{}", hex::encode(h.finalize()))
+    format!("idem#{}", hex::encode(h.finalize()))
 }
 
 fn s(v: &str) -> AV {
@@ -110,17 +119,25 @@ fn build_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl DynamoStore {
-    /// A store on `table` through `client`.
+    /// A store on the jobs table `table` (and its ledger, `table` + [`LEDGER_SUFFIX`])
+    /// through `client`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
         Self {
             client,
-            table: table.into(),
+            ledger: format!("{table}{LEDGER_SUFFIX}"),
+            table,
         }
     }
 
-    /// The table's name.
+    /// The jobs table's name.
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The ledger table's name (the active-job counter and the idempotency records).
+    pub fn ledger_table(&self) -> &str {
+        &self.ledger
     }
 
     /// Create the table as Terraform does (on-demand, both indexes, TTL on `ttl`), for tests
@@ -173,6 +190,28 @@ impl DynamoStore {
         self.client
             .update_time_to_live()
             .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(attr::TTL)
+                    .build()
+                    .map_err(build_err)?,
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_err("UpdateTimeToLive", e))?;
+        self.client
+            .create_table()
+            .table_name(&self.ledger)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr_def(LEDGER_KEY_ATTR)?)
+            .key_schema(key_el(LEDGER_KEY_ATTR, KeyType::Hash)?)
+            .send()
+            .await
+            .map_err(|e| sdk_err("CreateTable", e))?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.ledger)
             .time_to_live_specification(
                 TimeToLiveSpecification::builder()
                     .enabled(true)
@@ -276,8 +315,8 @@ impl DynamoStore {
 
     fn counter_update(&self, delta: i64, limit: Option<u32>) -> Result<Update, StoreError> {
         let mut u = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(COUNTER_KEY)))
+            .table_name(&self.ledger)
+            .set_key(Some(ledger_key(COUNTER_KEY)))
             .update_expression("ADD #n :d SET #ch = :now")
             .expression_attribute_names("#n", COUNTER_ATTR)
             .expression_attribute_names("#ch", COUNTER_CHANGED_ATTR)
@@ -327,8 +366,8 @@ impl DynamoStore {
         let out = self
             .client
             .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(COUNTER_KEY)))
+            .table_name(&self.ledger)
+            .set_key(Some(ledger_key(COUNTER_KEY)))
             .consistent_read(true)
             .send()
             .await
@@ -410,13 +449,13 @@ impl JobStore for DynamoStore {
             .as_ref()
             .map(|k| idempotency_item_key(&job.owner, k));
         if let Some(ik) = &idem_key {
-            let mut item = key(ik);
+            let mut item = ledger_key(ik);
             item.insert("for_job_id".into(), s(&job.job_id));
             item.insert(attr::TTL.into(), num(job.ttl));
             let put = Put::builder()
-                .table_name(&self.table)
+                .table_name(&self.ledger)
                 .set_item(Some(item))
-                .condition_expression("attribute_not_exists(job_id)")
+                .condition_expression("attribute_not_exists(pk)")
                 .build()
                 .map_err(build_err)?;
             tx = tx.transact_items(TransactWriteItem::builder().put(put).build());
@@ -446,8 +485,8 @@ impl JobStore for DynamoStore {
                     let out = self
                         .client
                         .get_item()
-                        .table_name(&self.table)
-                        .set_key(Some(key(ik)))
+                        .table_name(&self.ledger)
+                        .set_key(Some(ledger_key(ik)))
                         .consistent_read(true)
                         .send()
                         .await
@@ -692,8 +731,8 @@ impl JobStore for DynamoStore {
         let mut u = self
             .client
             .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(COUNTER_KEY)))
+            .table_name(&self.ledger)
+            .set_key(Some(ledger_key(COUNTER_KEY)))
             // Only if nothing moved the count since it was read: a create or a finish
             // meanwhile leaves the question to a later pass.
             .condition_expression(
