@@ -22,8 +22,8 @@ locals {
   # The one ledger item a worker writes (its job's finish decrements the count) and its fields.
   worker_ledger_keys       = ["active-jobs"]
   worker_ledger_attributes = ["pk", "active_jobs", "changed_at_ms"]
-  launch_template_arn = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:launch-template/${aws_launch_template.worker.id}"
-  worker_session_arns = "arn:${local.partition}:sts::${local.account_id}:assumed-role/${aws_iam_role.worker.name}/i-*"
+  launch_template_arn      = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:launch-template/${aws_launch_template.worker.id}"
+  worker_session_arns      = "arn:${local.partition}:sts::${local.account_id}:assumed-role/${aws_iam_role.worker.name}/i-*"
 }
 
 data "aws_iam_policy_document" "lambda_assume" {

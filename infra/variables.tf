@@ -131,6 +131,30 @@ variable "subnet_ids" {
   default     = []
 }
 
+variable "private_networking" {
+  description = "Workers in private subnets (vpc_id and subnet_ids, none giving a public IP on launch) that reach AWS through VPC endpoints, not the internet. See create_vpc_endpoints."
+  type        = bool
+  default     = false
+}
+
+variable "create_vpc_endpoints" {
+  description = "With private_networking: create the endpoints the workers use (DynamoDB gateway limited to this deployment's tables; KMS, CloudWatch Logs and EC2 interface endpoints) and send the workers' HTTPS only to them. False: the VPC already has them, or a NAT gateway; https_cidr_blocks applies."
+  type        = bool
+  default     = true
+}
+
+variable "vpc_endpoint_route_table_ids" {
+  description = "With private_networking and create_vpc_endpoints: route tables of the worker subnets, for the DynamoDB gateway endpoint."
+  type        = list(string)
+  default     = []
+}
+
+variable "vpc_endpoint_subnet_ids" {
+  description = "Subnets of the interface endpoints, one per availability zone. Empty: subnet_ids (which must then be in distinct zones)."
+  type        = list(string)
+  default     = []
+}
+
 variable "database_cidr_blocks" {
   description = "Where workers may connect to PostgreSQL. Narrow this to your databases' addresses."
   type        = list(string)

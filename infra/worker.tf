@@ -17,12 +17,15 @@ resource "aws_security_group" "worker" {
     }
   }
 
+  # With private_networking and its endpoints: to those endpoints only (network.tf).
   egress {
-    description = "HTTPS to AWS APIs (DynamoDB, KMS, CloudWatch Logs)"
-    protocol    = "tcp"
-    from_port   = 443
-    to_port     = 443
-    cidr_blocks = var.https_cidr_blocks
+    description     = "HTTPS to AWS APIs (DynamoDB, KMS, CloudWatch Logs)"
+    protocol        = "tcp"
+    from_port       = 443
+    to_port         = 443
+    cidr_blocks     = local.make_endpoints ? [] : var.https_cidr_blocks
+    security_groups = local.make_endpoints ? [aws_security_group.endpoints[0].id] : []
+    prefix_list_ids = local.make_endpoints ? [aws_vpc_endpoint.dynamodb[0].prefix_list_id] : []
   }
 }
 
@@ -59,5 +62,16 @@ resource "aws_launch_template" "worker" {
 
   monitoring {
     enabled = true
+  }
+
+  lifecycle {
+    precondition {
+      condition     = !var.private_networking || (var.vpc_id != null && length(var.subnet_ids) > 0)
+      error_message = "private_networking needs vpc_id and subnet_ids: the private subnets of that VPC the workers launch in."
+    }
+    precondition {
+      condition     = alltrue([for s in data.aws_subnet.worker : !s.map_public_ip_on_launch])
+      error_message = "private_networking: a subnet in subnet_ids gives instances a public IP on launch (map_public_ip_on_launch); use private subnets."
+    }
   }
 }

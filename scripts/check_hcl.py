@@ -59,6 +59,16 @@ def blocks(parsed, kind, type_):
     return out
 
 
+def locals_of(parsed):
+    """Every `locals` value across the infra files."""
+    out = {}
+    for path, doc in parsed.items():
+        if path.startswith("infra/"):
+            for entry in doc.get("locals", []):
+                out.update(entry)
+    return out
+
+
 def statements(doc):
     return doc.get("statement", [])
 
@@ -101,6 +111,25 @@ def main():
     check("worker security group: egress HTTPS and the PostgreSQL ports only",
           egress_ports == {443} and len(dynamic_egress) == 1
           and dynamic_egress[0]["egress"]["for_each"] == "${toset(var.database_ports)}")
+
+    https = [e for e in sg.get("egress", []) if e.get("from_port") == 443]
+    check("worker security group: with private_networking, HTTPS only to the VPC endpoints",
+          len(https) == 1 and https[0]["cidr_blocks"] == "${local.make_endpoints ? [] : var.https_cidr_blocks}"
+          and "aws_security_group.endpoints" in https[0]["security_groups"]
+          and "aws_vpc_endpoint.dynamodb" in https[0]["prefix_list_ids"])
+    endpoints = res("aws_vpc_endpoint")
+    gateway = endpoints.get("dynamodb", {})
+    check("private networking: a DynamoDB gateway endpoint, only with private_networking, limited by a policy",
+          gateway.get("vpc_endpoint_type") == "Gateway" and gateway.get("count") == "${local.make_endpoints ? 1 : 0}"
+          and "dynamodb_endpoint" in gateway.get("policy", ""))
+    interface = endpoints.get("interface", {})
+    check("private networking: KMS, CloudWatch Logs and EC2 interface endpoints with private DNS",
+          interface.get("vpc_endpoint_type") == "Interface" and interface.get("private_dns_enabled") is True
+          and "local.make_endpoints" in interface.get("for_each", "")
+          and set(locals_of(parsed).get("endpoint_services", [])) >= {"kms", "logs", "ec2"})
+    preconditions = [p["condition"] for p in lt.get("lifecycle", [{}])[0].get("precondition", [])]
+    check("private networking: no worker subnet may give a public IP",
+          any("map_public_ip_on_launch" in c for c in preconditions))
 
     docs = data("aws_iam_policy_document")
     worker = docs["worker"]
