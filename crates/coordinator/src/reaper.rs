@@ -193,10 +193,15 @@ pub async fn reap(
             }
         };
         for job in jobs {
-            let Some((to, error)) = verdict(&job, policy, now) else {
+            let Some((to, mut error)) = verdict(&job, policy, now) else {
                 active.insert(job.job_id.clone(), job);
                 continue;
             };
+            if error.code == "heartbeat_lost" {
+                if let Some(spot) = spot_reclaimed(provisioner, &job, &mut report).await {
+                    error = spot;
+                }
+            }
             let change = Change::to(to, now).error(error);
             match store
                 .transition(&job.job_id, Expect::job(&job), change)
@@ -262,6 +267,33 @@ pub async fn reap(
         tracing::error!(failure = %f, "reaper step failed");
     }
     report
+}
+
+/// The error for a job whose heartbeat stopped because its provider reclaimed the spot
+/// instance (before the worker could record `interrupted` itself), when that is what happened.
+async fn spot_reclaimed(
+    provisioner: &dyn Provisioner,
+    job: &Job,
+    report: &mut Report,
+) -> Option<ErrorBody> {
+    let instance = job.instance_id.as_deref()?;
+    match provisioner.why_gone(instance).await {
+        Ok(Some(crate::provision::Gone::SpotReclaimed { reason })) => Some(ErrorBody::new(
+            "interrupted",
+            format!(
+                "EC2 reclaimed the spot instance {instance} ({reason}) before its worker could \
+                 record it; the copy was interrupted, not broken: run the job again"
+            ),
+        )),
+        Ok(_) => None,
+        Err(e) => {
+            report.failures.push(format!(
+                "ask why worker {instance} of job {} is gone: {e}",
+                job.job_id
+            ));
+            None
+        }
+    }
 }
 
 /// Terminate worker `w` when its job is over or unknown (past the grace).
@@ -389,6 +421,111 @@ mod tests {
             "{:?}",
             report.failures
         );
+    }
+
+    /// A provisioner whose instances were all reclaimed as spot capacity.
+    #[derive(Debug)]
+    struct Reclaimed;
+
+    #[async_trait::async_trait]
+    impl Provisioner for Reclaimed {
+        async fn launch(&self, _job: &Job) -> Result<String, crate::provision::ProvisionError> {
+            Ok("i-1".into())
+        }
+        async fn terminate(
+            &self,
+            _job_id: &str,
+        ) -> Result<Vec<String>, crate::provision::ProvisionError> {
+            Ok(Vec::new())
+        }
+        async fn terminate_instance(
+            &self,
+            _id: &str,
+        ) -> Result<(), crate::provision::ProvisionError> {
+            Ok(())
+        }
+        async fn list(
+            &self,
+        ) -> Result<Vec<crate::provision::Worker>, crate::provision::ProvisionError> {
+            Ok(Vec::new())
+        }
+        async fn why_gone(
+            &self,
+            id: &str,
+        ) -> Result<Option<crate::provision::Gone>, crate::provision::ProvisionError> {
+            Ok((id == "i-spot").then(|| {
+                crate::provision::Gone::from_ec2_state_reason(Some(
+                    "Server.SpotInstanceTermination",
+                ))
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_lost_to_a_spot_reclaim_is_recorded_as_interrupted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = job_model::store::sqlite::SqliteStore::open(&dir.path().join("jobs.db"))
+            .expect("store");
+        let now = Timestamp::now();
+        let silent = |instance: &str| {
+            let mut j = job(JobStatus::Running, ago(now, 60 * MIN));
+            j.started_at = Some(ago(now, 60 * MIN));
+            j.heartbeat_at = Some(ago(now, 10 * MIN));
+            j.instance_id = Some(instance.into());
+            j
+        };
+        let (spot, crashed) = (silent("i-spot"), silent("i-crashed"));
+        store.create(&spot, None).await.expect("create");
+        store.create(&crashed, None).await.expect("create");
+        let report = reap(&store, &Reclaimed, &Policy::default(), now).await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        let code = |id: &str| {
+            let store = &store;
+            let id = id.to_owned();
+            async move {
+                store
+                    .get(&id)
+                    .await
+                    .expect("get")
+                    .and_then(|j| j.error)
+                    .map(|e| (e.code, e.message))
+            }
+        };
+        let (c, message) = code(&spot.job_id).await.expect("spot error");
+        assert_eq!(c, "interrupted");
+        assert!(
+            message.contains("i-spot") && message.contains("Server.SpotInstanceTermination"),
+            "{message}"
+        );
+        assert_eq!(
+            code(&crashed.job_id).await.map(|e| e.0).as_deref(),
+            Some("heartbeat_lost")
+        );
+    }
+
+    #[test]
+    fn ec2_state_reasons_tell_a_spot_reclaim_from_the_rest() {
+        use crate::provision::Gone;
+        for code in [
+            "Server.SpotInstanceTermination",
+            "Server.SpotInstanceShutdown",
+        ] {
+            assert!(matches!(
+                Gone::from_ec2_state_reason(Some(code)),
+                Gone::SpotReclaimed { .. }
+            ));
+        }
+        for code in [
+            Some("Client.UserInitiatedShutdown"),
+            Some("Client.InstanceInitiatedShutdown"),
+            Some("Server.InternalError"),
+            None,
+        ] {
+            assert!(matches!(
+                Gone::from_ec2_state_reason(code),
+                Gone::Other { .. }
+            ));
+        }
     }
 
     #[test]

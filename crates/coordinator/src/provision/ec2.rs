@@ -400,6 +400,42 @@ impl Provisioner for Ec2Provisioner {
         self.describe(None).await
     }
 
+    async fn why_gone(&self, instance_id: &str) -> Result<Option<super::Gone>, ProvisionError> {
+        let out = match self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // Long gone from EC2's memory: nothing to say.
+            Err(e)
+                if e.as_service_error()
+                    .and_then(ProvideErrorMetadata::code)
+                    .is_some_and(|c| c.starts_with("InvalidInstanceID")) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(backend("DescribeInstances", &e)),
+        };
+        let Some(inst) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
+            return Ok(None);
+        };
+        let gone = inst.state().and_then(|s| s.name()).is_some_and(|n| {
+            matches!(
+                n,
+                InstanceStateName::Terminated
+                    | InstanceStateName::ShuttingDown
+                    | InstanceStateName::Stopped
+                    | InstanceStateName::Stopping
+            )
+        });
+        Ok(gone.then(|| {
+            super::Gone::from_ec2_state_reason(inst.state_reason().and_then(|r| r.code()))
+        }))
+    }
+
     async fn sweep(&self, now: Timestamp) -> Result<Vec<String>, ProvisionError> {
         let Some(g) = &self.config.grants else {
             return Ok(Vec::new());

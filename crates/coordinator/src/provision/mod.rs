@@ -48,6 +48,39 @@ pub struct Worker {
     pub launched_at: Option<Timestamp>,
 }
 
+/// Why an instance went away, as far as its provider says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gone {
+    /// The provider reclaimed spot capacity (EC2 `Server.SpotInstanceTermination` or
+    /// `Server.SpotInstanceShutdown`): the copy was interrupted, not broken, and can run again.
+    SpotReclaimed {
+        /// The provider's reason, as it gave it.
+        reason: String,
+    },
+    /// Any other end (a user or the reaper terminated it, it powered off, hardware failed),
+    /// with the provider's reason when it gave one.
+    Other {
+        /// The provider's reason, if any.
+        reason: Option<String>,
+    },
+}
+
+impl Gone {
+    /// Read an EC2 instance's `StateReason` code.
+    pub fn from_ec2_state_reason(code: Option<&str>) -> Self {
+        match code {
+            Some(c @ ("Server.SpotInstanceTermination" | "Server.SpotInstanceShutdown")) => {
+                Self::SpotReclaimed {
+                    reason: c.to_owned(),
+                }
+            }
+            other => Self::Other {
+                reason: other.map(str::to_owned),
+            },
+        }
+    }
+}
+
 /// Starts and stops workers.
 #[async_trait]
 pub trait Provisioner: Send + Sync + std::fmt::Debug {
@@ -86,6 +119,17 @@ pub trait Provisioner: Send + Sync + std::fmt::Debug {
     async fn sweep(&self, now: Timestamp) -> Result<Vec<String>, ProvisionError> {
         let _ = now;
         Ok(Vec::new())
+    }
+
+    /// Why `instance_id` is gone, when it is gone and the provider still knows it (EC2 keeps
+    /// terminated instances visible for about an hour); `None` when it is alive, unknown or
+    /// the provider cannot say. The reaper asks before it records a lost heartbeat.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn why_gone(&self, instance_id: &str) -> Result<Option<Gone>, ProvisionError> {
+        let _ = instance_id;
+        Ok(None)
     }
 }
 
