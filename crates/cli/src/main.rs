@@ -218,6 +218,10 @@ struct InitArgs {
     /// pgpass file is used).
     #[arg(long, env = "SEREN_SYNC_SOURCE_URL", hide_env_values = true)]
     sync_source_url: Option<String>,
+    /// Whether `sync_source_url` came from the command line (not the environment): set from
+    /// clap's value source after parsing, see [`parse_cli`].
+    #[arg(skip)]
+    sync_source_url_on_command_line: bool,
 }
 
 /// `1GB` → bytes. Plain numbers are bytes.
@@ -278,11 +282,18 @@ fn count(j: usize) -> anyhow::Result<u32> {
 
 /// Whether `flag` was given on the command line (rather than its value coming from the
 /// environment variable clap falls back to).
-fn on_command_line(flag: &str) -> bool {
-    std::env::args_os().skip(1).any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
-    })
+/// Parse the command line, and record where the values that can come from either the command
+/// line or the environment came from (clap's value source), for the commands that treat the
+/// two differently.
+fn parse_cli() -> Cli {
+    use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Init(args), Some(("init", m))) = (&mut cli.command, matches.subcommand()) {
+        args.sync_source_url_on_command_line =
+            m.value_source("sync_source_url") == Some(ValueSource::CommandLine);
+    }
+    cli
 }
 
 /// Refuse `--pg-bindir` for a job a worker runs, and say so when SEREN_PG_BINDIR is set.
@@ -303,7 +314,7 @@ fn no_bindir_remotely(flag: Option<&PathBuf>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
     tracing_subscriber::fmt()
@@ -372,7 +383,7 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     if args.resume {
         bail!("--resume is for local runs; a remote job that failed midway is rerun with --drop-existing");
     }
-    if args.sync || (args.sync_source_url.is_some() && on_command_line("--sync-source-url")) {
+    if args.sync || args.sync_source_url_on_command_line {
         bail!("--sync is for local runs: a remote job copies only; for a copy followed by replication run init (or `sync --force`) without --remote");
     }
     if args.sync_source_url.is_some() {

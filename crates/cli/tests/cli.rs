@@ -260,6 +260,41 @@ fn missing_pg_dump_is_named_with_the_fix() {
     assert!(!database_exists(&dst, "copy"));
 }
 
+/// `sync --force` copies again with init's engine, so it takes the client tools from the same
+/// places: `--pg-bindir`, else SEREN_PG_BINDIR (it once ignored both and ran whatever pg_dump
+/// it found).
+#[test]
+fn sync_force_takes_its_client_tools_from_pg_bindir_or_the_environment() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    let force = |bindir: &str, args: &[&str]| {
+        let out = cli()
+            .env("SEREN_PG_BINDIR", bindir)
+            .env("SEREN_SOURCE_URL", src.url("app"))
+            .env("SEREN_TARGET_URL", dst.url("copy"))
+            .args(["sync", "--force", "--yes"])
+            .args(args)
+            .output()
+            .expect("run sync --force");
+        error_line(&out)
+    };
+    let line = force("/nonexistent/env-bin", &[]);
+    assert!(
+        line.contains("pg_dump: not found in /nonexistent/env-bin"),
+        "{line}"
+    );
+    let line = force(
+        "/nonexistent/env-bin",
+        &["--pg-bindir", "/nonexistent/flag-bin"],
+    );
+    assert!(
+        line.contains("pg_dump: not found in /nonexistent/flag-bin"),
+        "the flag wins over the environment: {line}"
+    );
+    assert!(!database_exists(&dst, "copy"));
+}
+
 #[test]
 fn non_empty_target_is_refused_then_replaced_on_request() {
     let src = Cluster::start(&Options::source());
