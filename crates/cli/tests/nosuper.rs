@@ -1,7 +1,10 @@
 //! A migration with no superuser anywhere, as on managed services: the source role has only
 //! `LOGIN REPLICATION` and owns its database and tables; the target role has `CREATEDB` and, from
 //! PostgreSQL 16 on, `pg_create_subscription`. On 18 `init` copies and replicates, `verify`
-//! finds every table equal after writes and `cutover` freezes the role and detaches. On 15,
+//! finds every table equal after writes and `cutover` freezes the role and detaches; the same
+//! across majors, as the upgrades people make between managed services (12 → 16, 14 → 17:
+//! the two oldest sources' replication protocol, the two targets where the subscription right
+//! is a role of its own besides 18). On 15,
 //! where only a superuser may create a subscription, `init --sync` refuses before anything is
 //! made, naming the privilege, and a plain `init` copies, says that replication is off and why,
 //! and `verify` finds the copy equal.
@@ -21,9 +24,10 @@ fn run(source: &str, target: &str, args: &[&str]) -> Output {
     common::run_with(&client_bindir(), source, target, args)
 }
 
-/// The application's data, made by the unprivileged owner itself.
+/// The application's data, made by the unprivileged owner itself (hstore first: a trusted
+/// extension from 13 on, which the owner creates itself; on 12 the superuser does, as a
+/// managed service's console would).
 const SCHEMA: &str = "
-CREATE EXTENSION hstore;
 CREATE TABLE accounts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
                        attrs hstore, balance numeric(12,2), opened date);
 INSERT INTO accounts (name, attrs, balance, opened)
@@ -41,26 +45,43 @@ SELECT lo_from_bytea(0, 'an attachment');
 /// A source and a target of `major` with password authentication, each with an unprivileged
 /// role `app_owner` (the same name on both, as a restore that keeps ownership needs).
 fn servers(major: u32) -> (Cluster, Cluster, String, String) {
+    servers_of(major, major)
+}
+
+/// [`servers`] with a source of `source_major` and a target of `target_major`.
+fn servers_of(source_major: u32, target_major: u32) -> (Cluster, Cluster, String, String) {
+    let major = target_major;
     let src = Cluster::start(&Options {
-        server_bindir: Some(server_bindir(major)),
+        server_bindir: Some(server_bindir(source_major)),
         password: Some("su-src".into()),
         ..Options::source()
     });
     let dst = Cluster::start(&Options {
-        server_bindir: Some(server_bindir(major)),
+        server_bindir: Some(server_bindir(target_major)),
         password: Some("su-dst".into()),
         ..Options::target()
     });
     src.psql(
         "postgres",
-        &format!("CREATE ROLE app_owner LOGIN REPLICATION PASSWORD '{SOURCE_PW}'"),
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE app_owner LOGIN REPLICATION PASSWORD '{SOURCE_PW}'"
+        ),
     );
     src.psql("postgres", "CREATE DATABASE app OWNER app_owner");
     src.psql("app", "REVOKE ALL ON SCHEMA public FROM PUBLIC");
     src.psql("app", "ALTER SCHEMA public OWNER TO app_owner");
+    if source_major < 13 {
+        src.psql("app", "CREATE EXTENSION hstore");
+    }
+    let schema = if source_major < 13 {
+        SCHEMA.to_owned()
+    } else {
+        format!("CREATE EXTENSION hstore; {SCHEMA}")
+    };
     let out = src
         .psql_command("app")
-        .args(["-U", "app_owner", "-c", SCHEMA])
+        .args(["-U", "app_owner", "-c", &schema])
         .output()
         .expect("psql");
     assert!(out.status.success(), "{}", text(&out));
@@ -71,7 +92,10 @@ fn servers(major: u32) -> (Cluster, Cluster, String, String) {
     };
     dst.psql(
         "postgres",
-        &format!("CREATE ROLE app_owner LOGIN CREATEDB PASSWORD '{TARGET_PW}'; {subscribe}"),
+        &format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE app_owner LOGIN CREATEDB PASSWORD '{TARGET_PW}'; {subscribe}"
+        ),
     );
     let s = format!(
         "postgresql://app_owner:{SOURCE_PW}@127.0.0.1:{}/app?sslmode=disable",
@@ -87,6 +111,21 @@ fn servers(major: u32) -> (Cluster, Cluster, String, String) {
 #[test]
 fn on_18_init_sync_verify_and_cutover_work_without_a_superuser() {
     let (src, dst, s, t) = servers(18);
+    migrate_without_a_superuser(&src, &dst, &s, &t);
+}
+
+#[test]
+fn across_majors_init_sync_verify_and_cutover_work_without_a_superuser() {
+    for (from, to) in [(12, 16), (14, 17)] {
+        let (src, dst, s, t) = servers_of(from, to);
+        eprintln!("== {from} -> {to}");
+        migrate_without_a_superuser(&src, &dst, &s, &t);
+    }
+}
+
+/// validate, init with replication, writes, verify, cutover and its undo, all as `app_owner`.
+fn migrate_without_a_superuser(src: &Cluster, dst: &Cluster, s: &str, t: &str) {
+    let (s, t) = (s.to_owned(), t.to_owned());
     let out = run(&s, &t, &["validate"]);
     let all = text(&out);
     assert!(out.status.success(), "validate: {all}");

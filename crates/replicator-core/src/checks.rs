@@ -95,8 +95,17 @@ fn unreadable(name: &'static str, what: &str, e: &tokio_postgres::Error) -> Chec
     )
 }
 
-async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> Option<T> {
-    c.query_one(sql, &[]).await.ok().map(|r| r.get(0))
+/// The first column of `sql`'s one row; `None` when the query fails or the value is NULL (a
+/// setting an older server does not have, read with `current_setting(…, true)`) or of
+/// another type, so that no server's answer can panic a check.
+pub(crate) async fn one<T: tokio_postgres::types::FromSqlOwned>(
+    c: &Client,
+    sql: &str,
+) -> Option<T> {
+    c.query_one(sql, &[])
+        .await
+        .ok()
+        .and_then(|r| r.try_get::<_, Option<T>>(0).ok().flatten())
 }
 
 /// A limit and its use (`sql` returns the setting and the count in use): passes while one is
@@ -113,7 +122,7 @@ async fn capacity(
         .query_one(sql, params)
         .await
         .ok()
-        .map(|r| (r.get(0), r.get(1)));
+        .and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)));
     match read {
         Some((max, used)) if i64::from(max) > used => {
             Check::pass(name, format!("{used} of {max} {what} in use"))

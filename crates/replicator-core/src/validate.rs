@@ -5,10 +5,8 @@
 
 use std::path::PathBuf;
 
-use tokio_postgres::Client;
-
 use crate::catalog;
-use crate::checks;
+use crate::checks::{self, one};
 use crate::connect::connect;
 use crate::conninfo::ConnUrl;
 use crate::error::Side;
@@ -46,10 +44,6 @@ fn check(
 
 fn pass(name: &'static str, detail: impl Into<String>) -> Check {
     Check::pass(name, detail)
-}
-
-async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> Option<T> {
-    c.query_one(sql, &[]).await.ok().map(|r| r.get(0))
 }
 
 /// Run every check; never fails itself (an unreachable server is a failed check).
