@@ -116,7 +116,9 @@ build {
   }
 
   provisioner "file" {
-    content     = var.extra_ca_certs != "" ? file(var.extra_ca_certs) : ""
+    # Packer refuses an empty content; without extra CAs the file is a comment setup-worker.sh
+    # never reads (EXTRA_CA_CERTS is then empty).
+    content     = var.extra_ca_certs != "" ? file(var.extra_ca_certs) : "# no extra CA certificates\n"
     destination = "/tmp/extra-ca-certs.pem"
   }
 

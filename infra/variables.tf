@@ -168,7 +168,7 @@ variable "database_ports" {
 }
 
 variable "https_cidr_blocks" {
-  description = "Where workers may reach HTTPS: the AWS APIs (DynamoDB, KMS, CloudWatch Logs). With VPC endpoints, narrow this to the VPC's CIDR."
+  description = "Where workers may reach HTTPS: the AWS APIs (DynamoDB, KMS, CloudWatch Logs). With VPC endpoints of your own, narrow this to the VPC's CIDR. Not used with private_networking and create_vpc_endpoints: HTTPS then goes to the endpoints Terraform made."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }

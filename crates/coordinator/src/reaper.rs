@@ -282,7 +282,8 @@ async fn spot_reclaimed(
             "interrupted",
             format!(
                 "EC2 reclaimed the spot instance {instance} ({reason}) before its worker could \
-                 record it; the copy was interrupted, not broken: run the job again"
+                 record it; tables finished before the interruption are in the target (run \
+                 the job again, with drop_existing to start over)"
             ),
         )),
         Ok(_) => None,

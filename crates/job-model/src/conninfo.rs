@@ -175,6 +175,16 @@ impl ConnUrl {
                 "it names a Unix socket directory; a remote worker needs a host name or address",
             ));
         }
+        if url.sslmode == SslMode::VerifyCa {
+            // Without a CA of its own (which a worker cannot have), verify-ca would accept any
+            // server holding a certificate from the worker's public CAs: any web site's, any
+            // other customer's RDS instance.
+            return Err(RemoteUrlError::LocalOnly(
+                "sslmode=verify-ca checks no host name, and a remote worker has only public CAs \
+                 to check against, which any other server's certificate may come from; use \
+                 sslmode=verify-full",
+            ));
+        }
         let system = url
             .sslrootcert
             .as_ref()
@@ -198,15 +208,16 @@ impl ConnUrl {
         Ok(url)
     }
 
-    /// This URL as a worker opens it: a URL that checks the server's certificate
-    /// (`verify-ca`, `verify-full`) and names no CA file of its own (none, or `system`) is
-    /// checked against `trust_store`, the worker's CA bundle, by the driver and by `pg_dump`
-    /// and `psql` alike (a worker has no `~/.postgresql/root.crt`, and libpq before 16 knows
-    /// no `system`). Every other URL is unchanged: `require` keeps libpq's meaning (encrypt,
-    /// check nothing when no CA file is given).
+    /// This URL as a worker opens it: a `verify-full` URL that names no CA file of its own
+    /// (none, or `system`) is checked against `trust_store`, the worker's CA bundle, by the
+    /// driver and by `pg_dump` and `psql` alike (a worker has no `~/.postgresql/root.crt`,
+    /// and libpq before 16 knows no `system`). Every other URL is unchanged: `require` keeps
+    /// libpq's meaning (encrypt, check nothing when no CA file is given), and `verify-ca`,
+    /// which checks no host name, is never given public CAs (remote jobs refuse it, see
+    /// [`ConnUrl::parse_for_worker`]).
     #[must_use]
     pub fn with_trust_store(mut self, trust_store: &Path) -> Self {
-        let checks = matches!(self.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
+        let checks = self.sslmode == SslMode::VerifyFull;
         let own_file = self
             .sslrootcert
             .as_ref()
@@ -656,6 +667,7 @@ mod tests {
             local_only("postgresql://u:pw@h/db?sslmode=require&sslrootcert=system")
                 .contains("verify-full")
         );
+        assert!(local_only("postgresql://u:pw@h/db?sslmode=verify-ca").contains("verify-full"));
     }
 
     #[test]
@@ -669,7 +681,6 @@ mod tests {
         };
         for url in [
             "postgresql://u@h/db?sslmode=verify-full",
-            "postgresql://u@h/db?sslmode=verify-ca",
             "postgresql://u@h/db?sslmode=verify-full&sslrootcert=system",
         ] {
             assert_eq!(open(url).as_deref(), Some(bundle), "{url}");
@@ -687,6 +698,8 @@ mod tests {
             "postgresql://u@h/db?sslmode=require",
             "postgresql://u@h/db?sslmode=prefer",
             "postgresql://u@h/db?sslmode=disable",
+            // No host name checked: public CAs would let any server through.
+            "postgresql://u@h/db?sslmode=verify-ca",
         ] {
             assert_eq!(open(url), None, "{url}");
         }

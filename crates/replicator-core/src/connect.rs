@@ -123,7 +123,7 @@ pub(crate) fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> Opti
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. } => {
                     "the server's certificate does not name the host of the URL: connect by \
-                     the name the certificate holds, or use sslmode=verify-ca"
+                     the name the certificate holds"
                 }
                 _ => {
                     "the server's certificate is not signed by a CA this machine trusts: name \

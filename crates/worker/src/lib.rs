@@ -45,7 +45,7 @@ pub struct Config {
     /// How long to keep trying to record the outcome before giving up (the instance then
     /// powers off and the reaper decides).
     pub outcome_backoff: Backoff,
-    /// The CA bundle (PEM) that a job's `verify-ca`/`verify-full` URLs without a CA file of
+    /// The CA bundle (PEM) that a job's `verify-full` URLs without a CA file of
     /// their own are checked against, by the driver and by `pg_dump` alike
     /// ([`ConnUrl::with_trust_store`]). `None`: such URLs are opened as they are.
     pub trust_store: Option<PathBuf>,

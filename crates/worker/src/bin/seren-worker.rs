@@ -51,8 +51,8 @@ struct Cli {
     /// network blip) before giving up.
     #[arg(long, env = "SEREN_OUTCOME_DEADLINE_SECS", default_value_t = job_model::store::retry::Backoff::OUTCOME.deadline.as_secs())]
     outcome_deadline_secs: u64,
-    /// CA bundle (PEM) that the job's verify-ca/verify-full URLs without a CA file of their
-    /// own are checked against, by the driver and by pg_dump. Default: the first of
+    /// CA bundle (PEM) that the job's verify-full URLs without a CA file of their own are
+    /// checked against, by the driver and by pg_dump. Default: the first of
     /// /etc/seren-worker/ca-bundle.pem (built into the AMI: the system's CAs and the cloud
     /// database CAs), /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt.
     #[arg(long, env = "SEREN_CA_BUNDLE")]
@@ -162,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     match &cfg.trust_store {
         Some(b) => tracing::info!(trust_store = %b.display(), "server certificates checked against this bundle"),
-        None => tracing::warn!("no CA bundle found (--ca-bundle); verify-full URLs will fail unless they name sslrootcert"),
+        None => tracing::warn!("no CA bundle found (--ca-bundle): verify-full connections are checked against the driver's public CAs only, and pg_dump may refuse them"),
     }
     tracing::info!(job_id = %cfg.job_id, instance_id = %cfg.instance_id, "seren-worker starting");
     let stop = async {
