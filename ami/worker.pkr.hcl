@@ -116,9 +116,9 @@ build {
   }
 
   provisioner "file" {
-    # Packer refuses an empty content; without extra CAs the file is a comment setup-worker.sh
-    # never reads (EXTRA_CA_CERTS is then empty).
-    content     = var.extra_ca_certs != "" ? file(var.extra_ca_certs) : "# no extra CA certificates\n"
+    # Without extra CAs, a placeholder that setup-worker.sh never reads (EXTRA_CA_CERTS is
+    # then empty); a file source works with every Packer version, `content` does not.
+    source      = var.extra_ca_certs != "" ? var.extra_ca_certs : "${path.root}/no-extra-ca-certs.pem"
     destination = "/tmp/extra-ca-certs.pem"
   }
 
