@@ -269,6 +269,13 @@ impl InitArgs {
                 max_parts: self.max_parts,
                 retries: self.retries,
                 maintenance_work_mem: self.maintenance_work_mem.clone(),
+                sync: Some(if self.sync {
+                    job_model::SyncChoice::Required
+                } else if self.no_sync {
+                    job_model::SyncChoice::Off
+                } else {
+                    job_model::SyncChoice::Auto
+                }),
                 ..job_model::Options::default()
             },
         })
@@ -383,13 +390,13 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     if args.resume {
         bail!("--resume is for local runs; a remote job that failed midway is rerun with --drop-existing");
     }
-    if args.sync || args.sync_source_url_on_command_line {
-        bail!("--sync is for local runs: a remote job copies only; for a copy followed by replication run init (or `sync --force`) without --remote");
+    if args.sync_source_url_on_command_line {
+        bail!("--sync-source-url is for local runs: the target server of a remote job reaches the source at the source URL; leave it out, or run locally");
     }
     if args.sync_source_url.is_some() {
         eprintln!(
-            "note: SEREN_SYNC_SOURCE_URL is for replication, which remote jobs do not start \
-             (they copy only): it is not used"
+            "note: SEREN_SYNC_SOURCE_URL is for local runs and not used: the target server of \
+             a remote job reaches the source at the source URL"
         );
     }
     no_bindir_remotely(args.pg_bindir.as_ref())?;
@@ -549,6 +556,16 @@ fn conclude(j: &job_model::api::JobView, json: bool) -> anyhow::Result<()> {
         (Some(JobResult::Validate(report)), C::Validate) => {
             replication::print_validate(report, json)
         }
+        (Some(JobResult::Init(report)), C::Init) if j.status == job_model::JobStatus::Completed => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(j)?);
+            }
+            eprintln!("{}", remote::status_line(j));
+            if let Some(sync) = &report.replication {
+                eprintln!("{}", progress::replicating_line(sync));
+            }
+            Ok(())
+        }
         _ => {
             if json {
                 println!("{}", serde_json::to_string_pretty(j)?);
@@ -635,13 +652,6 @@ async fn init(args: InitArgs) -> anyhow::Result<()> {
     // What only a local run has.
     opts.resume = args.resume;
     opts.pg_bindir = replication::local_bindir(args.pg_bindir);
-    opts.sync = if args.sync {
-        SyncMode::Required
-    } else if args.no_sync {
-        SyncMode::Off
-    } else {
-        SyncMode::Auto
-    };
     opts.sync_source = args
         .sync_source_url
         .as_deref()

@@ -197,11 +197,16 @@ pub fn print_summary(r: &InitReport) {
         eprintln!("{:<24} {:>10.2}", phase.name(), d.as_secs_f64());
     }
     eprintln!("{:<24} {:>10.2}", "total", total.as_secs_f64());
-    if let Some(sync) = &r.sync {
-        eprintln!(
-            "replicating: the target's subscription {} applies the source's changes from {} on \
-             ({} tables); `status` shows the lag, `verify` compares, `sync --stop` ends it",
-            sync.names.subscription, sync.consistent_point, sync.published_tables
-        );
+    if let Some(sync) = &r.to_result().replication {
+        eprintln!("{}", replicating_line(sync));
     }
+}
+
+/// The line that says replication runs, after a local or a remote `init`.
+pub fn replicating_line(sync: &job_model::report::ReplicationResult) -> String {
+    format!(
+        "replicating: the target's subscription {} applies the source's changes from {} on \
+         ({} tables); `status` shows the lag, `verify` compares, `sync --stop` ends it",
+        sync.subscription, sync.consistent_point, sync.published_tables
+    )
 }

@@ -183,6 +183,8 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
             &["--timeout-secs", "600"],
             json!({"options": {"timeout_seconds": 600}}),
         ),
+        (&["--sync"], json!({"options": {"sync": "required"}})),
+        (&["--no-sync"], json!({"options": {"sync": "off"}})),
         (
             &[],
             json!({"source_display": "postgresql://app@127.0.0.1:1/shop",
@@ -190,7 +192,6 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
         ),
     ];
     // The client's own: how it shows the job, where the API is, that the user confirmed.
-    // `--no-sync` is what a remote job does anyway: it copies only.
     let client: &[(&[&str], &str)] = &[
         (&["--progress", "log"], "--progress"),
         (&["--json"], "--json"),
@@ -199,17 +200,15 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
         (&["--api-key", KEY], "--api-key"),
         (&["--yes"], "--yes"),
         (&["--log-level", "info"], "--log-level"),
-        (&["--no-sync"], "--no-sync"),
         (&[], "--source"),
         (&[], "--target"),
         (&[], "--help"),
     ];
     let refused: &[(&[&str], &str)] = &[
         (&["--resume"], "--resume is for local runs"),
-        (&["--sync"], "--sync is for local runs"),
         (
             &["--sync-source-url", "postgresql://repl@127.0.0.1:1/shop"],
-            "--sync is for local runs",
+            "--sync-source-url is for local runs",
         ),
         (
             &["--pg-bindir", "/usr/lib/postgresql/15/bin"],
@@ -248,14 +247,17 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
                 .map(|f| (*f).to_owned()),
         );
     }
-    // Nothing else was set by a plain submit: defaults stay the worker's.
+    // Nothing else was set by a plain submit: defaults stay the worker's, and replication
+    // follows the copy when both servers allow it, as a local init does.
     let plain = submitted(&api, &[]).expect("plain");
     let options = plain["options"].as_object().expect("options");
     let keys: Vec<&String> = options.keys().collect();
     assert!(
-        keys.iter().all(|k| *k == "source_size_bytes"),
+        keys.iter()
+            .all(|k| *k == "source_size_bytes" || *k == "sync"),
         "a plain submit set {keys:?}"
     );
+    assert_eq!(plain["options"]["sync"], "auto", "{plain}");
     let remote_api = ["--remote-api", api.url.as_str()];
     submitted(&api, &remote_api).expect("--remote-api");
     decided.insert("--remote-api".to_owned());
@@ -296,7 +298,7 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
         (
             "SEREN_SYNC_SOURCE_URL",
             "postgresql://repl@127.0.0.1:1/shop",
-            "SEREN_SYNC_SOURCE_URL is for replication",
+            "SEREN_SYNC_SOURCE_URL is for local runs and not used",
         ),
     ] {
         let out = cli(&api)

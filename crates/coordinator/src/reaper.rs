@@ -202,6 +202,15 @@ pub async fn reap(
                     error = spot;
                 }
             }
+            if job.status == JobStatus::Running && replicates(&job) {
+                // The worker went without cleaning up after itself; the reaper cannot reach
+                // the databases (it holds no URL it could open).
+                error.message.push_str(
+                    "; this job replicates, so a replication slot it made may remain on the \
+                     source and keep its WAL: `postgres-seren-replicator status` with the job's \
+                     URLs names it, `sync --stop` drops it",
+                );
+            }
             let change = Change::to(to, now).error(error);
             match store
                 .transition(&job.job_id, Expect::job(&job), change)
@@ -267,6 +276,15 @@ pub async fn reap(
         tracing::error!(failure = %f, "reaper step failed");
     }
     report
+}
+
+/// Whether `job` sets up replication (and so may leave a slot on the source when its worker
+/// dies).
+fn replicates(job: &Job) -> bool {
+    matches!(
+        job.spec.options.sync,
+        Some(job_model::SyncChoice::Auto | job_model::SyncChoice::Required)
+    )
 }
 
 /// The error for a job whose heartbeat stopped because its provider reclaimed the spot
@@ -501,6 +519,23 @@ mod tests {
         assert_eq!(
             code(&crashed.job_id).await.map(|e| e.0).as_deref(),
             Some("heartbeat_lost")
+        );
+        assert!(
+            !message.contains("slot"),
+            "a copy-only job made none: {message}"
+        );
+
+        // A job that replicates may have left its slot on the source: the record says how to
+        // find and drop it.
+        let mut syncing = silent("i-crashed");
+        syncing.spec.options.sync = Some(job_model::SyncChoice::Auto);
+        store.create(&syncing, None).await.expect("create");
+        reap(&store, &Reclaimed, &Policy::default(), now).await;
+        let (c, message) = code(&syncing.job_id).await.expect("error");
+        assert_eq!(c, "heartbeat_lost");
+        assert!(
+            message.contains("replication slot") && message.contains("sync --stop"),
+            "{message}"
         );
     }
 

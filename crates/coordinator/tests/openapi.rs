@@ -114,6 +114,7 @@ fn documented_schemas_match_the_wire_types() {
         max_parts: Some(1),
         retries: Some(1),
         maintenance_work_mem: Some("1GB".into()),
+        sync: Some(job_model::SyncChoice::Auto),
     };
     let filter = FilterSpec {
         include_tables: vec!["a".into()],

@@ -243,6 +243,24 @@ pub struct Options {
     /// PostgreSQL's memory units (`256MB`, the default; `1GB`; a bare number is kB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_work_mem: Option<String>,
+    /// `init`: replication after the copy (default `off`: copy only). The worker creates the
+    /// slot with the copy's snapshot and, after the copy, the subscription on the target, which
+    /// the target server then runs by itself: the worker goes away as after a copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncChoice>,
+}
+
+/// Whether an `init` job replicates after its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncChoice {
+    /// Copy only.
+    Off,
+    /// Replicate when the source and target allow it; otherwise copy only and say why in the
+    /// job's warnings (what a local `init` does without a flag).
+    Auto,
+    /// Replicate, or refuse before anything is made.
+    Required,
 }
 
 /// `init`'s COPY format.
@@ -330,6 +348,7 @@ impl Options {
                 "max_parts",
                 "retries",
                 "maintenance_work_mem",
+                "sync",
             ],
             Command::Verify => &["jobs", "chunk_rows", "catch_up_timeout_seconds"],
             Command::Sync | Command::Validate => &[],

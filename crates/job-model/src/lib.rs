@@ -34,7 +34,7 @@ pub use conninfo::{ConnUrl, RemoteUrlError, Secret, SslMode};
 pub use filter::{Filter, FilterError, QualName};
 pub use job::{
     Command, CopyFormat, ErrorBody, FilterSpec, Job, JobSpec, OptionProblem, Options, Owner,
-    Progress, Retry, Timestamp,
+    Progress, Retry, SyncChoice, Timestamp,
 };
 pub use seal::{SealError, Sealer};
 pub use status::JobStatus;

@@ -1,5 +1,6 @@
-//! What `verify` and `validate` report: one typed definition, printed by `--json` locally,
-//! recorded in a remote job's `result`, and read back by the CLI. Every later field has a
+//! What `verify` and `validate` report, and what an `init` job left running: one typed
+//! definition, printed by `--json` locally, recorded in a remote job's `result`, and read back
+//! by the CLI. Every later field has a
 //! default, so a record written by an older release still decodes; `version` says which shape
 //! wrote it (records without one are version 1).
 
@@ -16,7 +17,7 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// What a `verify` or `validate` job found.
+/// What a `verify` or `validate` job found, or what an `init` job left running.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum JobResult {
@@ -24,6 +25,38 @@ pub enum JobResult {
     Verify(VerifyResult),
     /// A `validate` report.
     Validate(ValidateResult),
+    /// An `init` job's outcome.
+    Init(InitResult),
+}
+
+/// What an `init` job made that outlives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitResult {
+    /// The shape of this report.
+    #[serde(default = "version_one")]
+    pub version: u32,
+    /// Whether replication runs after the copy (false: copy only, or replication was not
+    /// possible and the warnings say why).
+    pub replicating: bool,
+    /// The replication it set up, when it did: what `status`, `verify`, `cutover` and
+    /// `sync --stop` act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationResult>,
+}
+
+/// The objects of one replication, on the two servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationResult {
+    /// The logical replication slot on the source.
+    pub slot: String,
+    /// The publication on the source.
+    pub publication: String,
+    /// The subscription on the target.
+    pub subscription: String,
+    /// Where replication starts: the copy's snapshot saw everything before this LSN.
+    pub consistent_point: String,
+    /// Tables in the publication.
+    pub published_tables: u64,
 }
 
 /// `verify`'s report.

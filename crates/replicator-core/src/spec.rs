@@ -2,10 +2,10 @@
 //! conversion that the command line (for local runs) and the worker (for remote ones) share, so
 //! that a flag means the same wherever the copy runs and no option is dropped on one path.
 //!
-//! What only a local run can have (`--resume`, replication, a `pg_dump` directory of this
-//! machine) is set by the caller on the options returned.
+//! What only a local run can have (`--resume`, another URL for the target to reach the source
+//! by, a `pg_dump` directory of this machine) is set by the caller on the options returned.
 
-use job_model::{CopyFormat, FilterSpec, JobSpec, Options};
+use job_model::{CopyFormat, FilterSpec, JobSpec, Options, SyncChoice};
 
 use crate::conninfo::ConnUrl;
 use crate::error::{Error, Result};
@@ -76,6 +76,11 @@ pub fn init_options(source: ConnUrl, target: ConnUrl, spec: &JobSpec) -> Result<
     if let Some(m) = &o.maintenance_work_mem {
         opts.maintenance_work_mem.clone_from(m);
     }
+    opts.sync = match o.sync {
+        None | Some(SyncChoice::Off) => crate::sync::SyncMode::Off,
+        Some(SyncChoice::Auto) => crate::sync::SyncMode::Auto,
+        Some(SyncChoice::Required) => crate::sync::SyncMode::Required,
+    };
     Ok(opts)
 }
 

@@ -137,6 +137,7 @@ enum Work {
 
 /// The engine's work for a job, or the error to fail it with.
 fn plan_work(job: &Job, source: &str, target: &str, cfg: &Config) -> Result<Work, ErrorBody> {
+    let source_text = source;
     let pg_bindir = cfg.pg_bindir.clone();
     let url = |side: &str, text: &str| {
         let url = ConnUrl::parse_remote(text)
@@ -151,8 +152,13 @@ fn plan_work(job: &Job, source: &str, target: &str, cfg: &Config) -> Result<Work
     let usage = |e: replicator_core::Error| ErrorBody::new(e.code(), e.to_string());
     match spec.command {
         Command::Init => {
+            // The target server reaches the source for replication by the URL as its owner
+            // gave it: the worker's CA bundle is a file on the worker, not on that server.
+            let as_given = ConnUrl::parse_remote(source_text)
+                .map_err(|e| ErrorBody::new("invalid_url", format!("source URL: {e}")))?;
             let mut opts = spec::init_options(source, target, spec).map_err(usage)?;
             opts.pg_bindir = pg_bindir;
+            opts.sync_source = Some(as_given);
             Ok(Work::Init(opts))
         }
         Command::Verify => Ok(Work::Verify(
@@ -544,10 +550,16 @@ pub async fn run_watched(
                 bytes = report.bytes,
                 "copy finished"
             );
+            if let Some(s) = &report.sync {
+                tracing::info!(slot = %s.names.slot, subscription = %s.names.subscription,
+                    "replication runs in the target server");
+            }
             finish(
                 &store,
                 &cfg,
-                Change::to(JobStatus::Completed, now).progress(progress),
+                Change::to(JobStatus::Completed, now)
+                    .progress(progress)
+                    .result(JobResult::Init(report.to_result())),
             )
             .await?;
             Outcome::Completed
@@ -699,6 +711,51 @@ mod tests {
             }
             Ok(Secret::new("postgresql://u@h/db"))
         }
+    }
+
+    /// The worker checks a verify-full source against its own CA bundle, but the target
+    /// server, which replicates from the source after the worker is gone, gets the URL as its
+    /// owner gave it: the bundle is a file on the worker.
+    #[test]
+    fn the_subscription_never_names_the_workers_ca_bundle() {
+        let source = "postgresql://app:pw@db.example.com/shop?sslmode=verify-full";
+        let job = Job::new(
+            Job::new_id(),
+            job_model::Owner("key-x".into()),
+            job_model::JobSpec {
+                command: Command::Init,
+                filter: job_model::FilterSpec::default(),
+                options: job_model::Options {
+                    sync: Some(job_model::SyncChoice::Required),
+                    ..job_model::Options::default()
+                },
+            },
+            (vec![], vec![]),
+            (String::new(), String::new()),
+            None,
+            Timestamp::now(),
+            job_model::job::DEFAULT_RETENTION,
+        );
+        let mut cfg = Config::new(job.job_id.clone(), "i-1");
+        let bundle = PathBuf::from("/etc/seren-worker/ca-bundle.pem");
+        cfg.trust_store = Some(bundle.clone());
+        let Ok(Work::Init(opts)) = plan_work(
+            &job,
+            source,
+            "postgresql://app:pw@new.example.com/shop",
+            &cfg,
+        ) else {
+            panic!("an init job");
+        };
+        assert_eq!(opts.source.sslrootcert, Some(bundle));
+        assert_eq!(opts.sync, replicator_core::sync::SyncMode::Required);
+        let via = opts.sync_source.expect("the URL for the target server");
+        assert_eq!(via.sslrootcert, None);
+        let conninfo = replicator_core::sync::subscription_conninfo(&via);
+        assert!(
+            !conninfo.contains("sslrootcert") && conninfo.contains("sslmode=verify-full"),
+            "{conninfo}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -290,36 +290,30 @@ fn a_cancel_request_stops_the_copy_and_records_cancelled() {
     );
 }
 
+/// A stop signal (SIGTERM from systemd) while the copy runs: the job is `worker_stopped`. The
+/// copy is held behind a lock so that the signal always lands mid-copy (a fixed delay raced a
+/// fast machine's copy, which then completed first).
 #[test]
 fn a_stop_signal_fails_the_job_as_worker_stopped() {
-    let src = Cluster::start(&pg_harness::Options::source());
+    let (src, mut locker) = locked_source();
     let dst = Cluster::start(&pg_harness::Options::target());
-    src.create_db("big");
-    src.psql(
-        "big",
-        "CREATE TABLE wide (id bigint, payload text);
-         INSERT INTO wide SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 1000000) g;",
-    );
     let e = env();
     rt().block_on(async {
         let job = provisioned(
             &e,
-            &src.url("big"),
-            &dst.url("big"),
-            Options {
-                jobs: Some(1),
-                ..Options::default()
-            },
+            &src.url("shop"),
+            &dst.url("shop"),
+            Options::default(),
             "local-1",
         )
         .await;
-        // The signal comes while rows are moving (a fixed delay raced a fast machine's copy).
         let (store, id) = (e.store.clone(), job.job_id.clone());
         let stop = async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let j = store.get(&id).await.expect("get").expect("job");
-                if j.progress.as_ref().is_some_and(|p| p.rows > 0) {
+                // The locked table holds the copy (pg_dump waits for it in pre-data).
+                if j.progress.is_some() {
                     break;
                 }
             }
@@ -339,6 +333,8 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
             (JobStatus::Failed, Some("worker_stopped".into()))
         );
     });
+    let _ = locker.kill();
+    let _ = locker.wait();
 }
 
 /// Run a fresh `command` job on `local-1` to its end.
@@ -899,4 +895,112 @@ fn verify_full_checks_both_servers_against_the_worker_trust_store() {
         content(&src, "shop", "customers"),
         content(&dst, "shop", "customers")
     );
+}
+
+/// A remote `init` with replication: the worker creates the slot with the copy's snapshot,
+/// copies, subscribes the target and goes away; the target server then follows the source by
+/// itself, and the job record names what it made. With `auto` and a source that cannot
+/// replicate, the job copies and says why in its warnings.
+#[test]
+fn a_remote_init_with_sync_leaves_the_target_replicating() {
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric);
+         INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 5000) g;",
+    );
+    let e = env();
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("shop"),
+            &dst.url("shop"),
+            Options {
+                sync: Some(job_model::SyncChoice::Required),
+                ..Options::default()
+            },
+            "local-1",
+        )
+        .await;
+        assert_eq!(run_on(&e, &job, "local-1").await, Outcome::Completed);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        let Some(job_model::report::JobResult::Init(result)) = j.result else {
+            panic!("an init result: {:?}", j.result)
+        };
+        let names = replicator_core::sync::SyncNames::for_target(
+            &replicator_core::ConnUrl::parse_remote(&dst.url("shop")).expect("url"),
+        );
+        let made = result.replication.expect("replication");
+        assert!(result.replicating);
+        assert_eq!(
+            (
+                made.slot.as_str(),
+                made.subscription.as_str(),
+                made.published_tables
+            ),
+            (names.slot.as_str(), names.subscription.as_str(), 1)
+        );
+        assert_eq!(
+            src.psql("shop", "SELECT slot_name FROM pg_replication_slots"),
+            names.slot
+        );
+    });
+    // The worker is gone; the target follows the source's writes by itself.
+    src.psql(
+        "shop",
+        "INSERT INTO orders VALUES (5001, 1); UPDATE orders SET total = 0 WHERE id = 7; \
+         DELETE FROM orders WHERE id = 8;",
+    );
+    let mut caught_up = false;
+    for _ in 0..300 {
+        if content(&src, "shop", "orders") == content(&dst, "shop", "orders") {
+            caught_up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(caught_up, "the target did not follow the source's writes");
+    // What the record names is what `sync --stop` removes.
+    let sub = dst.psql("shop", "SELECT subname FROM pg_subscription");
+    dst.psql("shop", &format!("DROP SUBSCRIPTION \"{sub}\""));
+    assert_eq!(
+        src.psql("shop", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+
+    // auto, on a source without wal_level=logical: a copy, and the reason in the warnings.
+    let plain = Cluster::start(&pg_harness::Options::target());
+    plain.create_db("shop");
+    plain.psql(
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &plain.url("shop"),
+            &dst.url("copy2"),
+            Options {
+                sync: Some(job_model::SyncChoice::Auto),
+                ..Options::default()
+            },
+            "local-2",
+        )
+        .await;
+        assert_eq!(run_on(&e, &job, "local-2").await, Outcome::Completed);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert!(
+            matches!(&j.result, Some(job_model::report::JobResult::Init(r)) if !r.replicating && r.replication.is_none()),
+            "{:?}",
+            j.result
+        );
+        let warnings = j.progress.map(|p| p.warnings).unwrap_or_default();
+        assert!(
+            warnings.iter().any(|w| w.contains("wal_level")),
+            "{warnings:?}"
+        );
+    });
+    assert_eq!(content(&plain, "shop", "t"), content(&dst, "copy2", "t"));
 }

@@ -145,6 +145,26 @@ pub struct InitReport {
     pub sync: Option<SyncReport>,
 }
 
+impl InitReport {
+    /// What a remote `init` job records: the replication it left running, if any.
+    pub fn to_result(&self) -> job_model::report::InitResult {
+        job_model::report::InitResult {
+            version: job_model::report::REPORT_VERSION,
+            replicating: self.sync.is_some(),
+            replication: self
+                .sync
+                .as_ref()
+                .map(|s| job_model::report::ReplicationResult {
+                    slot: s.names.slot.clone(),
+                    publication: s.names.publication.clone(),
+                    subscription: s.names.subscription.clone(),
+                    consistent_point: s.consistent_point.clone(),
+                    published_tables: u64::try_from(s.published_tables).unwrap_or(u64::MAX),
+                }),
+        }
+    }
+}
+
 /// Inspect the target without changing it (for the CLI's confirmation prompt).
 ///
 /// # Errors
