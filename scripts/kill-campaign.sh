@@ -8,6 +8,9 @@
 # rounds; exits 1 when any round is not exact.
 #
 #   ./scripts/kill-campaign.sh [ROUNDS]        # default 20; about 8 minutes on 2 cores
+#   ./scripts/kill-campaign.sh 10 --writes --phases data,post-data
+#       # pgbench writes to the source throughout each round (the kill, the gap, the resume);
+#       # the 10 moments of the data and post-data phases
 #
 # Not part of the normal test run (scripts/test.sh): it takes minutes, and the same faults are
 # pinned one by one by crates/cli/tests/safety.rs and crates/replicator-core/tests/faults.rs.
@@ -17,6 +20,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 rounds=${1:-20}
+shift || true
 ensure_postgres
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 cargo build -q -p postgres-seren-replicator
@@ -66,4 +70,4 @@ echo "source: $size"
 
 python3 scripts/kill_campaign.py --bin "$bin" --pg-bindir "$(pg_bindir)" --source "$src" \
     --target-base "postgresql://postgres@127.0.0.1:$dst_port" --rounds "$rounds" \
-    --split "4MB"
+    --split "4MB" "$@"

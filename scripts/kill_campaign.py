@@ -12,10 +12,17 @@ nothing to resume), and checks:
   publication of this tool without its slot;
 - on every source table, the application's UPDATE and DELETE still work (one row each, rolled
   back): none fails because the table was published without a replica identity.
+
+With --writes, pgbench writes to the replicated tables (updates, inserts and deletes in `big`,
+`accounts` and three small tables) from before each round's `init` until after its recovery,
+so the kill, the gap before the resume and the resume itself all happen under writes; the rows
+are then compared once the writes have stopped and replication has caught up, and the recovery
+must have left the target replicating.
 """
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +50,40 @@ def psql(url, sql, check=True):
 
 def db(base, name):
     return f"{base}/{name}?sslmode=disable"
+
+
+WRITES = """\\set id random(1, 400000)
+\\set nid random(400001, 2000000000)
+\\set a random(0, 999)
+\\set s random(1, 100)
+BEGIN;
+UPDATE big SET note = md5(random()::text), payload = payload || '{"w": 1}' WHERE id = :id;
+INSERT INTO big (id, account, note) VALUES (:nid, :a, 'written') ON CONFLICT (id) DO NOTHING;
+DELETE FROM big WHERE id = :id + 7;
+UPDATE accounts SET name = name || '.' WHERE id = :a;
+UPDATE small_1 SET v = md5(random()::text) WHERE id = :s;
+INSERT INTO small_150 (id, v) VALUES (:nid, 'w') ON CONFLICT (id) DO NOTHING;
+DELETE FROM small_300 WHERE id = :s;
+COMMIT;
+"""
+
+
+class Writer:
+    """pgbench writing to the source at a fixed rate until stopped."""
+
+    def __init__(self, pg_bindir, source, script):
+        self.proc = subprocess.Popen(
+            [os.path.join(pg_bindir, "pgbench"), "-n", "-c", "2", "-R", "40", "-T", "100000",
+             "-f", script, source], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err
 
 
 class Tool:
@@ -178,9 +219,10 @@ def replicating(target):
     return out.returncode == 0 and out.stdout.strip() == "1"
 
 
-def round_(tool, source, base, n, phase, delay, expected):
+def round_(tool, source, base, n, phase, delay, expected, writes=None):
     name = f"copy_{n}"
     target = db(base, name)
+    writer = Writer(*writes) if writes else None
     proc = tool.start_init(source, target)
     state = {"current": None, "killed_in": None, "armed": False}
     def kill():
@@ -205,6 +247,7 @@ def round_(tool, source, base, n, phase, delay, expected):
     watch(proc, on_line)
     proc.wait()
     killed = proc.returncode == -signal.SIGKILL
+    refreshed = "-"
     recovery = "none (completed before the kill)"
     if killed:
         out = tool.run(source, target, "init", "--resume", "--progress", "none")
@@ -220,19 +263,32 @@ def round_(tool, source, base, n, phase, delay, expected):
             dropped = False
         elif out.returncode != 0:
             return [n, f"{phase}+{delay:.2f}s", state["killed_in"] or "-", recovery,
-                    "RECOVERY FAILED: " + out.stderr.strip().splitlines()[-1], "-", "-", "-"]
+                    "RECOVERY FAILED: " + out.stderr.strip().splitlines()[-1], "-", "-", "-", "-"]
         else:
             dropped = "dropped the replication slot" in out.stderr
+            m = re.search(r"\((\d+) key ranges\) and (\d+) range\(s\) that had changed since "
+                          r"were copied again \((\d+) rows\)", " ".join(out.stderr.split()))
+            if m:
+                refreshed = (f"{int(m.group(3)):,} rows ({m.group(2)} ranges or parts; "
+                             f"{m.group(1)} ranges compared)")
     else:
         dropped = False
+    if writer:
+        # The writes go on for a moment after the recovery, then replication catches up.
+        time.sleep(3)
+        writer.stop()
+        if not replicating(target):
+            recovery += " NOT REPLICATING"
     v = tool.run(source, target, "verify", "--catch-up-timeout-secs", "60")
     verified = "equal" if v.returncode == 0 else "DIFFERENT"
+    if writer:
+        expected = table_hashes(source)
     rows = "exact" if table_hashes(target) == expected else "ROWS DIFFER"
     left = orphans(source, base)
     broken = app_writes_broken(source)
     row = [n, f"{phase}+{delay:.2f}s", state["killed_in"] or "-",
            recovery + (" (dropped the slot)" if dropped else ""), verified, rows,
-           ", ".join(left) or "0", ", ".join(broken) or "all work"]
+           ", ".join(left) or "0", ", ".join(broken) or "all work", refreshed]
     tool.run(source, target, "sync", "--stop")
     psql(db(base, "postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     return row
@@ -246,7 +302,18 @@ def main():
     a.add_argument("--target-base", required=True)
     a.add_argument("--rounds", type=int, default=20)
     a.add_argument("--split", default="4MB")
+    a.add_argument("--writes", action="store_true",
+                   help="pgbench writes to the source throughout every round")
+    a.add_argument("--phases", default="",
+                   help="only the moments of these phases (comma-separated)")
     args = a.parse_args()
+    moments = [m for m in MOMENTS if not args.phases or m[0] in args.phases.split(",")]
+    writes = None
+    if args.writes:
+        script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"seren-writes-{os.getpid()}.sql")
+        with open(script, "w") as f:
+            f.write(WRITES)
+        writes = (args.pg_bindir, args.source, script)
     tool = Tool(args)
     began = time.monotonic()
     starts, durations, total = baseline(tool, args.source, args.target_base)
@@ -256,12 +323,12 @@ def main():
     print(f"{len(expected)} tables on the source")
     rows = []
     header = ["round", "moment", "phase at the kill", "recovery", "verify", "rows", "orphans",
-              "app UPDATE/DELETE"]
+              "app UPDATE/DELETE", "copied again on resume"]
     for n in range(1, args.rounds + 1):
-        phase, fraction = MOMENTS[(n - 1) % len(MOMENTS)]
+        phase, fraction = moments[(n - 1) % len(moments)]
         delay = fraction * durations.get(phase, 0.1)
         t0 = time.monotonic()
-        row = round_(tool, args.source, args.target_base, n, phase, delay, expected)
+        row = round_(tool, args.source, args.target_base, n, phase, delay, expected, writes)
         rows.append(row)
         print(f"round {n}: {' | '.join(str(c) for c in row[1:])} ({time.monotonic() - t0:.0f} s)",
               flush=True)

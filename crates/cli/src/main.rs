@@ -152,8 +152,9 @@ struct InitArgs {
     /// Do not ask before dropping a non-empty target (needed without a terminal).
     #[arg(long, short = 'y')]
     yes: bool,
-    /// Finish an interrupted run in the same target. Rows copied before and after the
-    /// interruption come from different snapshots: the result is not one consistent point.
+    /// Finish an interrupted run in the same target, under a new snapshot: the tables it had
+    /// finished are compared with the source and what changed since is copied again, so the
+    /// copy holds one moment of the source and replication starts from it without a gap.
     #[arg(long)]
     resume: bool,
     /// Split tables larger than this (heap + TOAST) into ctid block ranges copied in parallel;

@@ -190,7 +190,11 @@ pub fn print_summary(r: &InitReport) {
         r.post_data_items,
         r.sequences,
         r.large_objects,
-        if r.resumed { " (resumed: not one consistent snapshot)" } else { "" }
+        match (r.resumed, r.mixed_moments) {
+            (true, true) => " (resumed: not one consistent snapshot)",
+            (true, false) => " (resumed, brought to one snapshot)",
+            _ => "",
+        }
     );
     eprintln!("{:<24} {:>10}", "step", "seconds");
     for (phase, d) in &r.phases {

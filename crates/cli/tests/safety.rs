@@ -256,17 +256,22 @@ fn kill_9_mid_copy_leaves_a_slot_that_the_next_command_drops_and_says_so() {
     assert_eq!(slots(&src), "");
     assert_eq!(publications(&src, "app"), "");
 
-    // --resume finishes the copy (without replication: its snapshot is gone) and verify finds
-    // it exact; the application's writes work on every table.
+    // --resume finishes the copy under a new snapshot and slot, and replicates from there;
+    // verify finds it exact; the application's writes work on every table.
     let out = run(&s, &t, &["init", "--resume", "--progress", "none"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("replicating:"), "{}", text(&out));
     let out = run(&s, &t, &["verify"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("all 2 tables equal"), "{}", text(&out));
-    assert_eq!(slots(&src), "");
+    assert_eq!(slots(&src), slot);
     for table in ["big", "nopk"] {
         assert!(app_writes(&src, "app", table).status.success());
     }
+    let out = run(&s, &t, &["sync", "--stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(slots(&src), "");
+    assert_eq!(publications(&src, "app"), "");
 }
 
 #[test]
@@ -285,7 +290,12 @@ fn kill_9_then_resume_drops_the_slot_itself() {
         ) == "0"
     });
     let (s, t) = (src.url("app"), via(&proxy, "app"));
-    let out = run(&s, &t, &["init", "--resume", "--progress", "none"]);
+    // Without replication this time: the killed run's slot is dropped and none is made.
+    let out = run(
+        &s,
+        &t,
+        &["init", "--resume", "--no-sync", "--progress", "none"],
+    );
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
@@ -296,6 +306,112 @@ fn kill_9_then_resume_drops_the_slot_itself() {
     assert_eq!(publications(&src, "app"), "");
     let out = run(&s, &t, &["verify"]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Every row of `table` in key order, as one digest.
+fn rows_digest(c: &Cluster, db: &str, table: &str) -> String {
+    c.psql(
+        db,
+        &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t"),
+    )
+}
+
+/// Writes of an application on `big` and `small`: updates, deletes and inserts.
+fn app_round(c: &Cluster, db: &str, round: u32) {
+    let base = 100_000 + round * 10;
+    c.psql(
+        db,
+        &format!(
+            "UPDATE small SET v = v + 1 WHERE id % 7 = {m}; DELETE FROM small WHERE id = {d}; \
+             INSERT INTO small VALUES ({base}, 0), ({b1}, 1); \
+             UPDATE big SET b = b || 'u' WHERE id % 97 = {m}; DELETE FROM big WHERE id = {d2}; \
+             INSERT INTO big VALUES ({base}, 'new')",
+            m = round % 7,
+            d = round + 1,
+            b1 = base + 1,
+            d2 = 40_000 + round,
+        ),
+    );
+}
+
+/// The headline of a resumable migration: a run with replication is killed with `kill -9`
+/// mid-copy, the application writes on (to tables the run had finished and to the one it was
+/// copying), `--resume` finishes the copy under a new snapshot while the writes go on, and
+/// replication then carries every change: the target ends equal to the source row for row.
+#[test]
+fn kill_9_then_resume_replicates_every_change_without_a_gap() {
+    let src = big_source();
+    src.psql(
+        "app",
+        "CREATE TABLE small (id int PRIMARY KEY, v int); \
+         INSERT INTO small SELECT g, g FROM generate_series(1, 1000) g;",
+    );
+    let dst = Cluster::start(&Options::target());
+    let proxy = Proxy::start(dst.port());
+    proxy.arm(Fault::once(
+        Trigger::Query(vec!["COPY \"public\".\"big\"".into()]),
+        Action::Stall,
+    ));
+    let mut child = stalled_init(&src, &proxy, &["--jobs", "2"]);
+    wait_for("the small tables to be in", || {
+        dst.psql(
+            "app",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '_seren_replicator'",
+        ) == "1"
+            && dst.psql(
+                "app",
+                "SELECT count(*) FROM _seren_replicator.units WHERE done",
+            ) == "2"
+    });
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    wait_for("the killed run's sessions to end", || {
+        src.psql(
+            "app",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        ) == "0"
+    });
+    for round in 0..5 {
+        app_round(&src, "app", round);
+    }
+    let (s, t) = (src.url("app"), via(&proxy, "app"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut round = 5;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                app_round(&src, "app", round);
+                round += 1;
+            }
+            round
+        });
+        let out = run(&s, &t, &["init", "--resume", "--progress", "none"]);
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = writer.join().expect("writer");
+        assert!(rounds > 6, "the application wrote during the resume");
+        out
+    });
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("replicating:"), "{all}");
+    assert!(
+        all.contains("range(s) that had changed since were copied again"),
+        "{all}"
+    );
+    let out = run(&s, &t, &["verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("all 3 tables equal"), "{}", text(&out));
+    for table in ["big", "small"] {
+        let want = rows_digest(&src, "app", table);
+        wait_for(&format!("{table} to be equal row for row"), || {
+            rows_digest(&dst, "app", table) == want
+        });
+    }
+    let out = run(&s, &t, &["sync", "--stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(slots(&src), "");
+    assert_eq!(publications(&src, "app"), "");
 }
 
 fn sigterm(child: Child) -> (Output, String) {

@@ -101,6 +101,17 @@ pub fn copy_out_sql(table: &Table, slice: &Slice, format: Format) -> String {
     )
 }
 
+/// The source statement for the rows of `table` that `predicate` selects, with the table
+/// named `t` (as the key ranges of [`crate::verify`] name it). Never rows of child tables.
+pub fn copy_out_where_sql(table: &Table, predicate: &str, format: Format) -> String {
+    format!(
+        "COPY (SELECT {} FROM ONLY {} AS t WHERE {predicate}) TO STDOUT {}",
+        column_list(table),
+        table.name.quoted(),
+        format_clause(format, false)
+    )
+}
+
 /// The target statement; `freeze` when the table was truncated in the same transaction.
 pub fn copy_in_sql(table: &Table, format: Format, freeze: bool) -> String {
     let fmt = format_clause(format, freeze);

@@ -197,10 +197,10 @@ impl VerifyReport {
 }
 
 /// One end of a key range: the key's values as text, or open.
-type Bound = Option<Vec<String>>;
+pub(crate) type Bound = Option<Vec<String>>;
 
-struct Key {
-    columns: Vec<String>,
+pub(crate) struct Key {
+    pub(crate) columns: Vec<String>,
     types: Vec<String>,
     /// Per column, how ranges order and compare it: the column, or the column `COLLATE "C"`
     /// when the two servers would sort it differently (another locale, or another glibc or
@@ -300,7 +300,11 @@ fn key_exprs(source: &[KeyColumn], target: &[KeyColumn]) -> Option<Vec<String>> 
 }
 
 /// The source's primary key of `t`, ordered so that both sides agree ([`Key::exprs`]).
-async fn primary_key(source: &Client, target: &Client, t: &QualName) -> Result<Option<Key>> {
+pub(crate) async fn primary_key(
+    source: &Client,
+    target: &Client,
+    t: &QualName,
+) -> Result<Option<Key>> {
     let (on_source, on_target) = tokio::try_join!(
         key_columns(source, t, Side::Source),
         key_columns(target, t, Side::Target)
@@ -331,7 +335,11 @@ fn key_tuple(key: &Key, values: &[String]) -> String {
         .join(", ")
 }
 
-fn range_predicate(key: &Key, after: Option<&Vec<String>>, up_to: Option<&Vec<String>>) -> String {
+pub(crate) fn range_predicate(
+    key: &Key,
+    after: Option<&Vec<String>>,
+    up_to: Option<&Vec<String>>,
+) -> String {
     let cols = key_list(key);
     let mut parts = Vec::new();
     if let Some(a) = after {
@@ -347,7 +355,7 @@ fn range_predicate(key: &Key, after: Option<&Vec<String>>, up_to: Option<&Vec<St
     }
 }
 
-async fn range_digest(
+pub(crate) async fn range_digest(
     c: &Client,
     t: &QualName,
     key: &Key,
@@ -367,10 +375,15 @@ async fn range_digest(
     Ok((row.get(0), row.get(1)))
 }
 
-async fn whole_digest(c: &Client, t: &QualName, side: Side) -> Result<(i64, String)> {
+pub(crate) async fn whole_digest(
+    c: &Client,
+    t: &QualName,
+    predicate: &str,
+    side: Side,
+) -> Result<(i64, String)> {
     let sql = format!(
         "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text \
-         FROM ONLY {} AS t",
+         FROM ONLY {} AS t WHERE {predicate}",
         t.quoted()
     );
     let row = c
@@ -380,8 +393,15 @@ async fn whole_digest(c: &Client, t: &QualName, side: Side) -> Result<(i64, Stri
     Ok((row.get(0), row.get(1)))
 }
 
-/// Range boundaries of `t`'s key on the source: every `chunk`-th key, as text per column.
-async fn boundaries(c: &Client, t: &QualName, key: &Key, chunk: u64) -> Result<Vec<Vec<String>>> {
+/// Range boundaries of `t`'s key on the source, among the rows `within` selects (`true`: all):
+/// every `chunk`-th key, as text per column.
+pub(crate) async fn boundaries(
+    c: &Client,
+    t: &QualName,
+    key: &Key,
+    within: &str,
+    chunk: u64,
+) -> Result<Vec<Vec<String>>> {
     let text_cols: Vec<String> = key
         .columns
         .iter()
@@ -389,7 +409,7 @@ async fn boundaries(c: &Client, t: &QualName, key: &Key, chunk: u64) -> Result<V
         .collect();
     let sql = format!(
         "SELECT {text} FROM (SELECT {cols}, row_number() OVER (ORDER BY {order}) AS seren_rn \
-         FROM ONLY {table} AS t) s WHERE seren_rn % {chunk} = 0 ORDER BY seren_rn",
+         FROM ONLY {table} AS t WHERE {within}) s WHERE seren_rn % {chunk} = 0 ORDER BY seren_rn",
         text = text_cols.join(", "),
         cols = key
             .columns
@@ -446,7 +466,7 @@ async fn table_exists(c: &Client, t: &QualName) -> Result<bool> {
 /// A session to compare on: [`connect`]'s pinned settings (DateStyle, float digits, …) and
 /// `TimeZone = UTC`, so that a `timestamptz` reads the same from two servers set to different
 /// zones and rows are compared by value, not by how a server's defaults render them.
-async fn compare_session(url: &ConnUrl, side: Side) -> Result<Client> {
+pub(crate) async fn compare_session(url: &ConnUrl, side: Side) -> Result<Client> {
     let c = connect(url, side).await?;
     c.batch_execute("SET TimeZone = 'UTC'")
         .await
@@ -477,8 +497,8 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
         let mut attempt = 0;
         loop {
             let (s, t) = tokio::try_join!(
-                whole_digest(&source, &table, Side::Source),
-                whole_digest(&target, &table, Side::Target)
+                whole_digest(&source, &table, "true", Side::Source),
+                whole_digest(&target, &table, "true", Side::Target)
             )?;
             result.source_rows = s.0;
             result.target_rows = t.0;
@@ -500,7 +520,7 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
         }
     };
     result.method = Method::KeyRanges;
-    let bounds = boundaries(&source, &table, &key, o.chunk_rows).await?;
+    let bounds = boundaries(&source, &table, &key, "true", o.chunk_rows).await?;
     let mut ranges: Vec<(Bound, Bound)> = Vec::new();
     let mut prev: Option<Vec<String>> = None;
     for b in bounds {

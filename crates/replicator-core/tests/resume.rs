@@ -75,7 +75,7 @@ fn interrupted_run_resumes_without_duplicates_or_losses() {
     );
     assert!(events
         .iter()
-        .any(|e| matches!(e, Event::Warning(w) if w.contains("different moments"))));
+        .any(|e| matches!(e, Event::Warning(w) if w.contains("one moment of the source"))));
     assert_same(&src, "awkward", &dst, "copy");
     assert!(!dst.log().contains("duplicate key"));
 }

@@ -20,6 +20,7 @@ mod pool;
 mod post_data;
 mod preflight;
 mod queue;
+mod refresh;
 mod replicate;
 mod run;
 mod source;
@@ -141,6 +142,9 @@ pub struct InitReport {
     pub warnings: Vec<String>,
     /// Whether this run finished an interrupted one.
     pub resumed: bool,
+    /// A resumed run whose finished tables kept the interrupted run's snapshot (they could not
+    /// be brought up to the new one): the copy mixes two moments of the source.
+    pub mixed_moments: bool,
     /// The replication that now keeps the target in step, when one was started.
     pub sync: Option<SyncReport>,
 }
@@ -315,7 +319,7 @@ async fn run_all(ctx: &Arc<Ctx>, names: &SyncNames) -> Result<()> {
     let snap = ctx
         .phase(
             Phase::Snapshot,
-            take_snapshot(ctx, pre.sync.then_some(names)),
+            take_snapshot(ctx, pre.sync.then_some(names), pre.recorded_tables.as_ref()),
         )
         .await?;
     let slot = snap.slot.clone();

@@ -33,6 +33,12 @@ pub(crate) struct Preflight {
     pub lock: Option<RunLock>,
     /// The source, as the bookkeeping records it.
     pub source_identity: SourceIdentity,
+    /// A resumed run brings the tables the interrupted one finished up to its new snapshot
+    /// (`Some`; `true`: with `session_replication_role = replica`, see [`resume_refresh`]);
+    /// `None` when it does not.
+    pub refresh: Option<bool>,
+    /// A resumed run: the tables the interrupted one planned (replication publishes no other).
+    pub recorded_tables: Option<std::collections::HashSet<QualName>>,
 }
 
 /// Refuse on a failed check; say a warning's finding and fix.
@@ -155,7 +161,23 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     } else {
         None
     };
-    let sync = decide_sync(ctx, &source, &maintenance, names, resumed, complete).await?;
+    let (refresh, recorded_tables) = if resumed && !complete {
+        let (how, recorded) = resume_refresh(&o.target).await?;
+        (Some(how), Some(recorded))
+    } else {
+        (None, None)
+    };
+    let blocked = refresh.as_ref().and_then(|r| r.as_ref().err().cloned());
+    let sync = decide_sync(
+        ctx,
+        &source,
+        &maintenance,
+        names,
+        complete,
+        blocked.as_deref(),
+    )
+    .await?;
+    let refresh = refresh.and_then(std::result::Result::ok);
     Ok(Preflight {
         tools,
         source_major,
@@ -168,7 +190,69 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
         sync,
         lock: Some(lock),
         source_identity,
+        refresh,
+        recorded_tables,
     })
+}
+
+/// Whether a resumed run can bring the tables the interrupted one finished up to its new
+/// snapshot: it deletes and inserts rows in them, which must not set off what a later phase of
+/// the interrupted run may already have made on them (foreign keys, triggers, rules) nor be
+/// filtered by row-level security. A superuser's sessions set `session_replication_role =
+/// replica`, under which none of these act (but triggers and rules enabled `ALWAYS`); another
+/// role can only do it on tables without them. Returns `Ok(replica_role)` or why not, and the
+/// tables the interrupted run planned.
+async fn resume_refresh(
+    target_url: &crate::conninfo::ConnUrl,
+) -> Result<(
+    std::result::Result<bool, String>,
+    std::collections::HashSet<QualName>,
+)> {
+    let t = connect(target_url, Side::Target).await?;
+    let (records, _) = target::load_bookkeeping(&t).await?;
+    let recorded = records
+        .iter()
+        .map(|r| QualName::new(r.schema.clone(), r.table.clone()))
+        .collect();
+    let (schemas, tables): (Vec<&str>, Vec<&str>) = records
+        .iter()
+        .filter(|r| r.done)
+        .map(|r| (r.schema.as_str(), r.table.as_str()))
+        .unzip();
+    let superuser: bool = t
+        .query_one(
+            "SELECT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "read the role's attributes", e))?
+        .get(0);
+    let rows = t
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname), array_remove(ARRAY[                CASE WHEN EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid                                  AND NOT g.tgisinternal AND (NOT $3 OR g.tgenabled = 'A'))                     THEN 'triggers' END,                CASE WHEN NOT $3 AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f'                                             AND (k.conrelid = c.oid OR k.confrelid = c.oid))                     THEN 'foreign keys' END,                CASE WHEN EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid                                  AND w.rulename <> '_RETURN' AND (NOT $3 OR w.ev_enabled = 'A'))                     THEN 'rules' END,                CASE WHEN NOT $3 AND c.relrowsecurity THEN 'row-level security' END], NULL)::text[],                EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid)                  OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid                             AND w.rulename <> '_RETURN')              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace              WHERE (n.nspname::text, c.relname::text) IN                    (SELECT * FROM unnest($1::text[], $2::text[]))              ORDER BY 1",
+            &[&schemas, &tables, &superuser],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "look for triggers and foreign keys", e))?;
+    let mut blocked = Vec::new();
+    let mut acting = false;
+    for r in &rows {
+        let what: Vec<String> = r.get(1);
+        acting |= r.get::<_, bool>(2);
+        if !what.is_empty() {
+            blocked.push(format!("{} ({})", r.get::<_, String>(0), what.join(", ")));
+        }
+    }
+    if blocked.is_empty() {
+        return Ok((Ok(superuser && acting), recorded));
+    }
+    Ok((
+        Err(format!(
+            "--resume would bring the tables the interrupted run finished up to a new snapshot,              but on the target {} already act on rows put back; resume as a superuser of the              target (whose sessions keep them from acting), or start over with --drop-existing",
+            checks::name_list(&blocked, 5)
+        )),
+        recorded,
+    ))
 }
 
 /// A resumed copy must come from the source the interrupted one came from, with the same
@@ -210,8 +294,8 @@ async fn decide_sync(
     source: &Client,
     maintenance: &Client,
     names: &SyncNames,
-    resumed: bool,
     complete: bool,
+    refresh_blocked: Option<&str>,
 ) -> Result<bool> {
     let o = &ctx.opts;
     let mode = o.sync;
@@ -225,12 +309,11 @@ async fn decide_sync(
             .filter(|c| c.failed())
             .map(Check::problem)
             .collect();
-    if resumed && !complete {
-        problems.push(
-            "--resume finishes a copy made from an older snapshot, so replication could not \
-             start where it ends"
-                .into(),
-        );
+    if let Some(why) = refresh_blocked {
+        problems.push(format!(
+            "{why}; without that, the copy would mix two moments of the source and replication \
+             could not start where it ends"
+        ));
     }
     if !o.filter.row_filters.is_empty() {
         problems.push(

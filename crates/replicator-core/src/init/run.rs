@@ -12,6 +12,7 @@ use super::pool::{run_pool, with_retries, Counters, Pair, Shared};
 use super::post_data::{classify, Classified, Statement};
 use super::preflight::Preflight;
 use super::queue::Queue;
+use super::refresh;
 use super::source::Snap;
 use super::{lock, Ctx};
 use crate::catalog::Catalog;
@@ -47,13 +48,15 @@ async fn plan_units(
             ));
         }
         let units = plan::from_records(&records, &catalog.tables, &o.filter)?;
-        ctx.warn(
-            "resuming an interrupted run: its finished units are kept and the rest are copied \
-             from a new snapshot, so rows copied before and after the interruption reflect \
-             different moments of the source; for a consistent copy start over with \
-             --drop-existing"
-                .into(),
-        );
+        if pre.refresh.is_none() {
+            ctx.warn(
+                "resuming an interrupted run: its finished units are kept and the rest are \
+                 copied from a new snapshot, so rows copied before and after the interruption \
+                 reflect different moments of the source; for a consistent copy start over with \
+                 --drop-existing"
+                    .into(),
+            );
+        }
         return Ok((units, steps.into_iter().collect()));
     }
     let policy = SplitPolicy {
@@ -87,6 +90,33 @@ async fn plan_units(
     Ok((units, HashSet::new()))
 }
 
+/// A resumed run: the tables the interrupted one finished are brought up to this run's
+/// snapshot ([`refresh`]) before the rest are copied under it.
+async fn bring_to_snapshot(ctx: &Ctx, shared: &Shared, replica_role: bool) -> Result<()> {
+    let finished = refresh::finished_tables(&shared.units);
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let done = refresh::refresh(
+        ctx,
+        &shared.snapshot,
+        &shared.catalog,
+        &shared.units,
+        &finished,
+        replica_role,
+    )
+    .await?;
+    tracing::info!(?done, "brought the finished tables up to the new snapshot");
+    ctx.warn(format!(
+        "resuming an interrupted run: the {} table(s) it had finished were compared with the \
+         source as of a new snapshot ({} key ranges) and {} range(s) that had changed since were \
+         copied again ({} rows); the rest are copied from the same snapshot, so the whole copy \
+         holds one moment of the source",
+        done.tables, done.ranges, done.copied_again, done.rows
+    ));
+    Ok(())
+}
+
 pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<()> {
     let o = &ctx.opts;
     let Snap {
@@ -100,6 +130,7 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
     {
         let mut r = lock(&ctx.report);
         r.resumed = pre.resumed;
+        r.mixed_moments = pre.resumed && pre.refresh.is_none();
         r.tables = copy.iter().filter(|c| **c).count();
         r.units_total = units.len();
     }
@@ -176,7 +207,12 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
     let queue = Queue::for_data(to_copy, by_table);
     let ticker = counters.clone().start_ticker(ctx.clone());
     let data = ctx
-        .phase(Phase::Data, run_pool(ctx, pairs, queue, &shared))
+        .phase(Phase::Data, async {
+            if let Some(replica_role) = pre.refresh {
+                bring_to_snapshot(ctx, &shared, replica_role).await?;
+            }
+            run_pool(ctx, pairs, queue, &shared).await
+        })
         .await;
     ticker.abort();
     counters.emit_progress(ctx);

@@ -39,11 +39,33 @@ struct Published {
 async fn snapshot_with_slot(
     ctx: &Ctx,
     names: &SyncNames,
+    recorded: Option<&HashSet<QualName>>,
 ) -> Result<(Snapshot, crate::replication::CreatedSlot, Published)> {
     let o = &ctx.opts;
     let plain = connect(&o.source, Side::Source).await?;
     let now = catalog::read(&plain).await?;
-    let (persistent, unlogged) = sync::replicable(&plain, &tables_to_copy(&now, &o.filter)).await?;
+    let mut wanted = tables_to_copy(&now, &o.filter);
+    let mut unplanned = Vec::new();
+    if let Some(recorded) = recorded {
+        // A resumed run copies what the interrupted one planned: a table created since is not
+        // in the target, so replication must not carry it either.
+        wanted.retain(|t| {
+            let keep = recorded.contains(t);
+            if !keep {
+                unplanned.push(t.clone());
+            }
+            keep
+        });
+    }
+    if !unplanned.is_empty() {
+        let list: Vec<String> = unplanned.iter().map(ToString::to_string).collect();
+        ctx.warn(format!(
+            "neither copied nor replicated: {}, created on the source after the interrupted run \
+             had planned its copy; copy them with pg_dump, or start over with --drop-existing",
+            checks::name_list(&list, 10)
+        ));
+    }
+    let (persistent, unlogged) = sync::replicable(&plain, &wanted).await?;
     if !unlogged.is_empty() {
         let list: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
         ctx.warn(format!(
@@ -71,6 +93,7 @@ async fn snapshot_with_slot(
     let left_out: HashSet<QualName> = unlogged
         .into_iter()
         .chain(gaps.into_iter().map(|g| g.table))
+        .chain(unplanned)
         .collect();
     warn_money_locale(ctx, &plain, &tables).await?;
     // Anything of this name still there belongs to a replication this run may not end.
@@ -135,10 +158,15 @@ async fn warn_money_locale(
     Ok(())
 }
 
-pub(super) async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> Result<Snap> {
+/// `recorded`: a resumed run's planned tables ([`super::preflight::Preflight::recorded_tables`]).
+pub(super) async fn take_snapshot(
+    ctx: &Ctx,
+    sync_names: Option<&SyncNames>,
+    recorded: Option<&HashSet<QualName>>,
+) -> Result<Snap> {
     let (snapshot, slot) = match sync_names {
         Some(names) => {
-            let (snapshot, created, published) = snapshot_with_slot(ctx, names).await?;
+            let (snapshot, created, published) = snapshot_with_slot(ctx, names, recorded).await?;
             (snapshot, Some((created, published)))
         }
         None => (Snapshot::export(&ctx.opts.source).await?, None),
@@ -182,6 +210,7 @@ pub(super) async fn take_snapshot(ctx: &Ctx, sync_names: Option<&SyncNames>) -> 
                 sync::replicable(&client, &tables_to_copy(&catalog, filter)).await?;
             let missing: Vec<String> = persistent
                 .iter()
+                .filter(|t| recorded.is_none_or(|r| r.contains(t)))
                 .filter(|t| !published_set.contains(t) && !published.left_out.contains(t))
                 .map(ToString::to_string)
                 .collect();

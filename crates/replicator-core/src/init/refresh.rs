@@ -1,0 +1,288 @@
+//! `--resume` under a new snapshot: the tables the interrupted run finished hold the source as
+//! of its snapshot, the rest will be copied as of the new one. Each finished table is compared
+//! with the source as of the new snapshot, range by range of its primary key (as `verify`
+//! compares), and the ranges that differ are copied again: every table then holds the one
+//! moment of the source that the new snapshot sees, and a new slot's replication starts from
+//! it without a gap or an overlap. See docs/engine.md, "Resume".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::stream::{self, TryStreamExt};
+use tokio_postgres::Client;
+
+use super::pool::with_retries;
+use super::{Ctx, FormatChoice};
+use crate::catalog::{Catalog, Table};
+use crate::copy::{self, Format};
+use crate::error::{Error, Result, Side};
+use crate::plan::Unit;
+use crate::snapshot::{self, Snapshot};
+use crate::verify;
+
+/// Rows per compared range: as `verify`'s default.
+const RANGE_ROWS: u64 = 100_000;
+/// A range that differs is compared again in parts of this many rows, and only the parts that
+/// differ are copied again: a few changed rows cost about this many rows each, not a range.
+const PART_ROWS: u64 = 1_000;
+
+/// What bringing the finished tables up to the new snapshot did.
+#[derive(Debug, Default)]
+pub(super) struct Refreshed {
+    /// Finished tables compared.
+    pub tables: usize,
+    /// Key ranges (a table without a primary key counts as one) compared.
+    pub ranges: u64,
+    /// Ranges or parts of ranges that differed and were copied again.
+    pub copied_again: u64,
+    /// Rows copied again.
+    pub rows: u64,
+}
+
+/// The indexes into `catalog.tables` of the tables whose every unit an earlier run finished.
+pub(super) fn finished_tables(units: &[Unit]) -> Vec<usize> {
+    let mut tables: Vec<usize> = units.iter().map(|u| u.table).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    tables.retain(|t| units.iter().filter(|u| u.table == *t).all(|u| u.done));
+    tables
+}
+
+/// Bring every table of `tables` to `snapshot`, `ctx.opts.jobs` tables at a time. With
+/// `replica_role` the target sessions run with `session_replication_role = replica`, so that
+/// foreign keys, triggers and rules that a later phase of the interrupted run had already made
+/// do not act on the rows put back (the preflight asks for it only where it is allowed).
+///
+/// # Errors
+/// The first failure after the retries: [`Error::Sql`], [`Error::Connect`].
+pub(super) async fn refresh(
+    ctx: &Ctx,
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    units: &[Unit],
+    tables: &[usize],
+    replica_role: bool,
+) -> Result<Refreshed> {
+    let ranges = AtomicU64::new(0);
+    let copied_again = AtomicU64::new(0);
+    let rows = AtomicU64::new(0);
+    let jobs = ctx.opts.jobs.max(1);
+    stream::iter(tables.iter().map(Ok::<_, Error>))
+        .try_for_each_concurrent(jobs, |&i| {
+            let table = &catalog.tables[i];
+            // The rows the copy selected (`--table-filter`, an extension's condition).
+            let filter = units
+                .iter()
+                .find(|u| u.table == i)
+                .and_then(|u| u.slice.predicate.as_deref());
+            let (ranges, copied_again, rows) = (&ranges, &copied_again, &rows);
+            async move {
+                let what = format!("bring {} up to the new snapshot", table.name);
+                let done = with_retries(ctx, &what, || {
+                    refresh_table(ctx, snapshot, table, filter, replica_role)
+                })
+                .await?;
+                ranges.fetch_add(done.ranges, Ordering::Relaxed);
+                copied_again.fetch_add(done.copied_again, Ordering::Relaxed);
+                rows.fetch_add(done.rows, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .await?;
+    Ok(Refreshed {
+        tables: tables.len(),
+        ranges: ranges.into_inner(),
+        copied_again: copied_again.into_inner(),
+        rows: rows.into_inner(),
+    })
+}
+
+/// One table: idempotent as a whole (each range it copies again is replaced in one
+/// transaction, and a range that already matches is left alone), so a retry starts over.
+async fn refresh_table(
+    ctx: &Ctx,
+    snapshot: &Snapshot,
+    table: &Table,
+    filter: Option<&str>,
+    replica_role: bool,
+) -> Result<Refreshed> {
+    let o = &ctx.opts;
+    // The source's side of a range: its rows the copy selected.
+    let selected = |p: &str| match filter {
+        Some(f) => format!("({p}) AND ({f})"),
+        None => p.to_owned(),
+    };
+    let (source, target) = tokio::try_join!(
+        verify::compare_session(&o.source, Side::Source),
+        verify::compare_session(&o.target, Side::Target)
+    )?;
+    snapshot::import(&source, snapshot.name()).await?;
+    if replica_role {
+        target
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(|e| Error::sql(Side::Target, "set session_replication_role", e))?;
+    }
+    let format = if o.format == FormatChoice::Auto && table.binary_ok {
+        Format::Binary
+    } else {
+        Format::Text
+    };
+    let t = &table.name;
+    let mut out = Refreshed {
+        tables: 1,
+        ..Refreshed::default()
+    };
+    let Some(key) = verify::primary_key(&source, &target, t).await? else {
+        // No key to cut ranges by: the whole table, by its count and order-independent hash.
+        out.ranges = 1;
+        let all = selected("true");
+        let (s, d) = tokio::try_join!(
+            verify::whole_digest(&source, t, &all, Side::Source),
+            verify::whole_digest(&target, t, "true", Side::Target)
+        )?;
+        if s != d {
+            out.copied_again = 1;
+            out.rows = replace(&source, &target, table, "true", &all, format).await?;
+        }
+        return Ok(out);
+    };
+    let bounds = verify::boundaries(&source, t, &key, &selected("true"), RANGE_ROWS).await?;
+    for (after, up_to) in between(None, bounds, None) {
+        out.ranges += 1;
+        let p = verify::range_predicate(&key, after.as_ref(), up_to.as_ref());
+        let theirs = selected(&p);
+        let (s, d) = tokio::try_join!(
+            verify::range_digest(&source, t, &key, &theirs, Side::Source),
+            verify::range_digest(&target, t, &key, &p, Side::Target)
+        )?;
+        if s == d {
+            continue;
+        }
+        if s.0.max(d.0) <= i64::try_from(2 * PART_ROWS).unwrap_or(i64::MAX) {
+            out.copied_again += 1;
+            out.rows += replace(&source, &target, table, &p, &theirs, format).await?;
+            continue;
+        }
+        // Parts of the range, cut at every PART_ROWS-th key the source holds in it: together
+        // they cover the range exactly, as the ranges cover the key space.
+        let inner = verify::boundaries(&source, t, &key, &theirs, PART_ROWS).await?;
+        for (a, u) in between(after, inner, up_to) {
+            let q = verify::range_predicate(&key, a.as_ref(), u.as_ref());
+            let theirs = selected(&q);
+            let (s, d) = tokio::try_join!(
+                verify::range_digest(&source, t, &key, &theirs, Side::Source),
+                verify::range_digest(&target, t, &key, &q, Side::Target)
+            )?;
+            if s != d {
+                out.copied_again += 1;
+                out.rows += replace(&source, &target, table, &q, &theirs, format).await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The ranges from `first` to `last` cut at `cuts` (in key order): `(first, c1]`, `(c1, c2]`, …,
+/// `(cn, last]`; an open end is `None`. With no cut, the one range `(first, last]`.
+fn between(
+    first: verify::Bound,
+    cuts: Vec<Vec<String>>,
+    last: verify::Bound,
+) -> Vec<(verify::Bound, verify::Bound)> {
+    let mut prev = first;
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    for c in cuts {
+        ranges.push((prev.take(), Some(c.clone())));
+        prev = Some(c);
+    }
+    // A cut at the last key itself would leave an empty range after it: harmless.
+    ranges.push((prev, last));
+    ranges
+}
+
+/// Replace the target's rows of `table` that `predicate` selects with the source's that
+/// `from_source` selects (as of the snapshot `source` holds), in one target transaction.
+/// Returns the rows copied.
+async fn replace(
+    source: &Client,
+    target: &Client,
+    table: &Table,
+    predicate: &str,
+    from_source: &str,
+    format: Format,
+) -> Result<u64> {
+    let name = &table.name;
+    let side = Side::Target;
+    target
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM ONLY {} AS t WHERE {predicate}",
+            name.quoted()
+        ))
+        .await
+        .map_err(|e| Error::sql(side, format!("remove outdated rows of {name}"), e))?;
+    let copied = copy::pump(
+        source,
+        target,
+        &copy::copy_out_where_sql(table, from_source, format),
+        &copy::copy_in_sql(table, format, false),
+        |_| {},
+    )
+    .await;
+    match copied {
+        Ok((rows, _)) => {
+            target
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| Error::sql(side, format!("commit the rows of {name}"), e))?;
+            Ok(rows)
+        }
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copy::Slice;
+
+    fn unit(table: usize, done: bool) -> Unit {
+        Unit {
+            id: format!("t{table}"),
+            table,
+            slice: Slice::whole(),
+            est_bytes: 0,
+            done,
+        }
+    }
+
+    #[test]
+    fn a_table_is_finished_only_when_every_unit_of_it_is() {
+        let units = vec![
+            unit(0, true),
+            unit(1, true),
+            unit(1, false),
+            unit(2, false),
+            unit(3, true),
+            unit(3, true),
+        ];
+        assert_eq!(finished_tables(&units), vec![0, 3]);
+        assert!(finished_tables(&[]).is_empty());
+    }
+
+    #[test]
+    fn ranges_cover_from_the_first_bound_to_the_last_without_a_gap() {
+        let k = |v: &str| Some(vec![v.to_owned()]);
+        assert_eq!(between(None, vec![], None), vec![(None, None)]);
+        assert_eq!(
+            between(k("10"), vec![vec!["20".into()], vec!["30".into()]], k("40")),
+            vec![(k("10"), k("20")), (k("20"), k("30")), (k("30"), k("40"))]
+        );
+        assert_eq!(
+            between(None, vec![vec!["5".into()]], None),
+            vec![(None, k("5")), (k("5"), None)]
+        );
+    }
+}
