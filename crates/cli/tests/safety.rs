@@ -201,6 +201,20 @@ fn stalled_init(src: &Cluster, proxy: &Proxy, extra: &[&str]) -> Child {
     child
 }
 
+/// Wait until the copy into `dst`'s database `app` has recorded `n` finished units.
+fn wait_for_finished_units(dst: &Cluster, n: u32) {
+    wait_for(&format!("{n} finished unit(s)"), || {
+        dst.psql(
+            "app",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '_seren_replicator'",
+        ) == "1"
+            && dst.psql(
+                "app",
+                "SELECT count(*) FROM _seren_replicator.units WHERE done",
+            ) == n.to_string()
+    });
+}
+
 fn stalling_target(dst: &Cluster) -> Proxy {
     let proxy = Proxy::start(dst.port());
     proxy.arm(Fault::once(Trigger::ClientCopyBytes(1), Action::Stall));
@@ -353,16 +367,7 @@ fn kill_9_then_resume_replicates_every_change_without_a_gap() {
         Action::Stall,
     ));
     let mut child = stalled_init(&src, &proxy, &["--jobs", "2"]);
-    wait_for("the small tables to be in", || {
-        dst.psql(
-            "app",
-            "SELECT count(*) FROM pg_namespace WHERE nspname = '_seren_replicator'",
-        ) == "1"
-            && dst.psql(
-                "app",
-                "SELECT count(*) FROM _seren_replicator.units WHERE done",
-            ) == "2"
-    });
+    wait_for_finished_units(&dst, 2);
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     wait_for("the killed run's sessions to end", || {
@@ -461,16 +466,7 @@ fn sigterm_mid_copy_drops_the_slot_and_keeps_what_finished_for_resume() {
     let out = run(&src.url("app"), &via(&proxy, "app"), &["sync"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("in progress"), "{}", text(&out));
-    wait_for("the other table to be in", || {
-        dst.psql(
-            "app",
-            "SELECT count(*) FROM pg_namespace WHERE nspname = '_seren_replicator'",
-        ) == "1"
-            && dst.psql(
-                "app",
-                "SELECT count(*) FROM _seren_replicator.units WHERE done",
-            ) == "1"
-    });
+    wait_for_finished_units(&dst, 1);
     let (_, all) = sigterm(child);
     assert!(all.contains("--resume"), "{all}");
     assert_eq!(slots(&src), "", "no slot left: {all}");

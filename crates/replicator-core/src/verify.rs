@@ -393,6 +393,20 @@ pub(crate) async fn whole_digest(
     Ok((row.get(0), row.get(1)))
 }
 
+/// The ranges from `first` to `last` cut at `cuts` (in key order): `(first, c1]`, `(c1, c2]`, …,
+/// `(cn, last]`; an open end is `None`. With no cut, the one range `(first, last]`. Together
+/// they cover `(first, last]` with no gap and no overlap.
+pub(crate) fn between(first: Bound, cuts: Vec<Vec<String>>, last: Bound) -> Vec<(Bound, Bound)> {
+    let mut prev = first;
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    for c in cuts {
+        ranges.push((prev.take(), Some(c.clone())));
+        prev = Some(c);
+    }
+    ranges.push((prev, last));
+    ranges
+}
+
 /// Range boundaries of `t`'s key on the source, among the rows `within` selects (`true`: all):
 /// every `chunk`-th key, as text per column.
 pub(crate) async fn boundaries(
@@ -521,13 +535,7 @@ async fn verify_table(ctx: &Ctx, table: QualName) -> Result<TableResult> {
     };
     result.method = Method::KeyRanges;
     let bounds = boundaries(&source, &table, &key, "true", o.chunk_rows).await?;
-    let mut ranges: Vec<(Bound, Bound)> = Vec::new();
-    let mut prev: Option<Vec<String>> = None;
-    for b in bounds {
-        ranges.push((prev.clone(), Some(b.clone())));
-        prev = Some(b);
-    }
-    ranges.push((prev, None));
+    let ranges = between(None, bounds, None);
     result.ranges = ranges.len();
     // Each differing range with its predicate, and the counts of its latest comparison.
     let mut differing: Vec<(Mismatch, String)> = Vec::new();

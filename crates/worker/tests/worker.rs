@@ -339,8 +339,20 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
 
 /// Run a fresh `command` job on `local-1` to its end.
 async fn run_job(e: &Env, command: Command, source: &str, target: &str) -> (Outcome, Job) {
-    let job = provisioned_for(e, command, source, target, Options::default(), "local-1").await;
-    let outcome = run_on(e, &job, "local-1").await;
+    run_job_with(e, command, source, target, Options::default(), "local-1").await
+}
+
+/// [`run_job`] with `options`, on `instance`.
+async fn run_job_with(
+    e: &Env,
+    command: Command,
+    source: &str,
+    target: &str,
+    options: Options,
+    instance: &str,
+) -> (Outcome, Job) {
+    let job = provisioned_for(e, command, source, target, options, instance).await;
+    let outcome = run_on(e, &job, instance).await;
     let done = e.store.get(&job.job_id).await.expect("get").expect("job");
     (outcome, done)
 }
@@ -912,20 +924,21 @@ fn a_remote_init_with_sync_leaves_the_target_replicating() {
          INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 5000) g;",
     );
     let e = env();
+    let sync = |choice| Options {
+        sync: Some(choice),
+        ..Options::default()
+    };
     rt().block_on(async {
-        let job = provisioned(
+        let (outcome, j) = run_job_with(
             &e,
+            Command::Init,
             &src.url("shop"),
             &dst.url("shop"),
-            Options {
-                sync: Some(job_model::SyncChoice::Required),
-                ..Options::default()
-            },
+            sync(job_model::SyncChoice::Required),
             "local-1",
         )
         .await;
-        assert_eq!(run_on(&e, &job, "local-1").await, Outcome::Completed);
-        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(outcome, Outcome::Completed);
         let Some(job_model::report::JobResult::Init(result)) = j.result else {
             panic!("an init result: {:?}", j.result)
         };
@@ -978,19 +991,16 @@ fn a_remote_init_with_sync_leaves_the_target_replicating() {
         "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
     );
     rt().block_on(async {
-        let job = provisioned(
+        let (outcome, j) = run_job_with(
             &e,
+            Command::Init,
             &plain.url("shop"),
             &dst.url("copy2"),
-            Options {
-                sync: Some(job_model::SyncChoice::Auto),
-                ..Options::default()
-            },
+            sync(job_model::SyncChoice::Auto),
             "local-2",
         )
         .await;
-        assert_eq!(run_on(&e, &job, "local-2").await, Outcome::Completed);
-        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(outcome, Outcome::Completed);
         assert!(
             matches!(&j.result, Some(job_model::report::JobResult::Init(r)) if !r.replicating && r.replication.is_none()),
             "{:?}",

@@ -147,18 +147,14 @@ async fn refresh_table(
         return Ok(out);
     };
     let bounds = verify::boundaries(&source, t, &key, &selected("true"), RANGE_ROWS).await?;
-    for (after, up_to) in between(None, bounds, None) {
+    for (after, up_to) in verify::between(None, bounds, None) {
         out.ranges += 1;
         let p = verify::range_predicate(&key, after.as_ref(), up_to.as_ref());
         let theirs = selected(&p);
-        let (s, d) = tokio::try_join!(
-            verify::range_digest(&source, t, &key, &theirs, Side::Source),
-            verify::range_digest(&target, t, &key, &p, Side::Target)
-        )?;
-        if s == d {
+        let Some(rows) = differs(&source, &target, table, &key, &p, &theirs).await? else {
             continue;
-        }
-        if s.0.max(d.0) <= i64::try_from(2 * PART_ROWS).unwrap_or(i64::MAX) {
+        };
+        if rows <= i64::try_from(2 * PART_ROWS).unwrap_or(i64::MAX) {
             out.copied_again += 1;
             out.rows += replace(&source, &target, table, &p, &theirs, format).await?;
             continue;
@@ -166,14 +162,13 @@ async fn refresh_table(
         // Parts of the range, cut at every PART_ROWS-th key the source holds in it: together
         // they cover the range exactly, as the ranges cover the key space.
         let inner = verify::boundaries(&source, t, &key, &theirs, PART_ROWS).await?;
-        for (a, u) in between(after, inner, up_to) {
+        for (a, u) in verify::between(after, inner, up_to) {
             let q = verify::range_predicate(&key, a.as_ref(), u.as_ref());
             let theirs = selected(&q);
-            let (s, d) = tokio::try_join!(
-                verify::range_digest(&source, t, &key, &theirs, Side::Source),
-                verify::range_digest(&target, t, &key, &q, Side::Target)
-            )?;
-            if s != d {
+            if differs(&source, &target, table, &key, &q, &theirs)
+                .await?
+                .is_some()
+            {
                 out.copied_again += 1;
                 out.rows += replace(&source, &target, table, &q, &theirs, format).await?;
             }
@@ -182,22 +177,22 @@ async fn refresh_table(
     Ok(out)
 }
 
-/// The ranges from `first` to `last` cut at `cuts` (in key order): `(first, c1]`, `(c1, c2]`, …,
-/// `(cn, last]`; an open end is `None`. With no cut, the one range `(first, last]`.
-fn between(
-    first: verify::Bound,
-    cuts: Vec<Vec<String>>,
-    last: verify::Bound,
-) -> Vec<(verify::Bound, verify::Bound)> {
-    let mut prev = first;
-    let mut ranges = Vec::with_capacity(cuts.len() + 1);
-    for c in cuts {
-        ranges.push((prev.take(), Some(c.clone())));
-        prev = Some(c);
-    }
-    // A cut at the last key itself would leave an empty range after it: harmless.
-    ranges.push((prev, last));
-    ranges
+/// Whether the target's rows of `table` that `predicate` selects differ from the source's that
+/// `from_source` selects; when they do, the larger of the two row counts.
+async fn differs(
+    source: &Client,
+    target: &Client,
+    table: &Table,
+    key: &verify::Key,
+    predicate: &str,
+    from_source: &str,
+) -> Result<Option<i64>> {
+    let t = &table.name;
+    let (s, d) = tokio::try_join!(
+        verify::range_digest(source, t, key, from_source, Side::Source),
+        verify::range_digest(target, t, key, predicate, Side::Target)
+    )?;
+    Ok((s != d).then(|| s.0.max(d.0)))
 }
 
 /// Replace the target's rows of `table` that `predicate` selects with the source's that
@@ -274,6 +269,7 @@ mod tests {
 
     #[test]
     fn ranges_cover_from_the_first_bound_to_the_last_without_a_gap() {
+        use verify::between;
         let k = |v: &str| Some(vec![v.to_owned()]);
         assert_eq!(between(None, vec![], None), vec![(None, None)]);
         assert_eq!(

@@ -44,19 +44,11 @@ async fn snapshot_with_slot(
     let o = &ctx.opts;
     let plain = connect(&o.source, Side::Source).await?;
     let now = catalog::read(&plain).await?;
-    let mut wanted = tables_to_copy(&now, &o.filter);
-    let mut unplanned = Vec::new();
-    if let Some(recorded) = recorded {
-        // A resumed run copies what the interrupted one planned: a table created since is not
-        // in the target, so replication must not carry it either.
-        wanted.retain(|t| {
-            let keep = recorded.contains(t);
-            if !keep {
-                unplanned.push(t.clone());
-            }
-            keep
-        });
-    }
+    // A resumed run copies what the interrupted one planned: a table created since is not in
+    // the target, so replication must not carry it either.
+    let (wanted, unplanned): (Vec<QualName>, Vec<QualName>) = tables_to_copy(&now, &o.filter)
+        .into_iter()
+        .partition(|t| recorded.is_none_or(|r| r.contains(t)));
     if !unplanned.is_empty() {
         let list: Vec<String> = unplanned.iter().map(ToString::to_string).collect();
         ctx.warn(format!(
