@@ -101,11 +101,12 @@ pub fn copy_out_sql(table: &Table, slice: &Slice, format: Format) -> String {
     )
 }
 
-/// The source statement for the rows of `table` that `predicate` selects, with the table
-/// named `t` (as the key ranges of [`crate::verify`] name it). Never rows of child tables.
+/// The source statement for the rows of `table` that `predicate` selects; the table keeps its
+/// own name (no alias), as in [`crate::verify`]'s statements and the copy's, so that a
+/// `--table-filter` condition naming it reads the same everywhere. Never rows of child tables.
 pub fn copy_out_where_sql(table: &Table, predicate: &str, format: Format) -> String {
     format!(
-        "COPY (SELECT {} FROM ONLY {} AS t WHERE {predicate}) TO STDOUT {}",
+        "COPY (SELECT {} FROM ONLY {} WHERE {predicate}) TO STDOUT {}",
         column_list(table),
         table.name.quoted(),
         format_clause(format, false)

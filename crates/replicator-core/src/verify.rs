@@ -229,8 +229,35 @@ struct KeyColumn {
 const ORDERING: &str = "CASE WHEN (p = 'c' AND l IN ('C', 'POSIX')) OR p = 'b' THEN 'bytes' \
                          ELSE p || ':' || l || ':' || coalesce(v, '?') END";
 
-/// The primary key of `t` on `side`.
-async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColumn>> {
+/// The columns of `t` on `side` that range comparisons order by: its primary key's (without
+/// the `INCLUDE` columns, which are not part of the key) with `names` None, else the columns
+/// `names` names, in that order. The target's are read by name from the table itself, not
+/// from its primary key: during the copy (a resume compares finished tables) the target's
+/// key is not built yet, and its columns still tell how the target sorts them.
+async fn key_columns(
+    c: &Client,
+    t: &QualName,
+    side: Side,
+    names: Option<&[String]>,
+) -> Result<Vec<KeyColumn>> {
+    let columns = match names {
+        None => {
+            "pg_index i \
+             JOIN pg_class r ON r.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = r.relnamespace \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = k.attnum \
+             WHERE i.indisprimary AND k.ord <= i.indnkeyatts AND n.nspname = $1 AND r.relname = $2"
+        }
+        Some(_) => {
+            "pg_class r \
+             JOIN pg_namespace n ON n.oid = r.relnamespace \
+             CROSS JOIN LATERAL unnest($3::text[]) WITH ORDINALITY AS k(attname, ord) \
+             JOIN pg_attribute a ON a.attrelid = r.oid AND a.attname = k.attname \
+                                 AND a.attnum > 0 AND NOT a.attisdropped \
+             WHERE n.nspname = $1 AND r.relname = $2"
+        }
+    };
     let sql = format!(
         "WITH db AS ({database}), \
          dflt AS (SELECT ({ORDERING}) AS ordering \
@@ -245,25 +272,21 @@ async fn key_columns(c: &Client, t: &QualName, side: Side) -> Result<Vec<KeyColu
                              pg_collation_actual_version(co.oid) AS v \
                            FROM pg_collation co WHERE co.oid = a.attcollation) x) END, \
                 nested \
-         FROM pg_index i \
-         JOIN pg_class r ON r.oid = i.indrelid \
-         JOIN pg_namespace n ON n.oid = r.relnamespace \
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-         JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = k.attnum \
+         FROM (SELECT a.attname, a.atttypid, a.atttypmod, a.attcollation, k.ord FROM {columns}) a \
          JOIN pg_type ty ON ty.oid = a.atttypid \
          LEFT JOIN pg_type el ON el.oid = ty.typelem AND ty.typelem <> 0 \
          CROSS JOIN LATERAL (SELECT ty.typtype IN ('r', 'm', 'c') \
                                     OR coalesce(el.typtype IN ('r', 'm', 'c'), false) AS nested) ne \
          CROSS JOIN dflt \
-         WHERE i.indisprimary AND n.nspname = $1 AND r.relname = $2 \
-         ORDER BY k.ord",
+         ORDER BY a.ord",
         database = catalog::DATABASE_COLLATION,
         version = catalog::collation_library_version("db.p"),
     );
-    let rows = c
-        .query(&sql, &[&t.schema, &t.name])
-        .await
-        .map_err(|e| Error::sql(side, format!("read the primary key of {t}"), e))?;
+    let rows = match names {
+        None => c.query(&sql, &[&t.schema, &t.name]).await,
+        Some(n) => c.query(&sql, &[&t.schema, &t.name, &n]).await,
+    }
+    .map_err(|e| Error::sql(side, format!("read the key columns of {t}"), e))?;
     Ok(rows
         .iter()
         .map(|r| KeyColumn {
@@ -287,13 +310,13 @@ fn key_exprs(source: &[KeyColumn], target: &[KeyColumn]) -> Option<Vec<String>> 
                 .iter()
                 .any(|other| other.name == col.name && other.ordering == col.ordering);
             if same || col.ordering.is_empty() {
-                Some(format!("t.{}", ident(&col.name)))
+                Some(ident(&col.name))
             } else if col.nested {
                 None
             } else if col.collatable {
-                Some(format!("t.{} COLLATE \"C\"", ident(&col.name)))
+                Some(format!("{} COLLATE \"C\"", ident(&col.name)))
             } else {
-                Some(format!("t.{}", ident(&col.name)))
+                Some(ident(&col.name))
             }
         })
         .collect()
@@ -305,13 +328,12 @@ pub(crate) async fn primary_key(
     target: &Client,
     t: &QualName,
 ) -> Result<Option<Key>> {
-    let (on_source, on_target) = tokio::try_join!(
-        key_columns(source, t, Side::Source),
-        key_columns(target, t, Side::Target)
-    )?;
+    let on_source = key_columns(source, t, Side::Source, None).await?;
     if on_source.is_empty() {
         return Ok(None);
     }
+    let names: Vec<String> = on_source.iter().map(|c| c.name.clone()).collect();
+    let on_target = key_columns(target, t, Side::Target, Some(&names)).await?;
     let Some(exprs) = key_exprs(&on_source, &on_target) else {
         return Ok(None);
     };
@@ -363,8 +385,9 @@ pub(crate) async fn range_digest(
     side: Side,
 ) -> Result<(i64, String)> {
     let sql = format!(
-        "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY {keys})), '') \
-         FROM ONLY {table} AS t WHERE {predicate}",
+        "SELECT count(*), coalesce(md5(string_agg(md5({row}), '' ORDER BY {keys})), '') \
+         FROM ONLY {table} WHERE {predicate}",
+        row = row_text(t),
         keys = key_list(key),
         table = t.quoted(),
     );
@@ -375,6 +398,13 @@ pub(crate) async fn range_digest(
     Ok((row.get(0), row.get(1)))
 }
 
+/// The text of a row of `t` in a statement that reads `FROM ONLY t` without an alias: its
+/// whole-row reference by schema and name, which no column can shadow (a column named like
+/// the table or its alias would, in `alias::text`).
+fn row_text(t: &QualName) -> String {
+    format!("ROW({}.*)::text", t.quoted())
+}
+
 pub(crate) async fn whole_digest(
     c: &Client,
     t: &QualName,
@@ -382,9 +412,10 @@ pub(crate) async fn whole_digest(
     side: Side,
 ) -> Result<(i64, String)> {
     let sql = format!(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text \
-         FROM ONLY {} AS t WHERE {predicate}",
-        t.quoted()
+        "SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 15))::bit(60)::bigint), 0)::text \
+         FROM ONLY {table} WHERE {predicate}",
+        row = row_text(t),
+        table = t.quoted()
     );
     let row = c
         .query_one(&sql, &[])
@@ -416,21 +447,22 @@ pub(crate) async fn boundaries(
     within: &str,
     chunk: u64,
 ) -> Result<Vec<Vec<String>>> {
-    let text_cols: Vec<String> = key
+    // The key's columns under names of ours (`seren_k1`, …): a column of the table may be
+    // called anything, `seren_rn` too.
+    let text_cols: Vec<String> = (1..=key.columns.len())
+        .map(|i| format!("seren_k{i}::text"))
+        .collect();
+    let cols: Vec<String> = key
         .columns
         .iter()
-        .map(|c| format!("{}::text", ident(c)))
+        .enumerate()
+        .map(|(i, c)| format!("{} AS seren_k{}", ident(c), i + 1))
         .collect();
     let sql = format!(
         "SELECT {text} FROM (SELECT {cols}, row_number() OVER (ORDER BY {order}) AS seren_rn \
-         FROM ONLY {table} AS t WHERE {within}) s WHERE seren_rn % {chunk} = 0 ORDER BY seren_rn",
+         FROM ONLY {table} WHERE {within}) s WHERE seren_rn % {chunk} = 0 ORDER BY seren_rn",
         text = text_cols.join(", "),
-        cols = key
-            .columns
-            .iter()
-            .map(|c| format!("t.{}", ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        cols = cols.join(", "),
         order = key_list(key),
         table = t.quoted(),
         chunk = chunk.max(1),
@@ -650,7 +682,7 @@ mod tests {
                 &[col("w", true, icu72, false)],
                 &[col("w", true, icu72, false)]
             ),
-            Some(vec!["t.\"w\"".to_owned()])
+            Some(vec!["\"w\"".to_owned()])
         );
         // Another ICU version, or bytes against a locale: COLLATE "C".
         assert_eq!(
@@ -658,14 +690,14 @@ mod tests {
                 &[col("w", true, icu72, false)],
                 &[col("w", true, icu60, false)]
             ),
-            Some(vec!["t.\"w\" COLLATE \"C\"".to_owned()])
+            Some(vec!["\"w\" COLLATE \"C\"".to_owned()])
         );
         assert_eq!(
             key_exprs(
                 &[col("w", true, "bytes", false)],
                 &[col("w", true, icu72, false)]
             ),
-            Some(vec!["t.\"w\" COLLATE \"C\"".to_owned()])
+            Some(vec!["\"w\" COLLATE \"C\"".to_owned()])
         );
         // Not text: as it is, whatever the collations.
         assert_eq!(
@@ -673,7 +705,7 @@ mod tests {
                 &[col("id", false, "", false)],
                 &[col("id", false, "", false)]
             ),
-            Some(vec!["t.\"id\"".to_owned()])
+            Some(vec!["\"id\"".to_owned()])
         );
         // Text inside a range or composite that the two sides sort differently: no ranges.
         assert_eq!(

@@ -156,6 +156,45 @@ where
     }
 }
 
+/// The target session's backend: (pid, start time), which no later session shares.
+pub(crate) async fn backend(target: &Client) -> Result<(i32, String)> {
+    let row = target
+        .query_one(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "set up a session", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// End the target backend `previous` of a lost session if it is still there (the same pid and
+/// start time, so never another session that reused the pid), and wait until it is gone: its
+/// transaction then has committed or rolled back, and a retry sees which.
+pub(crate) async fn end_backend(target: &Client, previous: &(i32, String)) -> Result<()> {
+    let fail = |e| Error::sql(Side::Target, "end the lost session", e);
+    let (pid, started) = previous;
+    for _ in 0..600 {
+        let alive = target
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = $1 AND backend_start::text = $2",
+                &[pid, started],
+            )
+            .await
+            .map_err(fail)?
+            .is_some();
+        if !alive {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Preflight(format!(
+        "the target session {pid} of a lost connection does not end: end it with SELECT \
+         pg_terminate_backend({pid}) on the target and run again with --resume"
+    )))
+}
+
 /// One connection pair of the pool.
 pub(crate) struct Pair {
     id: usize,
@@ -203,59 +242,24 @@ impl Pair {
             .batch_execute(&self.target_setup)
             .await
             .map_err(|e| Error::sql(Side::Target, "set up a session", e))?;
-        let row = self
-            .target
-            .query_one(
-                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Target, "set up a session", e))?;
-        self.target_backend = (row.get(0), row.get(1));
+        self.target_backend = backend(&self.target).await?;
         Ok(())
-    }
-
-    /// End the previous target session's backend if it is still there (the same pid and start
-    /// time, so never another session that reused the pid), and wait until it is gone: its
-    /// transaction then has committed or rolled back, and the retry's claim sees which.
-    async fn end_previous_backend(&self, previous: &(i32, String)) -> Result<()> {
-        let fail = |e| Error::sql(Side::Target, "end the lost session", e);
-        let (pid, started) = previous;
-        for _ in 0..600 {
-            let alive = self
-                .target
-                .query_opt(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE pid = $1 AND backend_start::text = $2",
-                    &[pid, started],
-                )
-                .await
-                .map_err(fail)?
-                .is_some();
-            if !alive {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(Error::Preflight(format!(
-            "the target session {pid} of a lost connection does not end: end it with SELECT \
-             pg_terminate_backend({pid}) on the target and run again with --resume"
-        )))
     }
 
     async fn reconnect(&mut self, ctx: &Ctx, snapshot: &Snapshot) -> Result<()> {
         if !snapshot.is_alive() {
             return Err(Error::SnapshotLost(
-                "the session holding the snapshot was lost, so the copy cannot go on \
-                 consistently; run again with --resume to finish (not consistent) or \
-                 --drop-existing to start over"
+                "the session holding the snapshot was lost, so the copy cannot go on under it; \
+                 run again with --resume to finish under a new snapshot (with replication the \
+                 tables already copied are brought up to it; without, they keep the old \
+                 moment) or --drop-existing to start over"
                     .into(),
             ));
         }
         (self.source, self.target) = connect_pair(ctx).await?;
         let previous = self.target_backend.clone();
         self.setup(snapshot.name()).await?;
-        self.end_previous_backend(&previous).await
+        end_backend(&self.target, &previous).await
     }
 
     async fn run_unit(

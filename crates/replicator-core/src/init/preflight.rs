@@ -229,7 +229,32 @@ async fn resume_refresh(
         .get(0);
     let rows = t
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), array_remove(ARRAY[                CASE WHEN EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid                                  AND NOT g.tgisinternal AND (NOT $3 OR g.tgenabled = 'A'))                     THEN 'triggers' END,                CASE WHEN NOT $3 AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f'                                             AND (k.conrelid = c.oid OR k.confrelid = c.oid))                     THEN 'foreign keys' END,                CASE WHEN EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid                                  AND w.rulename <> '_RETURN' AND (NOT $3 OR w.ev_enabled = 'A'))                     THEN 'rules' END,                CASE WHEN NOT $3 AND c.relrowsecurity THEN 'row-level security' END], NULL)::text[],                EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid)                  OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid                             AND w.rulename <> '_RETURN')              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace              WHERE (n.nspname::text, c.relname::text) IN                    (SELECT * FROM unnest($1::text[], $2::text[]))              ORDER BY 1",
+            // What fires in the sessions that put rows back: with `$3` (superuser) they run
+            // with session_replication_role = replica, where triggers and rules enabled
+            // ALWAYS or REPLICA fire and foreign keys do not act; otherwise those enabled as
+            // usual (ORIGIN) or ALWAYS fire, and foreign keys act.
+            "SELECT format('%I.%I', n.nspname, c.relname), array_remove(ARRAY[ \
+                CASE WHEN EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid \
+                                  AND NOT g.tgisinternal \
+                                  AND g.tgenabled = ANY (CASE WHEN $3 THEN '{A,R}'::\"char\"[] \
+                                                              ELSE '{A,O}'::\"char\"[] END)) \
+                     THEN 'triggers' END, \
+                CASE WHEN NOT $3 AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.contype = 'f' \
+                                             AND (k.conrelid = c.oid OR k.confrelid = c.oid)) \
+                     THEN 'foreign keys' END, \
+                CASE WHEN EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid \
+                                  AND w.rulename <> '_RETURN' \
+                                  AND w.ev_enabled = ANY (CASE WHEN $3 THEN '{A,R}'::\"char\"[] \
+                                                               ELSE '{A,O}'::\"char\"[] END)) \
+                     THEN 'rules' END, \
+                CASE WHEN NOT $3 AND c.relrowsecurity THEN 'row-level security' END], NULL)::text[], \
+                EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid) \
+                  OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid \
+                             AND w.rulename <> '_RETURN') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE (n.nspname::text, c.relname::text) IN \
+                   (SELECT * FROM unnest($1::text[], $2::text[])) \
+             ORDER BY 1",
             &[&schemas, &tables, &superuser],
         )
         .await
@@ -248,7 +273,9 @@ async fn resume_refresh(
     }
     Ok((
         Err(format!(
-            "--resume would bring the tables the interrupted run finished up to a new snapshot,              but on the target {} already act on rows put back; resume as a superuser of the              target (whose sessions keep them from acting), or start over with --drop-existing",
+            "--resume would bring the tables the interrupted run finished up to a new snapshot, \
+             but on the target {} already act on rows put back; resume as a superuser of the \
+             target (whose sessions keep them from acting), or start over with --drop-existing",
             checks::name_list(&blocked, 5)
         )),
         recorded,

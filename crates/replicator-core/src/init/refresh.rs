@@ -6,18 +6,19 @@
 //! it without a gap or an overlap. See docs/engine.md, "Resume".
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use futures_util::stream::{self, TryStreamExt};
 use tokio_postgres::Client;
 
-use super::pool::with_retries;
+use super::pool::{backend, end_backend, with_retries};
 use super::{Ctx, FormatChoice};
 use crate::catalog::{Catalog, Table};
 use crate::copy::{self, Format};
 use crate::error::{Error, Result, Side};
 use crate::plan::Unit;
 use crate::snapshot::{self, Snapshot};
-use crate::verify;
+use crate::verify::{self, Bound};
 
 /// Rows per compared range: as `verify`'s default.
 const RANGE_ROWS: u64 = 100_000;
@@ -77,8 +78,11 @@ pub(super) async fn refresh(
             let (ranges, copied_again, rows) = (&ranges, &copied_again, &rows);
             async move {
                 let what = format!("bring {} up to the new snapshot", table.name);
+                // The target session of the attempt before, which a retry ends first: a lost
+                // connection's backend may live on in its transaction, holding row locks.
+                let previous = Mutex::new(None);
                 let done = with_retries(ctx, &what, || {
-                    refresh_table(ctx, snapshot, table, filter, replica_role)
+                    refresh_table(ctx, snapshot, table, filter, replica_role, &previous)
                 })
                 .await?;
                 ranges.fetch_add(done.ranges, Ordering::Relaxed);
@@ -104,6 +108,7 @@ async fn refresh_table(
     table: &Table,
     filter: Option<&str>,
     replica_role: bool,
+    previous: &Mutex<Option<(i32, String)>>,
 ) -> Result<Refreshed> {
     let o = &ctx.opts;
     // The source's side of a range: its rows the copy selected.
@@ -116,6 +121,11 @@ async fn refresh_table(
         verify::compare_session(&o.target, Side::Target)
     )?;
     snapshot::import(&source, snapshot.name()).await?;
+    let mine = backend(&target).await?;
+    let before = previous.lock().expect("not poisoned").replace(mine);
+    if let Some(before) = before {
+        end_backend(&target, &before).await?;
+    }
     if replica_role {
         target
             .batch_execute("SET session_replication_role = replica")
@@ -142,10 +152,15 @@ async fn refresh_table(
         )?;
         if s != d {
             out.copied_again = 1;
-            out.rows = replace(&source, &target, table, "true", &all, format).await?;
+            let whole = [("true".to_owned(), all)];
+            out.rows = replace(&source, &target, table, &whole, format).await?;
         }
         return Ok(out);
     };
+    // First every range that differs, then all of them replaced at once: a unique or exclusion
+    // constraint's value that moved from one range to another on the source would collide
+    // with its old row if the ranges were replaced one by one.
+    let mut stale: Vec<(Bound, Bound)> = Vec::new();
     let bounds = verify::boundaries(&source, t, &key, &selected("true"), RANGE_ROWS).await?;
     for (after, up_to) in verify::between(None, bounds, None) {
         out.ranges += 1;
@@ -155,8 +170,7 @@ async fn refresh_table(
             continue;
         };
         if rows <= i64::try_from(2 * PART_ROWS).unwrap_or(i64::MAX) {
-            out.copied_again += 1;
-            out.rows += replace(&source, &target, table, &p, &theirs, format).await?;
+            stale.push((after, up_to));
             continue;
         }
         // Parts of the range, cut at every PART_ROWS-th key the source holds in it: together
@@ -169,12 +183,37 @@ async fn refresh_table(
                 .await?
                 .is_some()
             {
-                out.copied_again += 1;
-                out.rows += replace(&source, &target, table, &q, &theirs, format).await?;
+                stale.push((a, u));
             }
         }
     }
+    let stale = merge_adjacent(stale);
+    out.copied_again = stale.len() as u64;
+    if !stale.is_empty() {
+        let ranges: Vec<(String, String)> = stale
+            .iter()
+            .map(|(a, u)| {
+                let p = verify::range_predicate(&key, a.as_ref(), u.as_ref());
+                let theirs = selected(&p);
+                (p, theirs)
+            })
+            .collect();
+        out.rows = replace(&source, &target, table, &ranges, format).await?;
+    }
     Ok(out)
+}
+
+/// `ranges` (in key order, none overlapping) with each run of ranges that touch, where one
+/// ends at the key the next starts after, joined into one range.
+fn merge_adjacent(ranges: Vec<(Bound, Bound)>) -> Vec<(Bound, Bound)> {
+    let mut merged: Vec<(Bound, Bound)> = Vec::with_capacity(ranges.len());
+    for (after, up_to) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1.is_some() && last.1 == after => last.1 = up_to,
+            _ => merged.push((after, up_to)),
+        }
+    }
+    merged
 }
 
 /// Whether the target's rows of `table` that `predicate` selects differ from the source's that
@@ -195,47 +234,56 @@ async fn differs(
     Ok((s != d).then(|| s.0.max(d.0)))
 }
 
-/// Replace the target's rows of `table` that `predicate` selects with the source's that
-/// `from_source` selects (as of the snapshot `source` holds), in one target transaction.
-/// Returns the rows copied.
+/// Replace, in one target transaction, the target's rows of `table` that each range's first
+/// predicate selects with the source's that its second selects (as of the snapshot `source`
+/// holds): every range's rows are removed before any is copied, so that no row put back meets
+/// a unique value that a removed row still held. Returns the rows copied.
 async fn replace(
     source: &Client,
     target: &Client,
     table: &Table,
-    predicate: &str,
-    from_source: &str,
+    ranges: &[(String, String)],
     format: Format,
 ) -> Result<u64> {
     let name = &table.name;
     let side = Side::Target;
-    target
-        .batch_execute(&format!(
-            "BEGIN; DELETE FROM ONLY {} AS t WHERE {predicate}",
-            name.quoted()
-        ))
-        .await
-        .map_err(|e| Error::sql(side, format!("remove outdated rows of {name}"), e))?;
-    let copied = copy::pump(
-        source,
-        target,
-        &copy::copy_out_where_sql(table, from_source, format),
-        &copy::copy_in_sql(table, format, false),
-        |_| {},
-    )
-    .await;
-    match copied {
-        Ok((rows, _)) => {
+    let run = async {
+        target
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| Error::sql(side, format!("begin replacing rows of {name}"), e))?;
+        for (predicate, _) in ranges {
             target
-                .batch_execute("COMMIT")
+                .batch_execute(&format!(
+                    "DELETE FROM ONLY {} WHERE {predicate}",
+                    name.quoted()
+                ))
                 .await
-                .map_err(|e| Error::sql(side, format!("commit the rows of {name}"), e))?;
-            Ok(rows)
+                .map_err(|e| Error::sql(side, format!("remove outdated rows of {name}"), e))?;
         }
-        Err(e) => {
-            let _ = target.batch_execute("ROLLBACK").await;
-            Err(e)
+        let mut rows = 0;
+        for (_, from_source) in ranges {
+            let (copied, _) = copy::pump(
+                source,
+                target,
+                &copy::copy_out_where_sql(table, from_source, format),
+                &copy::copy_in_sql(table, format, false),
+                |_| {},
+            )
+            .await?;
+            rows += copied;
         }
+        target
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| Error::sql(side, format!("commit the rows of {name}"), e))?;
+        Ok(rows)
+    };
+    let done: Result<u64> = run.await;
+    if done.is_err() {
+        let _ = target.batch_execute("ROLLBACK").await;
     }
+    done
 }
 
 #[cfg(test)]
@@ -265,6 +313,26 @@ mod tests {
         ];
         assert_eq!(finished_tables(&units), vec![0, 3]);
         assert!(finished_tables(&[]).is_empty());
+    }
+
+    #[test]
+    fn touching_ranges_are_joined_and_the_others_kept() {
+        let k = |v: &str| Some(vec![v.to_owned()]);
+        assert!(merge_adjacent(vec![]).is_empty());
+        assert_eq!(
+            merge_adjacent(vec![
+                (None, k("10")),
+                (k("10"), k("20")),
+                (k("30"), k("40"))
+            ]),
+            vec![(None, k("20")), (k("30"), k("40"))]
+        );
+        assert_eq!(
+            merge_adjacent(vec![(k("30"), k("40")), (k("40"), None)]),
+            vec![(k("30"), None)]
+        );
+        // An open end touches nothing: (None, None) is the whole key space already.
+        assert_eq!(merge_adjacent(vec![(None, None)]), vec![(None, None)]);
     }
 
     #[test]

@@ -16,8 +16,10 @@ use super::refresh;
 use super::source::Snap;
 use super::{lock, Ctx};
 use crate::catalog::Catalog;
+use crate::checks;
 use crate::connect::connect;
 use crate::error::{Error, Result, Side};
+use crate::filter::QualName;
 use crate::plan::{self, SplitPolicy};
 use crate::progress::{Event, Phase, PlanSummary};
 use crate::schema::{self, DumpOptions};
@@ -117,6 +119,44 @@ async fn bring_to_snapshot(ctx: &Ctx, shared: &Shared, replica_role: bool) -> Re
     Ok(())
 }
 
+/// A resumed run copies the tables the interrupted one planned; a table created on the source
+/// since (no unit of it is recorded) has no definition on the target either. It is left out of
+/// the rest of the run, its post-data objects and ANALYZE too, and named.
+fn leave_out_unplanned(
+    ctx: &Ctx,
+    pre: &Preflight,
+    catalog: &Catalog,
+    mut copy: Vec<bool>,
+    mut excluded: Vec<QualName>,
+    units: &[plan::Unit],
+) -> (Vec<bool>, Vec<QualName>) {
+    if !pre.resumed {
+        return (copy, excluded);
+    }
+    let planned: HashSet<usize> = units.iter().map(|u| u.table).collect();
+    let mut unplanned = Vec::new();
+    for (i, c) in copy.iter_mut().enumerate() {
+        if *c && !planned.contains(&i) {
+            *c = false;
+            unplanned.push(catalog.tables[i].name.to_string());
+            excluded.push(catalog.tables[i].name.clone());
+        }
+    }
+    if !unplanned.is_empty() {
+        ctx.warn(format!(
+            "{}: {}, created on the source after the interrupted run had planned its copy; \
+             copy them with pg_dump, or start over with --drop-existing",
+            if pre.sync {
+                "neither copied nor replicated"
+            } else {
+                "not copied"
+            },
+            checks::name_list(&unplanned, 10)
+        ));
+    }
+    (copy, excluded)
+}
+
 pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<()> {
     let o = &ctx.opts;
     let Snap {
@@ -127,6 +167,7 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
         slot: _,
     } = snap;
     let (units, done_steps) = plan_units(ctx, pre, &catalog, &copy).await?;
+    let (copy, excluded) = leave_out_unplanned(ctx, pre, &catalog, copy, excluded, &units);
     {
         let mut r = lock(&ctx.report);
         r.resumed = pre.resumed;

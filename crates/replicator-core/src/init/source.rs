@@ -45,18 +45,10 @@ async fn snapshot_with_slot(
     let plain = connect(&o.source, Side::Source).await?;
     let now = catalog::read(&plain).await?;
     // A resumed run copies what the interrupted one planned: a table created since is not in
-    // the target, so replication must not carry it either.
+    // the target, so replication must not carry it either ([`super::run`] says so).
     let (wanted, unplanned): (Vec<QualName>, Vec<QualName>) = tables_to_copy(&now, &o.filter)
         .into_iter()
         .partition(|t| recorded.is_none_or(|r| r.contains(t)));
-    if !unplanned.is_empty() {
-        let list: Vec<String> = unplanned.iter().map(ToString::to_string).collect();
-        ctx.warn(format!(
-            "neither copied nor replicated: {}, created on the source after the interrupted run \
-             had planned its copy; copy them with pg_dump, or start over with --drop-existing",
-            checks::name_list(&list, 10)
-        ));
-    }
     let (persistent, unlogged) = sync::replicable(&plain, &wanted).await?;
     if !unlogged.is_empty() {
         let list: Vec<String> = unlogged.iter().map(ToString::to_string).collect();
