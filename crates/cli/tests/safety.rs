@@ -490,6 +490,69 @@ fn resume_brings_tricky_finished_tables_up_to_date_and_leaves_out_new_ones() {
     assert_eq!(slots(&src), "");
 }
 
+/// Every large object of database `db`: oid and md5 of its content, in oid order.
+fn large_objects(c: &Cluster, db: &str) -> String {
+    c.psql(
+        db,
+        "SELECT coalesce(string_agg(oid || ':' || md5(lo_get(oid)), ',' ORDER BY oid), '') \
+         FROM pg_largeobject_metadata",
+    )
+}
+
+/// Killed after its large objects were copied (while it analyzes), a run's resume brings
+/// them to its new snapshot as it does the tables: one changed since is copied again (one made
+/// shorter too, so no old bytes remain past its end), one removed since is removed, one
+/// created since is copied.
+#[test]
+fn resume_after_the_large_objects_brings_them_up_to_date() {
+    let src = big_source();
+    src.psql(
+        "app",
+        "SELECT lo_from_bytea(1001, 'one, the first version, long'); \
+         SELECT lo_from_bytea(1002, 'two'); SELECT lo_from_bytea(1003, 'three');",
+    );
+    let dst = Cluster::start(&Options::target());
+    let proxy = Proxy::start(dst.port());
+    proxy.arm(Fault::once(
+        Trigger::Query(vec!["ANALYZE".into()]),
+        Action::Stall,
+    ));
+    let mut child = cli(&src.url("app"), &via(&proxy, "app"))
+        .args(["init", "--progress", "log", "--jobs", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start init");
+    wait_for("the stalled ANALYZE", || proxy.fired() > 0);
+    assert_eq!(large_objects(&dst, "app"), large_objects(&src, "app"));
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    wait_for("the killed run's sessions to end", || {
+        src.psql(
+            "app",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        ) == "0"
+    });
+    src.psql(
+        "app",
+        "BEGIN; SELECT lo_truncate64(lo_open(1001, 131072), 0); SELECT lo_put(1001, 0, 'one, v2'); \
+         COMMIT; SELECT lo_unlink(1002); SELECT lo_from_bytea(1004, 'four');",
+    );
+    let (s, t) = (src.url("app"), via(&proxy, "app"));
+    let out = run(&s, &t, &["init", "--resume", "--progress", "none"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("replicating:"), "{all}");
+    assert_eq!(
+        large_objects(&dst, "app"),
+        large_objects(&src, "app"),
+        "{all}"
+    );
+    let out = run(&s, &t, &["sync", "--stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(slots(&src), "");
+}
+
 fn sigterm(child: Child) -> (Output, String) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -1,6 +1,7 @@
 //! After post-data: sequence values and large objects, read under the snapshot. Retried as a
 //! whole on a transient error (new sessions, the snapshot imported again): setting a sequence
-//! twice is harmless, and each large object claims its record before it is written.
+//! twice is harmless, and each large object claims its record before it is written (or, on a
+//! resume that brings the copy to its new snapshot, is replaced whole).
 
 use std::collections::HashSet;
 
@@ -47,8 +48,10 @@ pub(crate) async fn copy_sequences(
     Ok(n)
 }
 
-/// Copy one large object in its own transaction, unless an earlier attempt did.
-async fn copy_large_object(source: &Client, target: &Client, oid: u32) -> Result<()> {
+/// Copy one large object in its own transaction, unless an earlier attempt did; with `again`
+/// whatever the record says, its content replaced whole (a resume brings the large objects the
+/// interrupted run copied under its snapshot up to the new one, as it does their tables).
+async fn copy_large_object(source: &Client, target: &Client, oid: u32, again: bool) -> Result<()> {
     const CHUNK: i32 = 1 << 20;
     let (s, t) = (Side::Source, Side::Target);
     target
@@ -56,7 +59,7 @@ async fn copy_large_object(source: &Client, target: &Client, oid: u32) -> Result
         .await
         .map_err(|e| Error::sql(t, "copy large objects", e))?;
     let copy_one = async {
-        if target::claim_step(target, &format!("lo:{oid}")).await? == Claim::AlreadyDone {
+        if target::claim_step(target, &format!("lo:{oid}")).await? == Claim::AlreadyDone && !again {
             return Ok(false);
         }
         target
@@ -66,6 +69,13 @@ async fn copy_large_object(source: &Client, target: &Client, oid: u32) -> Result
             )
             .await
             .map_err(|e| Error::sql(t, format!("create large object {oid}"), e))?;
+        if again {
+            // Emptied, not unlinked: its owner and grants (pre-data's) stay. 131072: INV_WRITE.
+            target
+                .execute("SELECT lo_truncate64(lo_open($1, 131072), 0)", &[&oid])
+                .await
+                .map_err(|e| Error::sql(t, format!("empty large object {oid}"), e))?;
+        }
         let mut offset: i64 = 0;
         loop {
             let data: Vec<u8> = source
@@ -103,11 +113,36 @@ async fn copy_large_object(source: &Client, target: &Client, oid: u32) -> Result
     }
 }
 
+/// Sequences and large objects as of `snapshot`. With `again` (a resume that brings what the
+/// interrupted run copied up to its new snapshot) every large object is copied again, and one
+/// the target holds but the source no longer does is removed.
+/// Unlink the target's large objects that are not among `wanted` (the source's as of the
+/// snapshot): the interrupted run copied them, and the source has since removed them. The
+/// target database is the copy's own (an `init` refuses a target holding data), so every large
+/// object in it came from the source.
+async fn remove_vanished_large_objects(target: &Client, wanted: &[u32]) -> Result<()> {
+    target
+        .execute(
+            "SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid <> ALL ($1::oid[])",
+            &[&wanted],
+        )
+        .await
+        .map_err(|e| {
+            Error::sql(
+                Side::Target,
+                "remove large objects the source no longer has",
+                e,
+            )
+        })?;
+    Ok(())
+}
+
 pub(crate) async fn finish(
     ctx: &Ctx,
     snapshot: &Snapshot,
     catalog: &Catalog,
     done: &HashSet<String>,
+    again: bool,
 ) -> Result<()> {
     let o = &ctx.opts;
     let (sequences, large_objects) = with_retries(ctx, "sequences and large objects", || async {
@@ -130,9 +165,12 @@ pub(crate) async fn finish(
         )
         .await?;
         let mut large_objects = 0;
+        if again {
+            remove_vanished_large_objects(&target, &catalog.large_objects).await?;
+        }
         for &oid in &catalog.large_objects {
-            if !done.contains(&format!("lo:{oid}")) {
-                copy_large_object(&source, &target, oid).await?;
+            if again || !done.contains(&format!("lo:{oid}")) {
+                copy_large_object(&source, &target, oid, again).await?;
             }
             large_objects += 1;
         }

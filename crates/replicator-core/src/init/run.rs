@@ -277,7 +277,13 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
 
     ctx.phase(
         Phase::Finish,
-        finish::finish(ctx, &shared.snapshot, catalog, &done_steps),
+        finish::finish(
+            ctx,
+            &shared.snapshot,
+            catalog,
+            &done_steps,
+            pre.refresh.is_some(),
+        ),
     )
     .await?;
 
