@@ -6,7 +6,8 @@
 #   2. a bad source host: the job fails with source_unreachable, and the CLI says so;
 #   3. Ctrl-C detaches the CLI from a running job, which goes on; then a cancel mid-copy: the
 #      job ends cancelled and its worker is gone;
-#   4. a worker killed with SIGKILL mid-copy: the reaper fails the job (heartbeat_lost);
+#   4. a worker killed with SIGKILL mid-copy: the reaper starts another, which resumes the job
+#      (attempt 2/3) and completes it, the target equal to the source;
 #   5. the coordinator restarted while a job runs: the CLI re-attaches and sees it complete;
 #   6. two submits with one Idempotency-Key: one job, one worker;
 #   7. verify --remote and validate --remote: the reports come back from a worker, and a row
@@ -170,10 +171,12 @@ id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_killed) "$cli" init 
 if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" 60; then
     worker_pid=$(job_field "$id" "j['instance_id'].split('-')[1]")
     kill -9 "$worker_pid"
-    if wait_for "$id" "j['status'] == 'failed' and j['error']['code'] == 'heartbeat_lost'" 30; then
-        pass "SIGKILL: the reaper failed the job ($(job_field "$id" "j['error']['code']"))"
+    if wait_for "$id" "j['status'] == 'completed'" $((T * 3)) \
+        && [ "$(job_field "$id" "(j['attempt'], j['max_attempts'], j['error']['code'])")" = "(2, 3, 'heartbeat_lost')" ] \
+        && compare_databases "$(src big)" "$(dst big_killed)"; then
+        pass "SIGKILL: the reaper started worker 2/3, which resumed and completed the job; $COMPARED_TABLES table(s) identical"
     else
-        fail "SIGKILL: $(job_field "$id" "j['status']")"
+        fail "SIGKILL: $(job_field "$id" "(j['status'], j['attempt'], j.get('error'))")"
     fi
 else
     fail "SIGKILL: the job never reached the data phase"

@@ -1,7 +1,9 @@
 # Three roles, each with only what its program calls (see docs/security.md):
 # - the coordinator Lambda: jobs table, seal with the jobs key, grant a worker its job,
 #   launch from the one launch template, pass only the worker role, terminate only our workers;
-# - the reaper Lambda: jobs table, terminate only our workers, revoke workers' grants;
+# - the reaper Lambda: jobs table, terminate only our workers, revoke workers' grants, and
+#   start the next worker of a job whose worker was lost (the same launch rights as the
+#   coordinator's, one shared document);
 # - the worker instances: read and update job items; no EC2 and no standing KMS permission.
 
 locals {
@@ -9,14 +11,15 @@ locals {
     aws_dynamodb_table.jobs.arn,
     "${aws_dynamodb_table.jobs.arn}/index/*",
   ]
-  # What a worker's writes to a job item may touch: its status, times, progress, outcome and
+  # What a worker's writes to a job item may touch: its status, times, progress, outcome, the
+  # attempt count (a worker whose spot instance is reclaimed hands the job to the next one) and
   # the removal of the sealed URLs when the job ends; the key and both index keys, as
   # DynamoDB's attribute conditions require. Not `spec` (drop_existing, filters), `ttl`, the
   # displayed URLs, the owner's idempotency key or a cancel request. Checked against the
   # worker's real requests by crates/worker/tests/store_scope.rs.
   worker_item_attributes = [
     "job_id", "status", "owner", "created_at", "updated_at", "version", "started_at",
-    "heartbeat_at", "finished_at", "instance_id", "error", "progress", "result",
+    "heartbeat_at", "finished_at", "instance_id", "error", "progress", "result", "attempt",
     "source_secret", "target_secret",
   ]
   # The one ledger item a worker writes (its job's finish decrements the count) and its fields.
@@ -114,7 +117,7 @@ data "aws_iam_policy_document" "lambda_vpc" {
 
 data "aws_iam_policy_document" "coordinator" {
   source_policy_documents = concat(
-    [data.aws_iam_policy_document.lambda_common.json],
+    [data.aws_iam_policy_document.lambda_common.json, data.aws_iam_policy_document.launch_workers.json],
     length(var.lambda_subnet_ids) > 0 ? [data.aws_iam_policy_document.lambda_vpc.json] : [],
   )
 
@@ -145,7 +148,11 @@ data "aws_iam_policy_document" "coordinator" {
       values   = ["false"]
     }
   }
+}
 
+# What starting a worker takes: the coordinator starts a job's first worker, the reaper the next
+# one of a job whose worker was lost. Shared, so that the two cannot drift apart.
+data "aws_iam_policy_document" "launch_workers" {
   statement {
     sid       = "GrantAWorkerInstanceDecryptOfItsJobOnly"
     actions   = ["kms:CreateGrant"]
@@ -272,7 +279,7 @@ resource "aws_iam_role_policy" "coordinator" {
 
 data "aws_iam_policy_document" "reaper" {
   source_policy_documents = concat(
-    [data.aws_iam_policy_document.lambda_common.json],
+    [data.aws_iam_policy_document.lambda_common.json, data.aws_iam_policy_document.launch_workers.json],
     length(var.lambda_subnet_ids) > 0 ? [data.aws_iam_policy_document.lambda_vpc.json] : [],
   )
 

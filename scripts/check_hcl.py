@@ -153,7 +153,13 @@ def main():
 
     coord = docs["coordinator"]
     common = docs["lambda_common"]
-    every = statements(coord) + statements(common)
+    # Launch rights live in one document both Lambdas include (the reaper starts the next
+    # worker of a job whose worker was lost).
+    launch = docs["launch_workers"]
+    every = statements(coord) + statements(common) + statements(launch)
+    check("coordinator and reaper: both take the launch rights from launch_workers",
+          all("data.aws_iam_policy_document.launch_workers.json" in str(docs[n].get("source_policy_documents"))
+              for n in ("coordinator", "reaper")))
 
     def stmts(action):
         return [s for s in every if action in s.get("actions", [])]
@@ -184,7 +190,7 @@ def main():
         else:
             check(f"platform key, {s['sid']}: bound to an encryption context",
                   any(v.startswith("kms:EncryptionContext:") for v in variables))
-    role_docs = ("coordinator", "reaper", "lambda_common", "lambda_vpc", "worker")
+    role_docs = ("coordinator", "reaper", "launch_workers", "lambda_common", "lambda_vpc", "worker")
     check("role policies: no wildcard action",
           not any("*" in a for name in role_docs for a in actions_of(docs[name])))
 

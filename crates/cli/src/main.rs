@@ -200,6 +200,11 @@ struct InitArgs {
     /// With --remote: stop the job (timed_out) after this many seconds (default 24 h).
     #[arg(long, requires = "remote")]
     timeout_secs: Option<u64>,
+    /// With --remote: workers the job may use in all (1-10, default 3). When its worker is
+    /// lost (instance failure, spot reclaim, kill), another is started and resumes the copy
+    /// where it stopped; 1 fails the job instead.
+    #[arg(long, requires = "remote")]
+    max_attempts: Option<u32>,
     /// With --remote: submit, print the job id and return without waiting.
     #[arg(long, requires = "remote")]
     detach: bool,
@@ -420,6 +425,7 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
             )
             .await,
             timeout_seconds: args.timeout_secs,
+            max_attempts: args.max_attempts,
             ..spec.options
         },
         filter: spec.filter,

@@ -196,6 +196,9 @@ impl Api {
 /// One line describing where a job is.
 pub fn status_line(j: &JobView) -> String {
     let mut s = format!("{} {}", j.job_id, j.status);
+    if j.attempt > 1 {
+        s.push_str(&format!(" (attempt {}/{})", j.attempt, j.max_attempts));
+    }
     if let Some(p) = &j.progress {
         s.push_str(&format!(
             " | {} | tables {}/{} | {} of ~{} | {} rows",
@@ -211,9 +214,18 @@ pub fn status_line(j: &JobView) -> String {
         }
     }
     if let Some(e) = &j.error {
-        s.push_str(&format!(" | {}: {}", e.code, e.message));
+        if ended_badly(j.status) {
+            s.push_str(&format!(" | {}: {}", e.code, e.message));
+        } else {
+            // A job that lost a worker and goes on (or went on) with the next one.
+            s.push_str(&format!(" | {}", e.message));
+        }
     }
     s
+}
+
+fn ended_badly(status: job_model::JobStatus) -> bool {
+    status.is_terminal() && status != job_model::JobStatus::Completed
 }
 
 /// The user detached from a remote job with Ctrl-C; the job goes on.
@@ -315,6 +327,7 @@ pub async fn watch(
 ) -> anyhow::Result<Watched> {
     let mut replay = Replay::default();
     let mut status = None;
+    let mut attempt = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -322,6 +335,13 @@ pub async fn watch(
             j = api.job(id) => j?,
             _ = &mut ctrl_c => return Ok(Watched::Detached(id.to_owned())),
         };
+        if attempt.is_some_and(|a| j.attempt > a) {
+            // "worker lost after 42 %: …; resuming on attempt 2/3"
+            if let Some(e) = &j.error {
+                note(&e.message);
+            }
+        }
+        attempt = Some(j.attempt);
         if status != Some(j.status) {
             status = Some(j.status);
             if !j.status.is_terminal() {
@@ -369,6 +389,37 @@ mod tests {
         .expect("view");
         let line = status_line(&view);
         assert!(line.contains("| 999 B of ~740.05 MiB |"), "{line}");
+    }
+
+    #[test]
+    fn a_job_on_its_second_worker_says_so_and_why() {
+        let view = |status: &str| -> JobView {
+            serde_json::from_str(&format!(
+                r#"{{"job_id":"0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11","status":"{status}","command":"init",
+                    "source_display":"s","target_display":"t","created_at":"2026-11-27T10:00:00Z",
+                    "updated_at":"2026-11-27T10:00:00Z","attempt":2,"max_attempts":3,
+                    "error":{{"code":"heartbeat_lost","message":"worker lost after 42 %: silent; resuming on attempt 2/3"}}}}"#
+            ))
+            .expect("view")
+        };
+        let line = status_line(&view("running"));
+        assert!(
+            line.contains("running (attempt 2/3)")
+                && line.ends_with("| worker lost after 42 %: silent; resuming on attempt 2/3"),
+            "{line}"
+        );
+        assert!(!line.contains("heartbeat_lost"), "not a failure: {line}");
+        let line = status_line(&view("failed"));
+        assert!(line.contains("| heartbeat_lost: worker lost"), "{line}");
+        // An older record, without the attempt fields: the first attempt.
+        let old: JobView = serde_json::from_str(
+            r#"{"job_id":"0b6f8a52-2a8e-4e43-9d8e-5b0d5c0f8e11","status":"running","command":"init",
+                "source_display":"s","target_display":"t","created_at":"2026-11-27T10:00:00Z",
+                "updated_at":"2026-11-27T10:00:00Z"}"#,
+        )
+        .expect("old view");
+        assert_eq!((old.attempt, old.max_attempts), (1, 1));
+        assert!(!status_line(&old).contains("attempt"));
     }
 
     #[test]

@@ -183,6 +183,10 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
             &["--timeout-secs", "600"],
             json!({"options": {"timeout_seconds": 600}}),
         ),
+        (
+            &["--max-attempts", "5"],
+            json!({"options": {"max_attempts": 5}}),
+        ),
         (&["--sync"], json!({"options": {"sync": "required"}})),
         (&["--no-sync"], json!({"options": {"sync": "off"}})),
         (

@@ -204,7 +204,7 @@ async fn submit(
         }
         Err(e) => return Err(e.into()),
     };
-    let status = provision(&state, &job).await?;
+    let status = crate::provision::start_worker(&*state.store, &*state.provisioner, &job).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(SubmitResponse {
@@ -212,52 +212,6 @@ async fn submit(
             status,
         }),
     ))
-}
-
-/// Start a worker for a new `pending` job and record it; on failure the job is `failed` with
-/// the reason. Returns the job's status afterwards.
-async fn provision(state: &AppState, job: &Job) -> Result<JobStatus, ApiError> {
-    match state.provisioner.launch(job).await {
-        Ok(instance_id) => {
-            let change =
-                Change::to(JobStatus::Provisioning, Timestamp::now()).instance(&instance_id);
-            match state
-                .store
-                .transition(&job.job_id, Expect::job(job), change)
-                .await
-            {
-                Ok(j) => Ok(j.status),
-                Err(StoreError::Conflict { current, .. }) => {
-                    // Cancelled (or reaped) while launching: the worker must not live on.
-                    if let Err(e) = state.provisioner.terminate(&job.job_id).await {
-                        tracing::warn!(job_id = %job.job_id, error = %e, "terminate after conflict");
-                    }
-                    Ok(current)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Err(e) => {
-            tracing::warn!(job_id = %job.job_id, error = %e, "provisioning failed");
-            let code = match e {
-                crate::provision::ProvisionError::Capacity(_) => "no_capacity",
-                _ => "provisioning_failed",
-            };
-            let change = Change::to(JobStatus::Failed, Timestamp::now()).error(ErrorBody::new(
-                code,
-                format!("could not start a worker: {e}"),
-            ));
-            match state
-                .store
-                .transition(&job.job_id, Expect::job(job), change)
-                .await
-            {
-                Ok(j) => Ok(j.status),
-                Err(StoreError::Conflict { current, .. }) => Ok(current),
-                Err(e) => Err(e.into()),
-            }
-        }
-    }
 }
 
 /// The caller's job, or 404 for a job that does not exist or is someone else's.

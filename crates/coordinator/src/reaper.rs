@@ -54,6 +54,9 @@ pub struct Report {
     pub timed_out: Vec<String>,
     /// Jobs moved to `cancelled`.
     pub cancelled: Vec<String>,
+    /// Jobs whose worker was lost and that got a new one, which resumes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relaunched: Vec<String>,
     /// Worker instances terminated.
     pub terminated: Vec<String>,
     /// Jobs whose finished workers' KMS grants were revoked.
@@ -193,6 +196,12 @@ pub async fn reap(
             }
         };
         for job in jobs {
+            if job.status == JobStatus::Pending && job.attempt > 1 {
+                // A job whose worker was lost (or recorded its spot interruption) waits for
+                // its next worker: start it now.
+                relaunch(store, provisioner, &job, &mut report).await;
+                continue;
+            }
             let Some((to, mut error)) = verdict(&job, policy, now) else {
                 active.insert(job.job_id.clone(), job);
                 continue;
@@ -201,6 +210,46 @@ pub async fn reap(
                 if let Some(spot) = spot_reclaimed(provisioner, &job, &mut report).await {
                     error = spot;
                 }
+            }
+            let lost = matches!(error.code.as_str(), "heartbeat_lost" | "interrupted");
+            let allowed = job.spec.options.attempts_allowed();
+            if lost
+                && job.status == JobStatus::Running
+                && job.attempt < allowed
+                && job.cancel_requested_at.is_none()
+            {
+                error.message = format!(
+                    "{}{}; resuming on attempt {}/{allowed}",
+                    lost_after(&job),
+                    error.message,
+                    job.attempt + 1
+                );
+                match store
+                    .transition(
+                        &job.job_id,
+                        Expect::job(&job),
+                        Change::retry(now, job.attempt + 1, error),
+                    )
+                    .await
+                {
+                    Ok(retried) => {
+                        tracing::warn!(job_id = %job.job_id, attempt = retried.attempt, "worker lost; starting another");
+                        relaunch(store, provisioner, &retried, &mut report).await;
+                    }
+                    Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+                    Err(e) => report
+                        .failures
+                        .push(format!("record job {} for another worker: {e}", job.job_id)),
+                }
+                continue;
+            }
+            if lost && job.status == JobStatus::Running {
+                error.message = format!(
+                    "{}{} (attempt {}/{allowed}: no attempt left)",
+                    lost_after(&job),
+                    error.message,
+                    job.attempt
+                );
             }
             if job.status == JobStatus::Running && replicates(&job) {
                 // The worker went without cleaning up after itself; the reaper cannot reach
@@ -278,6 +327,42 @@ pub async fn reap(
     report
 }
 
+/// "worker lost after 42 %: " from the job's last progress, or "worker lost: ".
+fn lost_after(job: &Job) -> String {
+    match job.progress.as_ref().and_then(job_model::Progress::percent) {
+        Some(p) => format!("worker lost after {p} %: "),
+        None => "worker lost: ".into(),
+    }
+}
+
+/// Start the next worker of `job` (`pending` after its worker was lost): the lost one is
+/// terminated first, since a launch returns a live worker of the job instead of starting one.
+async fn relaunch(
+    store: &dyn JobStore,
+    provisioner: &dyn Provisioner,
+    job: &Job,
+    report: &mut Report,
+) {
+    match provisioner.terminate(&job.job_id).await {
+        Ok(ids) => report.terminated.extend(ids),
+        Err(e) => {
+            report.failures.push(format!(
+                "terminate the lost worker of job {} before starting another: {e}",
+                job.job_id
+            ));
+            return;
+        }
+    }
+    match crate::provision::start_worker(store, provisioner, job).await {
+        Ok(JobStatus::Provisioning) => report.relaunched.push(job.job_id.clone()),
+        Ok(JobStatus::Failed) => report.failed.push(job.job_id.clone()),
+        Ok(_) => {}
+        Err(e) => report
+            .failures
+            .push(format!("record the new worker of job {}: {e}", job.job_id)),
+    }
+}
+
 /// Whether `job` sets up replication (and so may leave a slot on the source when its worker
 /// dies).
 fn replicates(job: &Job) -> bool {
@@ -300,8 +385,7 @@ async fn spot_reclaimed(
             "interrupted",
             format!(
                 "EC2 reclaimed the spot instance {instance} ({reason}) before its worker could \
-                 record it; tables finished before the interruption are in the target (run \
-                 the job again, with drop_existing to start over)"
+                 record it"
             ),
         )),
         Ok(_) => None,
@@ -426,6 +510,7 @@ mod tests {
         let mut lost = job(JobStatus::Running, ago(now, 60 * MIN));
         lost.started_at = Some(ago(now, 60 * MIN));
         lost.heartbeat_at = Some(ago(now, 10 * MIN));
+        lost.spec.options.max_attempts = Some(1);
         store.create(&lost, None).await.expect("create");
         let p = ListFails::default();
         let report = reap(&store, &p, &Policy::default(), now).await;
@@ -481,7 +566,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_worker_lost_to_a_spot_reclaim_is_recorded_as_interrupted() {
+    async fn a_lost_worker_is_replaced_until_the_attempts_run_out() {
         let dir = tempfile::tempdir().expect("dir");
         let store = job_model::store::sqlite::SqliteStore::open(&dir.path().join("jobs.db"))
             .expect("store");
@@ -491,52 +576,82 @@ mod tests {
             j.started_at = Some(ago(now, 60 * MIN));
             j.heartbeat_at = Some(ago(now, 10 * MIN));
             j.instance_id = Some(instance.into());
+            j.progress = Some(job_model::Progress {
+                phase: "data".into(),
+                bytes: 42,
+                bytes_total: 100,
+                ..job_model::Progress::default()
+            });
             j
+        };
+        let get = |id: &str| {
+            let store = &store;
+            let id = id.to_owned();
+            async move { store.get(&id).await.expect("get").expect("job") }
         };
         let (spot, crashed) = (silent("i-spot"), silent("i-crashed"));
         store.create(&spot, None).await.expect("create");
         store.create(&crashed, None).await.expect("create");
         let report = reap(&store, &Reclaimed, &Policy::default(), now).await;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
-        let code = |id: &str| {
-            let store = &store;
-            let id = id.to_owned();
-            async move {
-                store
-                    .get(&id)
-                    .await
-                    .expect("get")
-                    .and_then(|j| j.error)
-                    .map(|e| (e.code, e.message))
-            }
-        };
-        let (c, message) = code(&spot.job_id).await.expect("spot error");
-        assert_eq!(c, "interrupted");
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(report.relaunched.len(), 2, "{report:?}");
+        for (job, code) in [(&spot, "interrupted"), (&crashed, "heartbeat_lost")] {
+            let j = get(&job.job_id).await;
+            assert_eq!(j.status, JobStatus::Provisioning, "{j:?}");
+            assert_eq!((j.attempt, j.instance_id.as_deref()), (2, Some("i-1")));
+            let e = j.error.expect("why the worker before was lost");
+            assert_eq!(e.code, code);
+            assert!(
+                e.message.starts_with("worker lost after 42 %: ")
+                    && e.message.ends_with("resuming on attempt 2/3"),
+                "{}",
+                e.message
+            );
+            // The first claim's start stays: the job's time limit counts from there.
+            assert_eq!(j.started_at, job.started_at);
+        }
+        let e = get(&spot.job_id).await.error.expect("error");
         assert!(
-            message.contains("i-spot") && message.contains("Server.SpotInstanceTermination"),
-            "{message}"
-        );
-        assert_eq!(
-            code(&crashed.job_id).await.map(|e| e.0).as_deref(),
-            Some("heartbeat_lost")
-        );
-        assert!(
-            !message.contains("slot"),
-            "a copy-only job made none: {message}"
+            e.message.contains("i-spot") && e.message.contains("Server.SpotInstanceTermination"),
+            "{}",
+            e.message
         );
 
-        // A job that replicates may have left its slot on the source: the record says how to
-        // find and drop it.
-        let mut syncing = silent("i-crashed");
-        syncing.spec.options.sync = Some(job_model::SyncChoice::Auto);
-        store.create(&syncing, None).await.expect("create");
-        reap(&store, &Reclaimed, &Policy::default(), now).await;
-        let (c, message) = code(&syncing.job_id).await.expect("error");
-        assert_eq!(c, "heartbeat_lost");
+        // On its last attempt a lost worker fails the job; one that replicates may have left
+        // its slot on the source, and the record says how to find and drop it.
+        let mut last = silent("i-crashed");
+        last.attempt = 3;
+        last.spec.options.sync = Some(job_model::SyncChoice::Auto);
+        store.create(&last, None).await.expect("create");
+        // A job its owner asked to stop gets no new worker either.
+        let mut stopping = silent("i-crashed");
+        stopping.cancel_requested_at = Some(ago(now, 1));
+        store.create(&stopping, None).await.expect("create");
+        let report = reap(&store, &Reclaimed, &Policy::default(), now).await;
+        assert!(report.relaunched.is_empty(), "{report:?}");
+        let j = get(&last.job_id).await;
+        assert_eq!(j.status, JobStatus::Failed);
+        let e = j.error.expect("error");
+        assert_eq!(e.code, "heartbeat_lost");
         assert!(
-            message.contains("replication slot") && message.contains("sync --stop"),
-            "{message}"
+            e.message.contains("attempt 3/3: no attempt left")
+                && e.message.contains("replication slot")
+                && e.message.contains("sync --stop"),
+            "{}",
+            e.message
         );
+        assert_eq!(get(&stopping.job_id).await.status, JobStatus::Failed);
+
+        // A worker that recorded its own interruption left the job pending for the next one:
+        // the next pass starts it at once.
+        let mut waiting = job(JobStatus::Pending, ago(now, 60 * MIN));
+        waiting.attempt = 2;
+        store.create(&waiting, None).await.expect("create");
+        let report = reap(&store, &Reclaimed, &Policy::default(), now).await;
+        assert_eq!(report.relaunched, vec![waiting.job_id.clone()]);
+        let j = get(&waiting.job_id).await;
+        assert_eq!((j.status, j.attempt), (JobStatus::Provisioning, 2));
     }
 
     #[test]

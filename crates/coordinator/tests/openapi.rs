@@ -115,6 +115,7 @@ fn documented_schemas_match_the_wire_types() {
         retries: Some(1),
         maintenance_work_mem: Some("1GB".into()),
         sync: Some(job_model::SyncChoice::Auto),
+        max_attempts: Some(2),
     };
     let filter = FilterSpec {
         include_tables: vec!["a".into()],
@@ -170,6 +171,8 @@ fn documented_schemas_match_the_wire_types() {
         result: Some(
             serde_json::from_value(serde_json::json!({"ok": true, "checks": []})).expect("report"),
         ),
+        attempt: 2,
+        max_attempts: 3,
     };
     assert_eq!(
         keys(&serde_json::to_value(&view).expect("view")),

@@ -50,14 +50,17 @@ async fn state(ec2: &aws_sdk_ec2::Client, instance: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Put a job in `running` on a real (moto) instance, with its last heartbeat at `beat`.
+/// Put a job in `running` on a real (moto) instance, with its last heartbeat at `beat`; it
+/// may use `max_attempts` workers (None: the default).
 async fn running(
     store: &DynamoStore,
     p: &Ec2Provisioner,
     started: Timestamp,
     beat: Timestamp,
+    max_attempts: Option<u32>,
 ) -> (Job, String) {
-    let j = job(started);
+    let mut j = job(started);
+    j.spec.options.max_attempts = max_attempts;
     store.create(&j, None).await.expect("create");
     let instance = p.launch(&j).await.expect("launch");
     store
@@ -105,12 +108,14 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
         },
     );
 
-    // A worker that died: its heartbeat stopped ten minutes ago.
-    let (dead, dead_instance) = running(&store, &p, ago(3600), ago(600)).await;
+    // A worker that died on its job's only attempt: its heartbeat stopped ten minutes ago.
+    let (dead, dead_instance) = running(&store, &p, ago(3600), ago(600), Some(1)).await;
+    // One that died on the first of three: the job gets a new worker.
+    let (lost, lost_instance) = running(&store, &p, ago(3600), ago(600), None).await;
     // A healthy one.
-    let (alive, alive_instance) = running(&store, &p, ago(3600), ago(10)).await;
+    let (alive, alive_instance) = running(&store, &p, ago(3600), ago(10), None).await;
     // One that finished ten minutes ago but whose instance never went away.
-    let (done, done_instance) = running(&store, &p, ago(3600), ago(700)).await;
+    let (done, done_instance) = running(&store, &p, ago(3600), ago(700), None).await;
     store
         .transition(
             &done.job_id,
@@ -178,7 +183,30 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
     want.sort();
     assert_eq!(failed_ids, want);
 
-    for gone in [&dead_instance, &done_instance, &stray_instance] {
+    // The lost worker's job is provisioning again, on a new instance.
+    assert_eq!(report.relaunched, vec![lost.job_id.clone()]);
+    let retried = store.get(&lost.job_id).await.expect("get").expect("lost");
+    assert_eq!(
+        (retried.status, retried.attempt),
+        (JobStatus::Provisioning, 2)
+    );
+    let next_instance = retried.instance_id.clone().expect("new instance");
+    assert_ne!(next_instance, lost_instance);
+    assert_eq!(state(&ec2, &next_instance).await, "running");
+    let why = retried.error.expect("why");
+    assert_eq!(why.code, "heartbeat_lost");
+    assert!(
+        why.message.ends_with("resuming on attempt 2/3"),
+        "{}",
+        why.message
+    );
+
+    for gone in [
+        &dead_instance,
+        &lost_instance,
+        &done_instance,
+        &stray_instance,
+    ] {
         let st = state(&ec2, gone).await;
         assert!(st == "terminated" || st == "shutting-down", "{gone}: {st}");
         assert!(report.terminated.contains(gone), "{gone} not in {report:?}");
@@ -208,13 +236,17 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
         .flat_map(|r| r.instances())
         .filter_map(|i| i.instance_id().map(str::to_owned))
         .collect();
-    assert_eq!(live, vec![alive_instance.clone()]);
+    let mut want_live = vec![alive_instance.clone(), next_instance.clone()];
+    want_live.sort();
+    let mut live = live;
+    live.sort();
+    assert_eq!(live, want_live);
 
     // A second pass changes nothing.
     let again = reap(&store, &p, &policy, Timestamp::now()).await;
     assert!(again.failures.is_empty(), "{:?}", again.failures);
     assert!(
-        again.failed.is_empty() && again.terminated.is_empty(),
+        again.failed.is_empty() && again.terminated.is_empty() && again.relaunched.is_empty(),
         "{again:?}"
     );
     // ... but the count of active jobs: the same difference found twice, the leaked slot is

@@ -88,12 +88,23 @@ pub struct JobView {
     /// Last progress report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
-    /// Why it failed.
+    /// Why it failed; on a job that is not finished, why its last worker was lost (the one
+    /// now starting or running resumes after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
     /// What a `verify` or `validate` job found (the report its `--json` prints locally).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<crate::report::JobResult>,
+    /// Which worker runs (or ran) it: 1 for the first.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// The most workers it may use (`options.max_attempts`, or the default).
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl From<&Job> for JobView {
@@ -116,6 +127,8 @@ impl From<&Job> for JobView {
             progress: j.progress.clone(),
             error: j.error.clone(),
             result: j.result.clone(),
+            attempt: j.attempt,
+            max_attempts: j.spec.options.attempts_allowed(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Operators query these names directly (`job_id.S`, `status.S`, `created_at.S`), so they and
 //! their types are a contract: `job_id` S, `status` S, `created_at` S (RFC 3339 UTC), `ttl` N
 //! (epoch seconds), `version` N, `source_secret`/`target_secret` B (sealed), `spec` M (filter
-//! and options, no secrets), `progress` M, `error` M (`code`, `message`), `result` M (a verify or validate report). Optional attributes
+//! and options, no secrets), `progress` M, `error` M (`code`, `message`), `result` M (a verify or validate report), `attempt` N (which worker runs it, 1 for the first; absent in older items). Optional attributes
 //! are absent rather than NULL. Reading is lenient about what older writers left out.
 
 use std::collections::HashMap;
@@ -62,6 +62,8 @@ pub mod attr {
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
     /// Owner (owner index hash key).
     pub const OWNER: &str = "owner";
+    /// Which worker runs the job (1 for the first).
+    pub const ATTEMPT: &str = "attempt";
     /// Write counter for conditional updates.
     pub const VERSION: &str = "version";
     /// Expiry, epoch seconds.
@@ -182,6 +184,7 @@ pub fn to_item(job: &Job) -> Item {
     );
     put(attr::OWNER, AttributeValue::S(job.owner.as_str().into()));
     put(attr::VERSION, num(job.version));
+    put(attr::ATTEMPT, num(job.attempt));
     put(attr::TTL, num(job.ttl));
     let optional_ts = [
         (attr::STARTED_AT, job.started_at),
@@ -326,6 +329,10 @@ pub fn from_item(item: &Item) -> Result<Job, StoreError> {
         error: r.de::<ErrorBody>(attr::ERROR)?,
         result: r.de(attr::RESULT)?,
         idempotency_key: r.s(attr::IDEMPOTENCY_KEY)?,
+        attempt: r
+            .n(attr::ATTEMPT)?
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(1),
         version: r
             .n(attr::VERSION)?
             .and_then(|v| u64::try_from(v).ok())

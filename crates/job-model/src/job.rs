@@ -248,6 +248,23 @@ pub struct Options {
     /// the target server then runs by itself: the worker goes away as after a copy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncChoice>,
+    /// Workers the job may use in all ([`DEFAULT_MAX_ATTEMPTS`] when absent, at most
+    /// [`MAX_ATTEMPTS_LIMIT`]): when a worker is lost (its instance failed, was reclaimed or
+    /// killed) before this many have run, another is started and resumes the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// Workers a job may use in all when `max_attempts` is not given.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The most `max_attempts` may ask for.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 10;
+
+impl Options {
+    /// The workers this job may use in all.
+    pub fn attempts_allowed(&self) -> u32 {
+        self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1)
+    }
 }
 
 /// Whether an `init` job replicates after its copy.
@@ -336,7 +353,12 @@ impl Options {
             })
         };
         // Where the job runs and for how long apply to every command a worker runs.
-        let everywhere = ["instance_type", "source_size_bytes", "timeout_seconds"];
+        let everywhere = [
+            "instance_type",
+            "source_size_bytes",
+            "timeout_seconds",
+            "max_attempts",
+        ];
         let applies: &[&str] = match command {
             Command::Init => &[
                 "jobs",
@@ -359,6 +381,14 @@ impl Options {
             .find(|f| !everywhere.contains(&f.as_str()) && !applies.contains(&f.as_str()))
         {
             return bad(&field, format!("does not apply to {command}; leave it out"));
+        }
+        if let Some(a) = self.max_attempts {
+            if !(1..=MAX_ATTEMPTS_LIMIT).contains(&a) {
+                return bad(
+                    "max_attempts",
+                    format!("is {a}; give 1 (no second worker) to {MAX_ATTEMPTS_LIMIT}"),
+                );
+            }
         }
         if let Some(j) = self.jobs {
             if !(1..=MAX_JOBS).contains(&j) {
@@ -508,6 +538,12 @@ pub const MAX_RETRIES_KEPT: usize = 50;
 pub const MAX_WARNING_CHARS: usize = 1000;
 
 impl Progress {
+    /// How far the copy got, in whole percent of the bytes it expected to copy (None before
+    /// the plan says how many).
+    pub fn percent(&self) -> Option<u64> {
+        (self.bytes_total > 0).then(|| (self.bytes.min(self.bytes_total) * 100) / self.bytes_total)
+    }
+
     /// Keep a warning, within the record's bounds: a long one is cut (to [`MAX_WARNING_CHARS`]
     /// with its `…`), and once [`MAX_WARNINGS`] are kept the last entry becomes a note that the
     /// worker's log holds more.
@@ -618,10 +654,18 @@ pub struct Job {
     /// The `Idempotency-Key` it was submitted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Which worker runs it: 1 for the first; a job whose worker was lost is given another,
+    /// which resumes it, up to `spec.options.max_attempts`.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     /// Bumped by every write; conditional writes compare it.
     pub version: u64,
     /// Expiry, seconds since the Unix epoch (DynamoDB TTL).
     pub ttl: i64,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 mod b64 {
@@ -693,6 +737,7 @@ impl Job {
             error: None,
             result: None,
             idempotency_key,
+            attempt: 1,
             version: 1,
             ttl: now.plus(retention).unix_seconds(),
         }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! pending → provisioning → running → completed | failed | cancelled | timed_out
-//!    └──────────┴─────────────┴────→ failed | cancelled | timed_out
+//!    ↑  └──────────┴─────────────┴────→ failed | cancelled | timed_out
+//!    └─────────────────────────┘ running → pending: its worker was lost, another will resume it
 //! ```
 //!
 //! Terminal statuses never change. Stores make every transition a conditional write on the
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
-    /// Recorded; no worker asked for yet.
+    /// Recorded; no worker asked for yet (or, for a job whose worker was lost, no new one yet).
     Pending,
     /// A worker (instance or process) was asked for and has not claimed the job yet.
     Provisioning,
@@ -73,7 +74,10 @@ impl JobStatus {
     pub fn can_become(self, to: Self) -> bool {
         use JobStatus::*;
         match (self, to) {
-            (Pending, Provisioning) | (Provisioning, Running) | (Running, Completed) => true,
+            (Pending, Provisioning)
+            | (Provisioning, Running)
+            | (Running, Completed)
+            | (Running, Pending) => true,
             (from, Failed | Cancelled | TimedOut) => !from.is_terminal(),
             _ => false,
         }
@@ -122,6 +126,7 @@ mod tests {
             (Pending, Provisioning),
             (Provisioning, Running),
             (Running, Completed),
+            (Running, Pending),
             (Pending, Failed),
             (Pending, Cancelled),
             (Pending, TimedOut),

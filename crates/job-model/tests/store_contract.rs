@@ -539,6 +539,79 @@ async fn sealed_urls_leave_the_record_when_the_job_ends(store: Arc<dyn JobStore>
     }
 }
 
+/// A job whose worker was lost goes back to `pending` for its next worker: the attempt is
+/// counted on, the error says why, the secrets stay (the next worker needs them), the first
+/// start stays, it still counts as active, and a stale writer of the attempt before loses.
+async fn a_lost_worker_gives_way_to_the_next_attempt(store: Arc<dyn JobStore>) {
+    let j = job("key-a", at(0), None);
+    assert_eq!(create(&*store, &j).await.attempt, 1);
+    let claim = |instance: &'static str, t: i64| {
+        let store = store.clone();
+        let id = j.job_id.clone();
+        async move {
+            store
+                .transition(
+                    &id,
+                    Expect::status(JobStatus::Pending),
+                    Change::to(JobStatus::Provisioning, at(t)).instance(instance),
+                )
+                .await
+                .expect("provision");
+            store
+                .transition(
+                    &id,
+                    Expect::status(JobStatus::Provisioning),
+                    Change::to(JobStatus::Running, at(t + 1)).instance(instance),
+                )
+                .await
+                .expect("claim")
+        }
+    };
+    let first = claim("i-first", 1).await;
+    let retried = store
+        .transition(
+            &j.job_id,
+            Expect::job(&first),
+            Change::retry(at(5), 2, ErrorBody::new("heartbeat_lost", "worker lost")),
+        )
+        .await
+        .expect("next attempt");
+    assert_eq!((retried.status, retried.attempt), (JobStatus::Pending, 2));
+    // The first worker, late, cannot record an outcome or a heartbeat any more.
+    assert!(matches!(
+        store
+            .transition(
+                &j.job_id,
+                Expect::job(&first),
+                Change::to(JobStatus::Completed, at(6)),
+            )
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(store
+        .heartbeat(&j.job_id, "i-first", None, at(6))
+        .await
+        .is_err());
+    let second = claim("i-second", 7).await;
+    let read = store.get(&j.job_id).await.expect("get").expect("job");
+    for shown in [&second, &read] {
+        assert_eq!(shown.attempt, 2);
+        assert_eq!(shown.instance_id.as_deref(), Some("i-second"));
+        assert_eq!(shown.started_at, Some(at(2)), "the first claim's start");
+        assert_eq!(shown.source_secret, b"sealed-source");
+        assert_eq!(
+            shown.error.as_ref().map(|e| e.code.as_str()),
+            Some("heartbeat_lost")
+        );
+    }
+    // Still one active job: the limit counts it once.
+    let other = job("key-a", at(8), None);
+    assert!(matches!(
+        store.create(&other, Some(1)).await,
+        Err(StoreError::LimitReached { limit: 1 })
+    ));
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite_store {
@@ -573,6 +646,7 @@ contract!(
     expired_records_read_as_gone,
     injected_faults_are_retried_and_each_write_happens_once,
     sealed_urls_leave_the_record_when_the_job_ends,
+    a_lost_worker_gives_way_to_the_next_attempt,
 );
 
 /// A count that leaked (a job item gone without its finish, a crash between steps) is brought

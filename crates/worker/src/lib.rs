@@ -101,7 +101,7 @@ pub enum Outcome {
     /// The worker was told to stop (a signal); the job is `failed` with `worker_stopped`.
     Stopped,
     /// EC2 announced it is reclaiming this spot instance; the copy stopped and the job is
-    /// `failed` with `interrupted`.
+    /// `pending` for its next worker (or, on its last attempt, `failed` with `interrupted`).
     Interrupted,
     /// The copy made no progress for [`Config::stall_after`]; the job is `failed` with
     /// `stalled`.
@@ -305,7 +305,11 @@ async fn claim(
         })
         .await;
     match result {
-        Ok(job) => Ok(Ok((job, false))),
+        // A later attempt's worker resumes what the lost one left.
+        Ok(job) => {
+            let resumed = job.attempt > 1;
+            Ok(Ok((job, resumed)))
+        }
         Err(StoreError::Conflict { current, .. }) => {
             let job = store
                 .get(&cfg.job_id)
@@ -618,13 +622,39 @@ pub async fn run_watched(
         }
         Stop::Interrupted(text) => {
             tracing::warn!(notice = %text, "spot interruption notice; the copy stopped");
-            let body = ErrorBody::new(
-                "interrupted",
-                "EC2 reclaimed the spot instance the worker ran on; tables finished before the \
-                 interruption are in the target (run the job again, with drop_existing to start \
-                 over)",
-            );
-            fail_with(&store, &cfg, body, Some(progress)).await?;
+            let allowed = job.spec.options.attempts_allowed();
+            let after = progress
+                .percent()
+                .map_or_else(String::new, |p| format!(" after {p} %"));
+            if job.attempt < allowed {
+                // Not failed: the reaper starts the next worker at its next pass, and that
+                // one resumes from the units finished here.
+                let body = ErrorBody::new(
+                    "interrupted",
+                    format!(
+                        "worker interrupted{after}: EC2 reclaimed the spot instance it ran on; \
+                         resuming on attempt {}/{allowed}",
+                        job.attempt + 1
+                    ),
+                );
+                finish(
+                    &store,
+                    &cfg,
+                    Change::retry(now, job.attempt + 1, body).progress(progress),
+                )
+                .await?;
+            } else {
+                let body = ErrorBody::new(
+                    "interrupted",
+                    format!(
+                        "worker interrupted{after}: EC2 reclaimed the spot instance it ran on \
+                         (attempt {}/{allowed}: no attempt left); tables finished before the \
+                         interruption are in the target",
+                        job.attempt
+                    ),
+                );
+                fail_with(&store, &cfg, body, Some(progress)).await?;
+            }
             Outcome::Interrupted
         }
         Stop::Stalled(limit) => {

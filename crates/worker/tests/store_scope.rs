@@ -1,5 +1,6 @@
 //! What a worker writes to DynamoDB is what its IAM role allows, and no more. The worker runs
-//! real jobs (a copy that completes, a verify that finds a difference, a cancelled copy) on
+//! real jobs (a copy that completes, a verify that finds a difference, a cancelled copy, a
+//! stopped one, one whose spot instance is reclaimed) on
 //! moto through a client that records every request; each attribute a write touches must be
 //! one that `infra/iam.tf` lets the worker role write (`worker_item_attributes`, and on the
 //! ledger only the counter item's `worker_ledger_attributes`), and it uses no other action.
@@ -358,6 +359,41 @@ fn a_worker_writes_only_what_its_role_may_write() {
             matches!(outcome, Outcome::Stopped | Outcome::Completed),
             "{outcome:?}"
         );
+        // A spot interruption: the job back to pending for its next worker, attempt counted.
+        let reclaimed = job_on(
+            &setup,
+            &*sealer,
+            Command::Init,
+            &src.url("shop"),
+            &dst.url("fourth"),
+        )
+        .await;
+        let mut c = Config::new(reclaimed.job_id.clone(), "i-scope");
+        c.heartbeat_every = Duration::from_millis(100);
+        c.pg_bindir = Some(bindir());
+        let notice = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "terminate".to_owned()
+        };
+        let outcome = worker::run_watched(
+            store.clone(),
+            sealer.clone(),
+            c,
+            std::future::pending(),
+            notice,
+        )
+        .await
+        .expect("run");
+        if outcome == Outcome::Interrupted {
+            let j = setup
+                .get(&reclaimed.job_id)
+                .await
+                .expect("get")
+                .expect("job");
+            assert_eq!((j.status, j.attempt), (JobStatus::Pending, 2));
+        } else {
+            assert_eq!(outcome, Outcome::Completed);
+        }
     });
 
     let recorded = recorder.0.lock().expect("lock");

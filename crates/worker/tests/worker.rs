@@ -568,11 +568,15 @@ fn a_spot_interruption_notice_stops_the_copy_and_records_interrupted() {
     let dst = Cluster::start(&pg_harness::Options::target());
     let e = env();
     rt().block_on(async {
+        // On its last attempt (max_attempts 1) an interruption fails the job.
         let job = provisioned(
             &e,
             &src.url("shop"),
             &dst.url("shop"),
-            Options::default(),
+            Options {
+                max_attempts: Some(1),
+                ..Options::default()
+            },
             "local-1",
         )
         .await;
@@ -595,10 +599,159 @@ fn a_spot_interruption_notice_stops_the_copy_and_records_interrupted() {
         assert_eq!(outcome, Outcome::Interrupted);
         let j = e.store.get(&job.job_id).await.expect("get").expect("job");
         assert_eq!(j.status, JobStatus::Failed);
-        assert_eq!(j.error.expect("error").code, "interrupted");
+        let error = j.error.expect("error");
+        assert_eq!(error.code, "interrupted");
+        assert!(
+            error.message.contains("attempt 1/1: no attempt left"),
+            "{}",
+            error.message
+        );
     });
     let _ = locker.kill();
     let _ = locker.wait();
+}
+
+/// A spot interruption in the middle of a copy with replication, two tables of three finished:
+/// the worker stops and leaves the job `pending` for its next attempt (not failed); the next
+/// worker, on another instance, resumes it (the finished tables kept and brought to its own
+/// snapshot, the rest copied), and replication from its slot carries every write made on the
+/// source before, between and after the two workers.
+#[test]
+fn an_interrupted_job_is_resumed_by_its_next_worker_with_replication_intact() {
+    use pg_harness::proxy::{Action, Fault, Proxy, Trigger};
+    let src = Cluster::start(&pg_harness::Options::source());
+    let dst = Cluster::start(&pg_harness::Options::target());
+    src.create_db("shop");
+    src.psql(
+        "shop",
+        "CREATE TABLE a (id int PRIMARY KEY, v int); INSERT INTO a SELECT g, g FROM generate_series(1, 3000) g;
+         CREATE TABLE b (id int PRIMARY KEY, v int); INSERT INTO b SELECT g, g FROM generate_series(1, 3000) g;
+         CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+    );
+    let proxy = Proxy::start(dst.port());
+    proxy.arm(Fault::once(
+        Trigger::Query(vec!["COPY \"public\".\"big\"".into()]),
+        Action::Stall,
+    ));
+    let target = format!(
+        "postgresql://postgres@127.0.0.1:{}/shop?sslmode=disable",
+        proxy.port()
+    );
+    let e = env();
+    let finished_units = || {
+        if dst.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'shop'",
+        ) != "1"
+        {
+            return "0".to_owned();
+        }
+        // Two statements: a query naming a table that does not exist fails as it is parsed.
+        if dst.psql(
+            "shop",
+            "SELECT count(*) FROM pg_class WHERE oid = to_regclass('_seren_replicator.units')",
+        ) != "1"
+        {
+            return "0".to_owned();
+        }
+        dst.psql(
+            "shop",
+            "SELECT count(*) FROM _seren_replicator.units WHERE done",
+        )
+    };
+    rt().block_on(async {
+        let job = provisioned(
+            &e,
+            &src.url("shop"),
+            &target,
+            Options {
+                sync: Some(job_model::SyncChoice::Required),
+                jobs: Some(2),
+                ..Options::default()
+            },
+            "local-1",
+        )
+        .await;
+        // The notice comes once a and b are in and big hangs.
+        let notice = async {
+            while finished_units() != "2" {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            src.psql(
+                "shop",
+                "UPDATE a SET v = -v WHERE id <= 10; DELETE FROM b WHERE id = 5;",
+            );
+            "terminate at 2026-12-07T12:00:00Z".to_owned()
+        };
+        let outcome = worker::run_watched(
+            e.store.clone(),
+            e.sealer.clone(),
+            cfg(&job, "local-1"),
+            std::future::pending(),
+            notice,
+        )
+        .await
+        .expect("run");
+        assert_eq!(outcome, Outcome::Interrupted);
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!((j.status, j.attempt), (JobStatus::Pending, 2), "{j:?}");
+        let why = j.error.expect("why");
+        assert_eq!(why.code, "interrupted");
+        assert!(
+            why.message.ends_with("resuming on attempt 2/3"),
+            "{}",
+            why.message
+        );
+
+        // Writes while no worker runs; then the reaper's part: the next worker is launched.
+        src.psql(
+            "shop",
+            "UPDATE b SET v = 0 WHERE id <= 20; INSERT INTO a VALUES (9999, 1);",
+        );
+        e.store
+            .transition(
+                &job.job_id,
+                Expect::status(JobStatus::Pending),
+                Change::to(JobStatus::Provisioning, Timestamp::now()).instance("local-2"),
+            )
+            .await
+            .expect("provision the next worker");
+        let outcome = run_on(&e, &job, "local-2").await;
+        let j = e.store.get(&job.job_id).await.expect("get").expect("job");
+        assert_eq!(outcome, Outcome::Completed, "{:?}", j.error);
+        assert_eq!((j.status, j.attempt), (JobStatus::Completed, 2));
+        let Some(job_model::report::JobResult::Init(result)) = j.result else {
+            panic!("an init result: {:?}", j.result)
+        };
+        assert!(result.replicating);
+        let warnings = j.progress.map(|p| p.warnings).unwrap_or_default();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("were compared with the source as of a new snapshot")),
+            "{warnings:?}"
+        );
+    });
+    src.psql(
+        "shop",
+        "UPDATE big SET v = 'after' WHERE id <= 3; DELETE FROM a WHERE id = 1;",
+    );
+    for table in ["a", "b", "big"] {
+        let mut equal = false;
+        for _ in 0..300 {
+            if content(&src, "shop", table) == content(&dst, "shop", table) {
+                equal = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(equal, "{table} equal row for row on the target");
+    }
+    assert_eq!(
+        src.psql("shop", "SELECT count(*) FROM pg_replication_slots"),
+        "1",
+        "one slot: the first worker's was dropped"
+    );
 }
 
 /// IMDSv2 on loopback: a token for a PUT, 404 for the instance action until `after`, then the

@@ -222,13 +222,7 @@ impl Ec2Provisioner {
         let user_data = user_data(&job.job_id, &self.config.jobs_table)
             .map(|u| base64::engine::general_purpose::STANDARD.encode(u))
             .unwrap_or_default();
-        // One client token per distinct request: AWS refuses a token reused with other
-        // parameters, and the first attempt's token is the job id itself.
-        let token = if attempt == 0 {
-            job.job_id.clone()
-        } else {
-            format!("{}-{attempt}", job.job_id)
-        };
+        let token = client_token(job, attempt);
         let mut req = self
             .client
             .run_instances()
@@ -300,7 +294,11 @@ impl Provisioner for Ec2Provisioner {
                 .map(|s| Some(s.as_str()))
                 .collect()
         };
-        let markets: &[bool] = if self.config.use_spot {
+        // A job whose spot worker was reclaimed before goes on on-demand: the next one could
+        // be reclaimed as well, and each interruption costs the work since the last unit.
+        let reclaimed_before =
+            job.attempt > 1 && job.error.as_ref().is_some_and(|e| e.code == "interrupted");
+        let markets: &[bool] = if self.config.use_spot && !reclaimed_before {
             &[true, false]
         } else {
             &[false]
@@ -457,9 +455,43 @@ impl Provisioner for Ec2Provisioner {
     }
 }
 
+/// The RunInstances client token of `job`'s `try_no`-th launch request (another market or
+/// subnet after a capacity refusal). One token per distinct request: AWS refuses a token reused
+/// with other parameters, and answers a reused one with the instance it made for it, terminated
+/// or not. The first worker's first try is the job id itself; a later worker of the job (after
+/// one was lost) has tokens of its own. At most 64 characters (a UUID is 36).
+fn client_token(job: &Job, try_no: usize) -> String {
+    let base = if job.attempt > 1 {
+        format!("{}-a{}", job.job_id, job.attempt)
+    } else {
+        job.job_id.clone()
+    };
+    if try_no == 0 {
+        base
+    } else {
+        format!("{base}-{try_no}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_worker_of_a_job_and_each_try_has_its_own_client_token() {
+        let mut job = crate::provision::test_job(job_model::Options::default());
+        let first = client_token(&job, 0);
+        assert_eq!(first, job.job_id);
+        let mut seen = std::collections::HashSet::new();
+        for attempt in 1..=job_model::job::MAX_ATTEMPTS_LIMIT {
+            job.attempt = attempt;
+            for try_no in 0..6 {
+                let t = client_token(&job, try_no);
+                assert!(t.len() <= 64, "{t}");
+                assert!(seen.insert(t.clone()), "{t} used twice");
+            }
+        }
+    }
 
     #[test]
     fn user_data_holds_job_id_and_table_only() {

@@ -133,6 +133,55 @@ pub trait Provisioner: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Start a worker for `job`, which is `pending` (new, or after its worker was lost), and
+/// record it (`provisioning`, with the instance); when no worker can be started the job is
+/// `failed` with the reason (`no_capacity`, `provisioning_failed`). A job that changed
+/// meanwhile (cancelled while launching) keeps its change and the worker is stopped again.
+/// Returns the job's status afterwards.
+///
+/// # Errors
+/// When the store fails.
+pub async fn start_worker(
+    store: &dyn job_model::JobStore,
+    provisioner: &dyn Provisioner,
+    job: &Job,
+) -> Result<job_model::JobStatus, job_model::StoreError> {
+    use job_model::{Change, ErrorBody, Expect, JobStatus, StoreError};
+    let change = match provisioner.launch(job).await {
+        Ok(instance_id) => {
+            Change::to(JobStatus::Provisioning, Timestamp::now()).instance(&instance_id)
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.job_id, error = %e, "provisioning failed");
+            let code = match e {
+                ProvisionError::Capacity(_) => "no_capacity",
+                _ => "provisioning_failed",
+            };
+            Change::to(JobStatus::Failed, Timestamp::now()).error(ErrorBody::new(
+                code,
+                format!("could not start a worker: {e}"),
+            ))
+        }
+    };
+    let launched = change.to == JobStatus::Provisioning;
+    match store
+        .transition(&job.job_id, Expect::job(job), change)
+        .await
+    {
+        Ok(j) => Ok(j.status),
+        Err(StoreError::Conflict { current, .. }) => {
+            if launched {
+                // Cancelled (or reaped) while launching: the worker must not live on.
+                if let Err(e) = provisioner.terminate(&job.job_id).await {
+                    tracing::warn!(job_id = %job.job_id, error = %e, "terminate after conflict");
+                }
+            }
+            Ok(current)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The instance type for a job: the one asked for, else the operator's default, else a tier
 /// by the source's size (t3.medium under 10 GiB, c5.xlarge under 100 GiB, c5.2xlarge under
 /// 500 GiB, c5.4xlarge above; c5.2xlarge when the size is unknown).

@@ -575,7 +575,8 @@ impl JobStore for DynamoStore {
             values.push((":v", num(v)));
         }
         if change.to == JobStatus::Running {
-            sets.push("started_at = :at");
+            // The first claim's: a later attempt's worker resumes the same job.
+            sets.push("started_at = if_not_exists(started_at, :at)");
             sets.push("heartbeat_at = :at");
         }
         if change.to.is_terminal() {
@@ -598,6 +599,10 @@ impl JobStore for DynamoStore {
             sets.push("#res = :res");
             names.push(("#res", attr::RESULT));
             values.push((":res", to_attr(r)));
+        }
+        if let Some(a) = change.attempt {
+            sets.push("attempt = :att");
+            values.push((":att", num(a)));
         }
         let mut expression = format!("SET {}", sets.join(", "));
         if change.to.is_terminal() {

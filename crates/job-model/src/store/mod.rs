@@ -143,6 +143,8 @@ pub struct Change {
     pub progress: Option<Progress>,
     /// What a `verify` or `validate` job found.
     pub result: Option<crate::report::JobResult>,
+    /// A new attempt's number (with `to` = `pending`: another worker will resume the job).
+    pub attempt: Option<u32>,
 }
 
 impl Change {
@@ -155,7 +157,17 @@ impl Change {
             error: None,
             progress: None,
             result: None,
+            attempt: None,
         }
+    }
+
+    /// The next attempt: `running → pending` with `attempt` counted on, and why the attempt
+    /// before ended in `error` (the job is not failed: `error` says what the new worker
+    /// resumes after).
+    pub fn retry(at: Timestamp, attempt: u32, why: ErrorBody) -> Self {
+        let mut c = Self::to(JobStatus::Pending, at).error(why);
+        c.attempt = Some(attempt);
+        c
     }
 
     /// With an instance id.
@@ -365,7 +377,8 @@ pub(crate) fn apply(job: &Job, change: &Change) -> Job {
     j.updated_at = change.at;
     j.version += 1;
     if change.to == JobStatus::Running {
-        j.started_at = Some(change.at);
+        // The first claim's: a later attempt's worker resumes the same job.
+        j.started_at = j.started_at.or(Some(change.at));
         j.heartbeat_at = Some(change.at);
     }
     if change.to.is_terminal() {
@@ -385,6 +398,9 @@ pub(crate) fn apply(job: &Job, change: &Change) -> Job {
     }
     if let Some(r) = &change.result {
         j.result = Some(r.clone());
+    }
+    if let Some(a) = change.attempt {
+        j.attempt = a;
     }
     j
 }
