@@ -345,9 +345,11 @@ pub async fn watch(
         if status != Some(j.status) {
             status = Some(j.status);
             if !j.status.is_terminal() {
+                // A pending job's instance is the lost worker's, if any: not worth naming.
                 let on = j
                     .instance_id
                     .as_deref()
+                    .filter(|_| j.status != job_model::JobStatus::Pending)
                     .map(|i| format!(" on {i}"))
                     .unwrap_or_default();
                 note(&format!("job {} is {}{on}", j.job_id, j.status));

@@ -1,7 +1,8 @@
 //! The reaper: ends jobs whose worker went quiet, never started or ran too long, and
 //! terminates workers whose job is over. Run by a scheduled Lambda on AWS and by an interval
-//! task in the local server; running it twice at once is safe, because every change is a
-//! conditional write that one of them loses.
+//! task in the local server. Every change is a conditional write that one of two passes at
+//! once loses; starting a job's next worker reads the job again first, so that a pass working
+//! from a stale listing does not stop the worker another pass has just started.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -197,9 +198,35 @@ pub async fn reap(
         };
         for job in jobs {
             if job.status == JobStatus::Pending && job.attempt > 1 {
-                // A job whose worker was lost (or recorded its spot interruption) waits for
-                // its next worker: start it now.
-                relaunch(store, provisioner, &job, &mut report).await;
+                // A job whose worker was lost (or recorded its own interruption) waits for its
+                // next worker: start it now, unless its owner asked it to stop or starting one
+                // has failed for longer than a pending job may wait.
+                let end = if job.cancel_requested_at.is_some() {
+                    Some((
+                        JobStatus::Cancelled,
+                        ErrorBody::new("cancelled", "cancelled by its owner between two workers"),
+                    ))
+                } else if now.since(job.updated_at) > policy.pending_timeout {
+                    Some((
+                        JobStatus::Failed,
+                        ErrorBody::new(
+                            "never_provisioned",
+                            format!(
+                                "no worker could be started for attempt {} within {} s",
+                                job.attempt,
+                                policy.pending_timeout.as_secs()
+                            ),
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                match end {
+                    None => relaunch(store, provisioner, &job, &mut report).await,
+                    Some((to, error)) => {
+                        end_job(store, provisioner, &job, to, error, now, &mut report).await;
+                    }
+                }
                 continue;
             }
             let Some((to, mut error)) = verdict(&job, policy, now) else {
@@ -260,31 +287,7 @@ pub async fn reap(
                      URLs names it, `sync --stop` drops it",
                 );
             }
-            let change = Change::to(to, now).error(error);
-            match store
-                .transition(&job.job_id, Expect::job(&job), change)
-                .await
-            {
-                Ok(_) => {
-                    tracing::warn!(job_id = %job.job_id, from = %job.status, %to, "reaped job");
-                    match to {
-                        JobStatus::Failed => report.failed.push(job.job_id.clone()),
-                        JobStatus::TimedOut => report.timed_out.push(job.job_id.clone()),
-                        _ => report.cancelled.push(job.job_id.clone()),
-                    }
-                    match provisioner.terminate(&job.job_id).await {
-                        Ok(ids) => report.terminated.extend(ids),
-                        Err(e) => report
-                            .failures
-                            .push(format!("terminate the workers of job {}: {e}", job.job_id)),
-                    }
-                }
-                // It moved on (a heartbeat, a claim, a finish): alive after all.
-                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-                Err(e) => report
-                    .failures
-                    .push(format!("record job {} as {to}: {e}", job.job_id)),
-            }
+            end_job(store, provisioner, &job, to, error, now, &mut report).await;
         }
     }
     // Workers whose job is over or unknown.
@@ -327,6 +330,43 @@ pub async fn reap(
     report
 }
 
+/// End `job` as `to` (if it is still as read) and terminate its workers.
+async fn end_job(
+    store: &dyn JobStore,
+    provisioner: &dyn Provisioner,
+    job: &Job,
+    to: JobStatus,
+    error: ErrorBody,
+    now: Timestamp,
+    report: &mut Report,
+) {
+    let change = Change::to(to, now).error(error);
+    match store
+        .transition(&job.job_id, Expect::job(job), change)
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(job_id = %job.job_id, from = %job.status, %to, "reaped job");
+            match to {
+                JobStatus::Failed => report.failed.push(job.job_id.clone()),
+                JobStatus::TimedOut => report.timed_out.push(job.job_id.clone()),
+                _ => report.cancelled.push(job.job_id.clone()),
+            }
+            match provisioner.terminate(&job.job_id).await {
+                Ok(ids) => report.terminated.extend(ids),
+                Err(e) => report
+                    .failures
+                    .push(format!("terminate the workers of job {}: {e}", job.job_id)),
+            }
+        }
+        // It moved on (a heartbeat, a claim, a finish): alive after all.
+        Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+        Err(e) => report
+            .failures
+            .push(format!("record job {} as {to}: {e}", job.job_id)),
+    }
+}
+
 /// "worker lost after 42 %: " from the job's last progress, or "worker lost: ".
 fn lost_after(job: &Job) -> String {
     match job.progress.as_ref().and_then(job_model::Progress::percent) {
@@ -343,6 +383,19 @@ async fn relaunch(
     job: &Job,
     report: &mut Report,
 ) {
+    // Read again: a listing can be stale, and a second pass may have started this worker
+    // already (terminating now would kill it).
+    match store.get(&job.job_id).await {
+        Ok(Some(now)) if now.status == JobStatus::Pending && now.version == job.version => {}
+        Ok(_) => return,
+        Err(e) => {
+            report.failures.push(format!(
+                "read job {} before starting its worker: {e}",
+                job.job_id
+            ));
+            return;
+        }
+    }
     match provisioner.terminate(&job.job_id).await {
         Ok(ids) => report.terminated.extend(ids),
         Err(e) => {
@@ -647,11 +700,48 @@ mod tests {
         // the next pass starts it at once.
         let mut waiting = job(JobStatus::Pending, ago(now, 60 * MIN));
         waiting.attempt = 2;
+        waiting.updated_at = ago(now, 5);
         store.create(&waiting, None).await.expect("create");
         let report = reap(&store, &Reclaimed, &Policy::default(), now).await;
         assert_eq!(report.relaunched, vec![waiting.job_id.clone()]);
         let j = get(&waiting.job_id).await;
         assert_eq!((j.status, j.attempt), (JobStatus::Provisioning, 2));
+
+        // Between two workers: a cancel ends the job, and so does a next worker that could not
+        // be started for longer than a pending job may wait. A pass working from a stale
+        // listing (the job moved on since) leaves it alone.
+        let mut cancelled = job(JobStatus::Pending, ago(now, 60 * MIN));
+        cancelled.attempt = 2;
+        cancelled.cancel_requested_at = Some(ago(now, 1));
+        cancelled.updated_at = ago(now, 1);
+        let mut stuck = job(JobStatus::Pending, ago(now, 60 * MIN));
+        stuck.attempt = 2;
+        stuck.updated_at = ago(now, 10 * MIN);
+        for j in [&cancelled, &stuck] {
+            store.create(j, None).await.expect("create");
+        }
+        let report = reap(&store, &Reclaimed, &Policy::default(), now).await;
+        assert!(report.relaunched.is_empty(), "{report:?}");
+        assert_eq!(get(&cancelled.job_id).await.status, JobStatus::Cancelled);
+        let j = get(&stuck.job_id).await;
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(
+            j.error.map(|e| e.code).as_deref(),
+            Some("never_provisioned")
+        );
+        let mut stale = job(JobStatus::Pending, ago(now, 60 * MIN));
+        stale.attempt = 2;
+        stale.updated_at = ago(now, 1);
+        store.create(&stale, None).await.expect("create");
+        let mut relaunched = Report::default();
+        let mut seen = stale.clone();
+        seen.version -= 1;
+        relaunch(&store, &Reclaimed, &seen, &mut relaunched).await;
+        assert!(
+            relaunched.relaunched.is_empty() && relaunched.terminated.is_empty(),
+            "{relaunched:?}"
+        );
+        assert_eq!(get(&stale.job_id).await.status, JobStatus::Pending);
     }
 
     #[test]

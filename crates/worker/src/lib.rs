@@ -98,7 +98,8 @@ pub enum Outcome {
     Cancelled,
     /// Another worker (or the reaper) got there first; the job was left as it is.
     LostClaim(JobStatus),
-    /// The worker was told to stop (a signal); the job is `failed` with `worker_stopped`.
+    /// The worker was told to stop (a signal); the job is `pending` for its next worker, or
+    /// on its last attempt `failed` with `worker_stopped`.
     Stopped,
     /// EC2 announced it is reclaiming this spot instance; the copy stopped and the job is
     /// `pending` for its next worker (or, on its last attempt, `failed` with `interrupted`).
@@ -328,6 +329,14 @@ async fn claim(
     }
 }
 
+/// Whether the job's owner asked it to stop (read now: the last heartbeat may predate it).
+async fn cancel_asked(store: &Arc<dyn JobStore>, cfg: &Config) -> Result<bool, WorkerError> {
+    Ok(store
+        .get(&cfg.job_id)
+        .await?
+        .is_some_and(|j| j.cancel_requested_at.is_some()))
+}
+
 /// Record the final status, trying again under [`Config::outcome_backoff`] while the store
 /// says it may help (a completed copy must not become `heartbeat_lost` for one throttled
 /// write); a conflict (the reaper or a cancel got there first) is logged, not an error.
@@ -424,7 +433,8 @@ async fn open_patiently(
 }
 
 /// Run the job named in `cfg` to its end. `stop` resolves when the worker must stop (SIGTERM);
-/// the job is then failed with `worker_stopped` unless its owner asked for a cancel.
+/// the job is then `cancelled` if its owner asked for it, else `pending` for its next worker
+/// (`worker_stopped`; `failed` with that code on its last attempt).
 ///
 /// # Errors
 /// When the job does not exist or the store fails where no status can be recorded.
@@ -486,6 +496,11 @@ pub async fn run_watched(
                 Ok(replicator_core::TargetState::Interrupted
                     | replicator_core::TargetState::AwaitingReplication)
             );
+        if opts.resume {
+            // `drop_existing` was for the start: a worker that resumes keeps what the one
+            // before copied (and the engine refuses --resume with --drop-existing).
+            opts.drop_existing = false;
+        }
     }
 
     let watch_stall = matches!(work, Work::Init(_));
@@ -626,7 +641,16 @@ pub async fn run_watched(
             let after = progress
                 .percent()
                 .map_or_else(String::new, |p| format!(" after {p} %"));
-            if job.attempt < allowed {
+            if cancel_asked(&store, &cfg).await? {
+                finish(
+                    &store,
+                    &cfg,
+                    Change::to(JobStatus::Cancelled, now)
+                        .error(ErrorBody::new("cancelled", "cancelled by its owner"))
+                        .progress(progress),
+                )
+                .await?;
+            } else if job.attempt < allowed {
                 // Not failed: the reaper starts the next worker at its next pass, and that
                 // one resumes from the units finished here.
                 let body = ErrorBody::new(
@@ -681,11 +705,8 @@ pub async fn run_watched(
             Outcome::LostClaim(current)
         }
         Stop::Signal => {
-            let cancel_asked = store
-                .get(&cfg.job_id)
-                .await?
-                .is_some_and(|j| j.cancel_requested_at.is_some());
-            if cancel_asked {
+            let allowed = job.spec.options.attempts_allowed();
+            if cancel_asked(&store, &cfg).await? {
                 finish(
                     &store,
                     &cfg,
@@ -695,6 +716,28 @@ pub async fn run_watched(
                 )
                 .await?;
                 Outcome::Cancelled
+            } else if job.attempt < allowed {
+                // Its instance was stopped or terminated, or the process killed, by someone
+                // other than the control plane (which ends a job before it stops its worker):
+                // the next worker resumes.
+                let after = progress
+                    .percent()
+                    .map_or_else(String::new, |p| format!(" after {p} %"));
+                let body = ErrorBody::new(
+                    "worker_stopped",
+                    format!(
+                        "worker stopped{after} (its instance shut down or the process was \
+                         terminated); resuming on attempt {}/{allowed}",
+                        job.attempt + 1
+                    ),
+                );
+                finish(
+                    &store,
+                    &cfg,
+                    Change::retry(now, job.attempt + 1, body).progress(progress),
+                )
+                .await?;
+                Outcome::Stopped
             } else {
                 let body = ErrorBody::new(
                     "worker_stopped",

@@ -290,11 +290,17 @@ fn a_cancel_request_stops_the_copy_and_records_cancelled() {
     );
 }
 
-/// A stop signal (SIGTERM from systemd) while the copy runs: the job is `worker_stopped`. The
-/// copy is held behind a lock so that the signal always lands mid-copy (a fixed delay raced a
-/// fast machine's copy, which then completed first).
+/// A stop signal (SIGTERM from systemd) while the copy runs: on the job's last attempt it is
+/// `failed` with `worker_stopped`; before, it waits `pending` for its next worker. The copy is
+/// held behind a lock so that the signal always lands mid-copy (a fixed delay raced a fast
+/// machine's copy, which then completed first).
 #[test]
 fn a_stop_signal_fails_the_job_as_worker_stopped() {
+    stop_signal(Some(1), (JobStatus::Failed, 1));
+    stop_signal(None, (JobStatus::Pending, 2));
+}
+
+fn stop_signal(max_attempts: Option<u32>, want: (JobStatus, u32)) {
     let (src, mut locker) = locked_source();
     let dst = Cluster::start(&pg_harness::Options::target());
     let e = env();
@@ -303,7 +309,10 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
             &e,
             &src.url("shop"),
             &dst.url("shop"),
-            Options::default(),
+            Options {
+                max_attempts,
+                ..Options::default()
+            },
             "local-1",
         )
         .await;
@@ -329,8 +338,8 @@ fn a_stop_signal_fails_the_job_as_worker_stopped() {
         assert_eq!(outcome, Outcome::Stopped);
         let j = e.store.get(&job.job_id).await.expect("get").expect("job");
         assert_eq!(
-            (j.status, j.error.map(|e| e.code)),
-            (JobStatus::Failed, Some("worker_stopped".into()))
+            (j.status, j.attempt, j.error.map(|e| e.code)),
+            (want.0, want.1, Some("worker_stopped".into()))
         );
     });
     let _ = locker.kill();

@@ -170,8 +170,10 @@ pub async fn start_worker(
     {
         Ok(j) => Ok(j.status),
         Err(StoreError::Conflict { current, .. }) => {
-            if launched {
-                // Cancelled (or reaped) while launching: the worker must not live on.
+            // Ended while launching (cancelled, reaped): the worker must not live on. A job
+            // that merely moved on (another pass recorded the same worker: launches are
+            // idempotent per job and attempt) keeps it.
+            if launched && current.is_terminal() {
                 if let Err(e) = provisioner.terminate(&job.job_id).await {
                     tracing::warn!(job_id = %job.job_id, error = %e, "terminate after conflict");
                 }
