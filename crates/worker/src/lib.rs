@@ -329,6 +329,68 @@ async fn claim(
     }
 }
 
+/// What [`hand_over`] recorded.
+enum HandedOver {
+    /// Its owner had asked for a cancel: `cancelled`.
+    Cancelled,
+    /// `pending` for its next worker.
+    Next,
+    /// Its last attempt: `failed`.
+    Failed,
+}
+
+/// A copy this worker could not finish (its instance is going away): `cancelled` when the
+/// owner asked for it, else `pending` for the next worker, which resumes it (the reaper starts
+/// it), or `failed` on the job's last attempt. `cause` is the code and why.
+async fn hand_over(
+    store: &Arc<dyn JobStore>,
+    cfg: &Config,
+    job: &Job,
+    progress: Progress,
+    now: Timestamp,
+    (code, why): (&str, &str),
+) -> Result<HandedOver, WorkerError> {
+    if cancel_asked(store, cfg).await? {
+        let change = Change::to(JobStatus::Cancelled, now)
+            .error(ErrorBody::new("cancelled", "cancelled by its owner"))
+            .progress(progress);
+        finish(store, cfg, change).await?;
+        return Ok(HandedOver::Cancelled);
+    }
+    let allowed = job.spec.options.attempts_allowed();
+    let what = if code == "interrupted" {
+        "interrupted"
+    } else {
+        "stopped"
+    };
+    let after = progress
+        .percent()
+        .map_or_else(String::new, |p| format!(" after {p} %"));
+    if job.attempt < allowed {
+        let body = ErrorBody::new(
+            code,
+            format!(
+                "worker {what}{after}: {why}; resuming on attempt {}/{allowed}",
+                job.attempt + 1
+            ),
+        );
+        let change = Change::retry(now, job.attempt + 1, body).progress(progress);
+        finish(store, cfg, change).await?;
+        Ok(HandedOver::Next)
+    } else {
+        let body = ErrorBody::new(
+            code,
+            format!(
+                "worker {what}{after}: {why} (attempt {}/{allowed}: no attempt left); tables \
+                 finished before it are in the target",
+                job.attempt
+            ),
+        );
+        fail_with(store, cfg, body, Some(progress)).await?;
+        Ok(HandedOver::Failed)
+    }
+}
+
 /// Whether the job's owner asked it to stop (read now: the last heartbeat may predate it).
 async fn cancel_asked(store: &Arc<dyn JobStore>, cfg: &Config) -> Result<bool, WorkerError> {
     Ok(store
@@ -637,49 +699,11 @@ pub async fn run_watched(
         }
         Stop::Interrupted(text) => {
             tracing::warn!(notice = %text, "spot interruption notice; the copy stopped");
-            let allowed = job.spec.options.attempts_allowed();
-            let after = progress
-                .percent()
-                .map_or_else(String::new, |p| format!(" after {p} %"));
-            if cancel_asked(&store, &cfg).await? {
-                finish(
-                    &store,
-                    &cfg,
-                    Change::to(JobStatus::Cancelled, now)
-                        .error(ErrorBody::new("cancelled", "cancelled by its owner"))
-                        .progress(progress),
-                )
-                .await?;
-            } else if job.attempt < allowed {
-                // Not failed: the reaper starts the next worker at its next pass, and that
-                // one resumes from the units finished here.
-                let body = ErrorBody::new(
-                    "interrupted",
-                    format!(
-                        "worker interrupted{after}: EC2 reclaimed the spot instance it ran on; \
-                         resuming on attempt {}/{allowed}",
-                        job.attempt + 1
-                    ),
-                );
-                finish(
-                    &store,
-                    &cfg,
-                    Change::retry(now, job.attempt + 1, body).progress(progress),
-                )
-                .await?;
-            } else {
-                let body = ErrorBody::new(
-                    "interrupted",
-                    format!(
-                        "worker interrupted{after}: EC2 reclaimed the spot instance it ran on \
-                         (attempt {}/{allowed}: no attempt left); tables finished before the \
-                         interruption are in the target",
-                        job.attempt
-                    ),
-                );
-                fail_with(&store, &cfg, body, Some(progress)).await?;
+            let cause = ("interrupted", "EC2 reclaimed the spot instance it ran on");
+            match hand_over(&store, &cfg, &job, progress, now, cause).await? {
+                HandedOver::Cancelled => Outcome::Cancelled,
+                HandedOver::Next | HandedOver::Failed => Outcome::Interrupted,
             }
-            Outcome::Interrupted
         }
         Stop::Stalled(limit) => {
             let body = ErrorBody::new(
@@ -705,47 +729,15 @@ pub async fn run_watched(
             Outcome::LostClaim(current)
         }
         Stop::Signal => {
-            let allowed = job.spec.options.attempts_allowed();
-            if cancel_asked(&store, &cfg).await? {
-                finish(
-                    &store,
-                    &cfg,
-                    Change::to(JobStatus::Cancelled, now)
-                        .error(ErrorBody::new("cancelled", "cancelled by its owner"))
-                        .progress(progress),
-                )
-                .await?;
-                Outcome::Cancelled
-            } else if job.attempt < allowed {
-                // Its instance was stopped or terminated, or the process killed, by someone
-                // other than the control plane (which ends a job before it stops its worker):
-                // the next worker resumes.
-                let after = progress
-                    .percent()
-                    .map_or_else(String::new, |p| format!(" after {p} %"));
-                let body = ErrorBody::new(
-                    "worker_stopped",
-                    format!(
-                        "worker stopped{after} (its instance shut down or the process was \
-                         terminated); resuming on attempt {}/{allowed}",
-                        job.attempt + 1
-                    ),
-                );
-                finish(
-                    &store,
-                    &cfg,
-                    Change::retry(now, job.attempt + 1, body).progress(progress),
-                )
-                .await?;
-                Outcome::Stopped
-            } else {
-                let body = ErrorBody::new(
-                    "worker_stopped",
-                    "the worker was stopped (its instance shut down or the process was \
-                     terminated) before the copy finished",
-                );
-                fail_with(&store, &cfg, body, Some(progress)).await?;
-                Outcome::Stopped
+            // Its instance was stopped or terminated, or the process killed, by someone other
+            // than the control plane (which ends a job before it stops its worker).
+            let cause = (
+                "worker_stopped",
+                "its instance shut down or the process was terminated",
+            );
+            match hand_over(&store, &cfg, &job, progress, now, cause).await? {
+                HandedOver::Cancelled => Outcome::Cancelled,
+                HandedOver::Next | HandedOver::Failed => Outcome::Stopped,
             }
         }
     };
