@@ -92,9 +92,9 @@ variable "worker_root_volume_gb" {
 }
 
 variable "use_spot" {
-  description = "Launch workers on spot capacity first, falling back to on-demand when spot has none."
+  description = "Launch workers on spot capacity first, falling back to on-demand when spot has none (a job whose spot worker is reclaimed resumes on an on-demand one)."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "max_concurrent_jobs" {
