@@ -201,6 +201,18 @@ fn stalled_init(src: &Cluster, proxy: &Proxy, extra: &[&str]) -> Child {
     child
 }
 
+/// `kill -9` the run `child` and wait until its sessions on `src` (and its run lock) are gone.
+fn kill_9(child: &mut Child, src: &Cluster) {
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    wait_for("the killed run's sessions to end", || {
+        src.psql(
+            "app",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+        ) == "0"
+    });
+}
+
 /// Wait until the copy into `dst`'s database `app` has recorded `n` finished units.
 fn wait_for_finished_units(dst: &Cluster, n: u32) {
     wait_for(&format!("{n} finished unit(s)"), || {
@@ -371,14 +383,7 @@ fn kill_9_then_resume_replicates_every_change_without_a_gap() {
     ));
     let mut child = stalled_init(&src, &proxy, &["--jobs", "2"]);
     wait_for_finished_units(&dst, 2);
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
-    wait_for("the killed run's sessions to end", || {
-        src.psql(
-            "app",
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-        ) == "0"
-    });
+    kill_9(&mut child, &src);
     for round in 0..5 {
         app_round(&src, "app", round);
     }
@@ -451,14 +456,7 @@ fn resume_brings_tricky_finished_tables_up_to_date_and_leaves_out_new_ones() {
             "SELECT count(*) FROM pg_indexes WHERE tablename = 'uq' AND indexdef LIKE '%UNIQUE%'",
         ) == "2"
     });
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
-    wait_for("the killed run's sessions to end", || {
-        src.psql(
-            "app",
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-        ) == "0"
-    });
+    kill_9(&mut child, &src);
     src.psql(
         "app",
         "UPDATE uq SET email = 'moving' WHERE id = 10; UPDATE uq SET email = 'e10' WHERE id = 4000; \
@@ -525,14 +523,7 @@ fn resume_after_the_large_objects_brings_them_up_to_date() {
         .expect("start init");
     wait_for("the stalled ANALYZE", || proxy.fired() > 0);
     assert_eq!(large_objects(&dst, "app"), large_objects(&src, "app"));
-    child.kill().expect("kill -9");
-    child.wait().expect("reap");
-    wait_for("the killed run's sessions to end", || {
-        src.psql(
-            "app",
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-        ) == "0"
-    });
+    kill_9(&mut child, &src);
     src.psql(
         "app",
         "BEGIN; SELECT lo_truncate64(lo_open(1001, 131072), 0); SELECT lo_put(1001, 0, 'one, v2'); \
