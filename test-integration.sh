@@ -2,12 +2,14 @@
 # End to end, without AWS and without Docker: throwaway source and target clusters (pagila plus a
 # table big enough to interrupt), the control plane on this machine (seren-coordinator with its
 # SQLite store, key-file sealer and seren-worker processes), and then:
-#   1. init --remote copies pagila; every table of the target equals the source;
+#   1. init --remote --dry-run prints the worker, size, duration and cost and submits nothing;
+#      init --remote copies pagila; every table of the target equals the source;
 #   2. a bad source host: the job fails with source_unreachable, and the CLI says so;
 #   3. Ctrl-C detaches the CLI from a running job, which goes on; then a cancel mid-copy: the
 #      job ends cancelled and its worker is gone;
-#   4. a worker killed with SIGKILL mid-copy: the reaper starts another, which resumes the job
-#      (attempt 2/3) and completes it, the target equal to the source;
+#   4. three workers of one job (with sync) killed with SIGKILL at random moments: the reaper
+#      starts the next each time, the fourth resumes and completes the job (attempt 4/4), the
+#      target equal to the source; a job allowed one worker fails with heartbeat_lost instead;
 #   5. the coordinator restarted while a job runs: the CLI re-attaches and sees it complete;
 #   6. two submits with one Idempotency-Key: one job, one worker;
 #   7. verify --remote and validate --remote: the reports come back from a worker, and a row
@@ -46,7 +48,7 @@ fi
 prefix=""; $remote && prefix="seren_it_"
 # Seconds to wait for a job to reach a state: an EC2 worker needs a minute or two to boot.
 T=60; $remote && T=600
-dbs=(pagila big pagila_idem shop big_cancel big_killed big_restart)
+dbs=(pagila big pagila_idem shop big_cancel big_killed big_limit big_restart)
 cleanup() {
     if [ -n "$STACK_PID" ]; then kill "$STACK_PID" 2>/dev/null || true; wait "$STACK_PID" 2>/dev/null || true; fi
     pkill -f "$work/stack" 2>/dev/null || true
@@ -109,7 +111,16 @@ wait_for() { # JOB PYTHON-CONDITION SECONDS
     return 1
 }
 
-echo "== 1. init --remote copies pagila"
+echo "== 1. init --remote --dry-run estimates, then init --remote copies pagila"
+before=$("$cli" jobs list --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)['jobs']))")
+if SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst pagila) "$cli" init --remote --dry-run >"$work/1d.out" 2>&1 \
+    && grep -q "^worker    " "$work/1d.out" && grep -q "^source    .*(pg_database_size)" "$work/1d.out" \
+    && grep -q "^duration  ~" "$work/1d.out" && grep -q "^cost      " "$work/1d.out" \
+    && [ "$("$cli" jobs list --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)['jobs']))")" = "$before" ]; then
+    pass "dry run: $(grep '^duration' "$work/1d.out" | cut -c1-60)…, nothing submitted"
+else
+    fail "dry run"; cat "$work/1d.out"
+fi
 if SEREN_SOURCE_URL=$(src pagila) SEREN_TARGET_URL=$(dst pagila) "$cli" init --remote --yes >"$work/1.out" 2>&1 \
     && compare_databases "$(src pagila)" "$(dst pagila)"; then
     pass "remote init: $COMPARED_TABLES tables identical"
@@ -166,20 +177,38 @@ fi
 if $remote; then
     echo "== 4 and 5 need the local stack's processes: skipped against a deployed stack"
 else
-echo "== 4. a worker killed mid-copy"
-id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_killed) "$cli" init --remote --yes --detach 2>/dev/null)
+echo "== 4. workers killed mid-copy"
+# Three workers of one job (with sync) killed with SIGKILL at random moments of their run: the
+# reaper replaces each, the fourth resumes and completes the job, the target equals the source,
+# and the record lists the four workers. Then a job allowed one worker only: it fails, saying so.
+id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_killed) "$cli" init --remote --yes --max-attempts 4 --detach 2>/dev/null)
+kills=0
+for attempt in 1 2 3; do
+    wait_for "$id" "j['status'] == 'running' and j['attempt'] == $attempt and (j.get('progress') or {}).get('phase') in ('schema', 'data', 'post-data')" 60 || break
+    sleep "$(python3 -c 'import random; print(round(random.uniform(0, 2), 2))')"
+    [ "$(job_field "$id" "(j['status'], j['attempt'])")" = "('running', $attempt)" ] || break
+    kill -9 "$(job_field "$id" "j['instance_id'].split('-')[1]")"
+    kills=$((kills + 1))
+done
+"$cli" jobs show "$id" >"$work/4.out" 2>&1 || true
+if [ "$kills" = 3 ] && wait_for "$id" "j['status'] == 'completed'" $((T * 4)) \
+    && [ "$(job_field "$id" "(j['attempt'], j['max_attempts'], j['error']['code'], len(j['usage']['workers']))")" = "(4, 4, 'heartbeat_lost', 4)" ] \
+    && compare_databases "$(src big)" "$(dst big_killed)"; then
+    pass "SIGKILL x3: workers 2, 3 and 4 resumed the job, the fourth completed it; $COMPARED_TABLES table(s) identical"
+else
+    fail "SIGKILL x3 ($kills kills): $(job_field "$id" "(j['status'], j['attempt'], j.get('error'))")"; cat "$work/4.out"
+fi
+id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_limit) "$cli" init --remote --yes --max-attempts 1 --detach 2>/dev/null)
 if wait_for "$id" "j['status'] == 'running' and (j.get('progress') or {}).get('phase') == 'data'" 60; then
-    worker_pid=$(job_field "$id" "j['instance_id'].split('-')[1]")
-    kill -9 "$worker_pid"
-    if wait_for "$id" "j['status'] == 'completed'" $((T * 3)) \
-        && [ "$(job_field "$id" "(j['attempt'], j['max_attempts'], j['error']['code'])")" = "(2, 3, 'heartbeat_lost')" ] \
-        && compare_databases "$(src big)" "$(dst big_killed)"; then
-        pass "SIGKILL: the reaper started worker 2/3, which resumed and completed the job; $COMPARED_TABLES table(s) identical"
+    kill -9 "$(job_field "$id" "j['instance_id'].split('-')[1]")"
+    if wait_for "$id" "j['status'] == 'failed'" "$T" \
+        && [ "$(job_field "$id" "(j['attempt'], j['error']['code'], 'no attempt left' in j['error']['message'])")" = "(1, 'heartbeat_lost', True)" ]; then
+        pass "over the limit: $(job_field "$id" "j['error']['code'] + ': ' + j['error']['message']")"
     else
-        fail "SIGKILL: $(job_field "$id" "(j['status'], j['attempt'], j.get('error'))")"
+        fail "over the limit: $(job_field "$id" "(j['status'], j['attempt'], j.get('error'))")"
     fi
 else
-    fail "SIGKILL: the job never reached the data phase"
+    fail "over the limit: the job never reached the data phase"
 fi
 
 echo "== 5. the coordinator restarted while a job runs"

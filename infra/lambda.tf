@@ -27,6 +27,7 @@ locals {
     SEREN_MAX_CONCURRENT_JOBS    = tostring(var.max_concurrent_jobs)
     SEREN_ALLOWED_INSTANCE_TYPES = join(",", var.allowed_instance_types)
     SEREN_JOB_RETENTION_DAYS     = tostring(var.job_retention_days)
+    SEREN_ESTIMATE_MB_PER_SEC    = tostring(var.estimate_mb_per_sec)
   })
 
   reaper_env = local.common_env

@@ -80,6 +80,17 @@ variable "allowed_instance_types" {
   }
 }
 
+variable "estimate_mb_per_sec" {
+  description = "Copy throughput (MB of source database per second) behind the duration and cost that init --remote --dry-run estimates. The default, 60, is the slowest set of the project's benchmark on 2 cores; set what your jobs show (size / duration)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.estimate_mb_per_sec >= 1 && var.estimate_mb_per_sec <= 100000 && floor(var.estimate_mb_per_sec) == var.estimate_mb_per_sec
+    error_message = "estimate_mb_per_sec must be a whole number from 1 to 100000."
+  }
+}
+
 variable "worker_root_volume_gb" {
   description = "Size of a worker's encrypted gp3 root volume. The copy streams through memory; the disk holds the OS, the binaries and logs."
   type        = number

@@ -208,6 +208,10 @@ struct InitArgs {
     /// With --remote: submit, print the job id and return without waiting.
     #[arg(long, requires = "remote")]
     detach: bool,
+    /// With --remote: start nothing; show the worker the job would get (instance type, spot
+    /// or on-demand), the source's size, and the estimated duration and cost (--json: as JSON).
+    #[arg(long, requires = "remote", conflicts_with = "detach")]
+    dry_run: bool,
     /// With --remote: print the final job record as JSON on standard output.
     #[arg(long, requires = "remote")]
     json: bool,
@@ -410,7 +414,7 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
     let spec = args.spec()?;
     // The same checks the worker's conversion makes, so a bad value fails before submitting.
     replicator_core::spec::init_options(source.clone(), target.clone(), &spec)?;
-    if args.drop_existing && !args.yes {
+    if args.drop_existing && !args.yes && !args.dry_run {
         bail!("--drop-existing with --remote needs --yes: the worker cannot ask you to confirm");
     }
     let request = job_model::api::SubmitRequest {
@@ -430,6 +434,23 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
         },
         filter: spec.filter,
     };
+    if args.dry_run {
+        let answer = api.estimate(&request).await?;
+        drop(request);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        } else {
+            eprintln!(
+                "dry run, nothing submitted: the estimate for copying {} into {}",
+                source.redacted(),
+                target.redacted()
+            );
+            for line in remote::estimate_lines(&answer.estimate) {
+                println!("{line}");
+            }
+        }
+        return Ok(());
+    }
     let what = format!("copying {} into {}", source.redacted(), target.redacted());
     let Some(id) = submit(&api, request, &what, args.detach).await? else {
         return Ok(());
@@ -627,8 +648,17 @@ async fn jobs(command: JobsCommand, remote: &remote::RemoteArgs) -> anyhow::Resu
                 if let Some(t) = j.finished_at {
                     println!("ended   {t}");
                 }
-                if let Some(i) = &j.instance_id {
-                    println!("worker  {i}");
+                match &j.usage {
+                    Some(u) => {
+                        for line in remote::usage_lines(u) {
+                            println!("{line}");
+                        }
+                    }
+                    None => {
+                        if let Some(i) = &j.instance_id {
+                            println!("worker  {i}");
+                        }
+                    }
                 }
                 for w in j.progress.iter().flat_map(|p| &p.warnings) {
                     println!("warning: {w}");

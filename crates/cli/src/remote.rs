@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use clap::Args;
 use indicatif::HumanBytes;
-use job_model::api::{ErrorResponse, JobView, ListResponse, SubmitRequest, SubmitResponse};
-use job_model::JobStatus;
+use job_model::api::{
+    DryRunResponse, ErrorResponse, JobView, ListResponse, SubmitRequest, SubmitResponse,
+};
+use job_model::cost::{Estimate, Usage};
+use job_model::{JobStatus, Market};
 use replicator_core::progress::{DataProgress, Event, Observer, Phase, PlanSummary};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -153,6 +156,15 @@ impl Api {
         self.call(Method::POST, "/jobs", Some(req), Some(key)).await
     }
 
+    /// `POST /jobs?dry_run=true`: what the job would run on and cost; nothing is submitted.
+    ///
+    /// # Errors
+    /// When the API refuses the request or cannot be reached.
+    pub async fn estimate(&self, req: &SubmitRequest) -> anyhow::Result<DryRunResponse> {
+        self.call(Method::POST, "/jobs?dry_run=true", Some(req), None)
+            .await
+    }
+
     /// `GET /jobs/{id}`.
     ///
     /// # Errors
@@ -222,6 +234,132 @@ pub fn status_line(j: &JobView) -> String {
         }
     }
     s
+}
+
+/// `1 h 02 min`, `3 min 20 s`, `45 s`.
+fn duration_text(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{} min {:02} s", s / 60, s % 60),
+        s => format!("{s} s"),
+    }
+}
+
+fn usd(v: f64) -> String {
+    if v > 0.0 && v < 0.001 {
+        "< $0.001".to_owned()
+    } else {
+        format!("${v:.3}")
+    }
+}
+
+/// What `init --remote --dry-run` prints: the instance, the size, the duration and the cost,
+/// each with what it rests on.
+pub fn estimate_lines(e: &Estimate) -> Vec<String> {
+    let mut out = vec![match e.market {
+        Market::Local => {
+            "worker    a local process on the coordinator's machine (no EC2 instance, no cost)"
+                .to_owned()
+        }
+        Market::Spot => format!(
+            "worker    {} on spot (on-demand if spot has no capacity)",
+            e.instance_type
+        ),
+        Market::OnDemand => format!("worker    {} on demand", e.instance_type),
+    }];
+    out.push(match e.source_size_bytes {
+        Some(b) => format!("source    {} (pg_database_size)", HumanBytes(b)),
+        None => "source    size unknown (the source's pg_database_size could not be read): no \
+                 duration or cost"
+            .to_owned(),
+    });
+    let rate = format!("{} MB/s", e.throughput_bytes_per_sec / 1_000_000);
+    if let (Some(copy), Some(billed)) = (e.copy_seconds, e.billed_seconds) {
+        out.push(format!(
+            "duration  ~{}: {} to start the worker, {} of copy at {rate} (the deployment's \
+             throughput; see docs/cost.md)",
+            duration_text(e.boot_seconds + copy),
+            duration_text(e.boot_seconds),
+            duration_text(copy),
+        ));
+        let rates = match (e.on_demand_per_hour_usd, e.spot_per_hour_usd) {
+            (Some(od), Some(sp)) if e.market != Market::Local => Some(format!(
+                " ({}: ${sp:.4}/h spot, ${od:.4}/h on demand; {} billed)",
+                e.instance_type,
+                duration_text(billed)
+            )),
+            _ => None,
+        };
+        match (e.spot_usd, e.on_demand_usd) {
+            (_, Some(od)) if e.market == Market::Local => {
+                out.push(format!("cost      {} (a local worker)", usd(od)));
+            }
+            (Some(sp), Some(od)) => out.push(format!(
+                "cost      ~{} on spot, ~{} on demand{}",
+                usd(sp),
+                usd(od),
+                rates.unwrap_or_default()
+            )),
+            _ => out.push(format!(
+                "cost      unknown: no list price for {} here; see the EC2 pricing page",
+                e.instance_type
+            )),
+        }
+    }
+    if e.market != Market::Local {
+        out.push(format!(
+            "prices    {}; data transfer not included",
+            e.prices
+        ));
+    }
+    out
+}
+
+/// What `jobs show` prints about a job's workers: each one's instance, market and billed time,
+/// then the instance-hours and the cost they imply.
+pub fn usage_lines(u: &Usage) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, w) in u.workers.iter().enumerate() {
+        let mut line = format!(
+            "worker {}  {}  {}  {}  {}",
+            i + 1,
+            w.run.instance_id,
+            w.run.instance_type,
+            w.run.market,
+            duration_text(w.billed_seconds),
+        );
+        match (w.run.market, w.cost_usd) {
+            (Market::Local, _) => {}
+            (_, Some(c)) => line.push_str(&format!("  {}", usd(c))),
+            (_, None) => line.push_str("  (no list price)"),
+        }
+        if w.ended_at.is_none() {
+            line.push_str("  (running)");
+        }
+        if let Some(why) = &w.run.on_demand_because {
+            line.push_str(&format!("  on demand because {why}"));
+        }
+        out.push(line);
+    }
+    let all_local = u.workers.iter().all(|w| w.run.market == Market::Local);
+    if all_local {
+        out.push("cost    none: local workers".to_owned());
+        return out;
+    }
+    let so_far = if u.ongoing { " so far" } else { "" };
+    out.push(match u.cost_usd {
+        Some(c) => format!(
+            "cost    {:.3} instance-hours{so_far}, ~{} ({}; storage and data transfer not included)",
+            u.instance_hours,
+            usd(c),
+            u.prices
+        ),
+        None => format!(
+            "cost    {:.3} instance-hours{so_far}; a worker's type has no list price here",
+            u.instance_hours
+        ),
+    });
+    out
 }
 
 fn ended_badly(status: job_model::JobStatus) -> bool {
@@ -379,6 +517,82 @@ pub fn failure(j: &JobView) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dry_run_says_what_it_would_run_on_how_long_and_for_how_much() {
+        let e = job_model::cost::estimate(
+            "c5.2xlarge",
+            Market::Spot,
+            Some(300_000_000_000),
+            60_000_000,
+        );
+        let text = estimate_lines(&e).join("\n");
+        assert!(text.contains("worker    c5.2xlarge on spot"), "{text}");
+        assert!(text.contains("source    279.40 GiB"), "{text}");
+        assert!(
+            text.contains("duration  ~1 h 25 min: 2 min 00 s to start the worker, 1 h 23 min of copy at 60 MB/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cost      ~$0.193 on spot, ~$0.484 on demand (c5.2xlarge: $0.1360/h spot, $0.3400/h on demand"),
+            "{text}"
+        );
+        assert!(text.contains("us-east-1"), "{text}");
+        let unknown = estimate_lines(&job_model::cost::estimate(
+            "c5.xlarge",
+            Market::OnDemand,
+            None,
+            1,
+        ))
+        .join("\n");
+        assert!(unknown.contains("size unknown"), "{unknown}");
+        assert!(!unknown.contains("cost "), "{unknown}");
+        let local = estimate_lines(&job_model::cost::estimate(
+            "local",
+            Market::Local,
+            Some(60_000_000),
+            60_000_000,
+        ))
+        .join("\n");
+        assert!(local.contains("a local process"), "{local}");
+        assert!(
+            local.contains("cost      $0.000 (a local worker)"),
+            "{local}"
+        );
+    }
+
+    #[test]
+    fn jobs_show_gives_each_worker_and_the_instance_hours() {
+        let j: JobView = serde_json::from_str(
+            r#"{"job_id":"j","status":"completed","command":"init","source_display":"s",
+                "target_display":"t","created_at":"2026-11-27T10:00:00Z",
+                "updated_at":"2026-11-27T12:00:00Z","attempt":2,"max_attempts":3,
+                "usage":{"workers":[
+                  {"instance_id":"i-1","instance_type":"c5.xlarge","market":"spot",
+                   "launched_at":"2026-11-27T10:00:00Z","ended_at":"2026-11-27T10:30:00Z",
+                   "billed_seconds":1800,"cost_usd":0.034},
+                  {"instance_id":"i-2","instance_type":"c5.xlarge","market":"on_demand",
+                   "on_demand_because":"its spot worker was reclaimed before",
+                   "launched_at":"2026-11-27T10:30:00Z","ended_at":"2026-11-27T12:00:00Z",
+                   "billed_seconds":5400,"cost_usd":0.255}],
+                 "instance_hours":2.0,"cost_usd":0.289,"ongoing":false,"prices":"list"}}"#,
+        )
+        .expect("view");
+        let lines = usage_lines(j.usage.as_ref().expect("usage"));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            "worker 1  i-1  c5.xlarge  spot  30 min 00 s  $0.034"
+        );
+        assert!(
+            lines[1].ends_with("on demand because its spot worker was reclaimed before"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("cost    2.000 instance-hours, ~$0.289 (list;"),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn a_status_line_counts_bytes_as_the_local_display_does() {

@@ -130,6 +130,58 @@ fn init_flags() -> BTreeSet<String> {
         .collect()
 }
 
+fn jobs_listed(api: &Api) -> usize {
+    let out = cli(api)
+        .args(["jobs", "list", "--json"])
+        .output()
+        .expect("jobs list");
+    assert!(out.status.success(), "{}", said(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    v["jobs"].as_array().expect("jobs").len()
+}
+
+#[test]
+fn a_dry_run_estimates_with_the_jobs_flags_and_submits_nothing() {
+    let api = api();
+    let dry = |flags: &[&str]| {
+        cli(&api)
+            .args([
+                "init",
+                "--remote",
+                "--dry-run",
+                "--source",
+                SOURCE,
+                "--target",
+                TARGET,
+            ])
+            .args(flags)
+            .output()
+            .expect("run the CLI")
+    };
+    let out = dry(&["--jobs", "3", "--instance-type", "c5.large"]);
+    let text = said(&out);
+    assert!(out.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("worker    a local process"), "{text}");
+    // The source (port 1) cannot be reached: no size, so no duration and no cost, and it says so.
+    assert!(stdout.contains("size unknown"), "{text}");
+    assert!(text.contains("nothing submitted"), "{text}");
+    let out = dry(&["--json"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("estimate JSON");
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["estimate"]["market"], "local");
+    // --drop-existing needs no --yes when nothing is dropped; a bad value is still refused.
+    assert!(dry(&["--drop-existing"]).status.success());
+    let bad = dry(&["--jobs", "0"]);
+    assert!(!bad.status.success() && said(&bad).contains("--jobs is 0"));
+    assert!(
+        !dry(&["--detach"]).status.success(),
+        "--dry-run with --detach"
+    );
+    assert_eq!(jobs_listed(&api), 0, "a dry run submits nothing");
+}
+
 #[test]
 fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
     let api = api();
@@ -200,6 +252,7 @@ fn every_init_flag_travels_with_a_remote_job_or_is_refused() {
         (&["--progress", "log"], "--progress"),
         (&["--json"], "--json"),
         (&[], "--detach"),
+        (&[], "--dry-run"),
         (&[], "--remote"),
         (&["--api-key", KEY], "--api-key"),
         (&["--yes"], "--yes"),

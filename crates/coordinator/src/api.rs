@@ -7,10 +7,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use job_model::api::{Health, JobView, ListResponse, SubmitRequest, SubmitResponse};
+use job_model::api::{
+    DryRunResponse, Health, JobView, ListResponse, SubmitRequest, SubmitResponse,
+};
 use job_model::job::is_valid_job_id;
 use job_model::seal::Field;
 use job_model::{
@@ -36,6 +38,9 @@ pub struct Settings {
     /// The instance types a job may ask for (`options.instance_type`); others get 400. The
     /// coordinator's IAM policy allows launching these only.
     pub allowed_instance_types: Vec<String>,
+    /// The copy throughput a dry run's duration assumes, bytes of source database per second
+    /// (see [`job_model::cost`]).
+    pub estimate_throughput_bytes_per_sec: u64,
 }
 
 impl Default for Settings {
@@ -48,6 +53,7 @@ impl Default for Settings {
                 .iter()
                 .map(|t| (*t).to_owned())
                 .collect(),
+            estimate_throughput_bytes_per_sec: job_model::cost::DEFAULT_THROUGHPUT_BYTES_PER_SEC,
         }
     }
 }
@@ -105,12 +111,22 @@ fn seal_error(e: &job_model::SealError) -> ApiError {
     }
 }
 
+/// `POST /jobs` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitQuery {
+    /// Estimate instead of starting: nothing is stored, sealed or launched.
+    dry_run: Option<bool>,
+}
+
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<SubmitQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let owner = caller(&state, &headers)?;
+    let Query(query) = query.map_err(|r| ApiError::invalid(format!("query: {}", r.body_text())))?;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.settings.max_body_bytes)
@@ -135,6 +151,9 @@ async fn submit(
                 .and_then(validate::idempotency_key)
         })
         .transpose()?;
+    if query.dry_run == Some(true) {
+        return Ok(Json(dry_run(&state, owner, &req, &valid)?).into_response());
+    }
 
     let job_id = Job::new_id();
     let SubmitRequest {
@@ -190,7 +209,8 @@ async fn submit(
                     job_id: j.job_id,
                     status: j.status,
                 }),
-            ));
+            )
+                .into_response());
         }
         Ok(Created::New(j)) => j,
         Err(StoreError::LimitReached { limit }) => {
@@ -211,7 +231,46 @@ async fn submit(
             job_id: job.job_id,
             status,
         }),
-    ))
+    )
+        .into_response())
+}
+
+/// What `req` would run on and cost: the instance the provisioner would ask for (the same
+/// [`Provisioner::plan`] a launch follows) and [`job_model::cost::estimate`] of the copy.
+fn dry_run(
+    state: &AppState,
+    owner: Owner,
+    req: &SubmitRequest,
+    valid: &validate::Valid,
+) -> Result<DryRunResponse, ApiError> {
+    if req.command != job_model::Command::Init {
+        return Err(ApiError::invalid(format!(
+            "dry_run estimates init jobs (a copy); a {} job is not estimated: submit it without \
+             dry_run",
+            req.command
+        )));
+    }
+    // Never stored: the plan reads the spec only.
+    let job = Job::new(
+        Job::new_id(),
+        owner,
+        req.spec(),
+        (Vec::new(), Vec::new()),
+        (valid.source.redacted(), valid.target.redacted()),
+        None,
+        Timestamp::now(),
+        state.settings.retention,
+    );
+    let plan = state.provisioner.plan(&job);
+    Ok(DryRunResponse {
+        dry_run: true,
+        estimate: job_model::cost::estimate(
+            &plan.instance_type,
+            plan.market,
+            req.options.source_size_bytes,
+            state.settings.estimate_throughput_bytes_per_sec,
+        ),
+    })
 }
 
 /// The caller's job, or 404 for a job that does not exist or is someone else's.

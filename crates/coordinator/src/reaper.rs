@@ -515,6 +515,24 @@ mod tests {
         Timestamp::from_unix_millis(now.unix_millis() - i64::try_from(secs * 1000).unwrap_or(0))
     }
 
+    fn fake_plan() -> crate::provision::Plan {
+        crate::provision::Plan {
+            instance_type: "t3.medium".into(),
+            market: job_model::Market::OnDemand,
+            on_demand_because: None,
+        }
+    }
+
+    fn fake_worker() -> job_model::WorkerRun {
+        job_model::WorkerRun {
+            instance_id: "i-1".into(),
+            instance_type: "t3.medium".into(),
+            market: job_model::Market::OnDemand,
+            on_demand_because: None,
+            launched_at: Timestamp::now(),
+        }
+    }
+
     /// A provisioner whose listing fails; it records whether the grant sweep still ran.
     #[derive(Debug, Default)]
     struct ListFails {
@@ -523,8 +541,14 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Provisioner for ListFails {
-        async fn launch(&self, _job: &Job) -> Result<String, crate::provision::ProvisionError> {
-            Ok("i-1".into())
+        fn plan(&self, _job: &Job) -> crate::provision::Plan {
+            fake_plan()
+        }
+        async fn launch(
+            &self,
+            _job: &Job,
+        ) -> Result<job_model::WorkerRun, crate::provision::ProvisionError> {
+            Ok(fake_worker())
         }
         async fn terminate(
             &self,
@@ -586,8 +610,14 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Provisioner for Reclaimed {
-        async fn launch(&self, _job: &Job) -> Result<String, crate::provision::ProvisionError> {
-            Ok("i-1".into())
+        fn plan(&self, _job: &Job) -> crate::provision::Plan {
+            fake_plan()
+        }
+        async fn launch(
+            &self,
+            _job: &Job,
+        ) -> Result<job_model::WorkerRun, crate::provision::ProvisionError> {
+            Ok(fake_worker())
         }
         async fn terminate(
             &self,

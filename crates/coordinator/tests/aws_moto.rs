@@ -92,8 +92,8 @@ async fn ec2_launch_is_tagged_idempotent_and_terminates_only_its_own() {
     let aws = aws().await;
     let p = provisioner(&aws);
     let j = job(Some("c5.large"));
-    let first = p.launch(&j).await.expect("launch");
-    let retried = p.launch(&j).await.expect("launch again");
+    let first = p.launch(&j).await.expect("launch").instance_id;
+    let retried = p.launch(&j).await.expect("launch again").instance_id;
     assert_eq!(first, retried, "a retried launch makes no second instance");
     let found = instances_of(&aws.ec2, &j.job_id).await;
     assert_eq!(found.len(), 1);
@@ -194,7 +194,7 @@ async fn ec2_says_why_a_worker_instance_is_gone() {
     let aws = aws().await;
     let p = provisioner(&aws);
     let j = job(Some("c5.large"));
-    let id = p.launch(&j).await.expect("launch");
+    let id = p.launch(&j).await.expect("launch").instance_id;
     assert_eq!(p.why_gone(&id).await.expect("alive"), None);
     p.terminate(&j.job_id).await.expect("terminate");
     match p.why_gone(&id).await.expect("gone") {
@@ -235,9 +235,9 @@ async fn each_worker_gets_a_kms_grant_for_its_own_job_only_until_it_is_gone() {
         },
     );
     let (a, b) = (job(Some("c5.large")), job(Some("c5.large")));
-    let ia = p.launch(&a).await.expect("launch a");
-    let ib = p.launch(&b).await.expect("launch b");
-    assert_eq!(p.launch(&a).await.expect("relaunch a"), ia);
+    let ia = p.launch(&a).await.expect("launch a").instance_id;
+    let ib = p.launch(&b).await.expect("launch b").instance_id;
+    assert_eq!(p.launch(&a).await.expect("relaunch a").instance_id, ia);
 
     let listed = |kms: aws_sdk_kms::Client, key: String| async move {
         kms.list_grants()
@@ -289,7 +289,7 @@ async fn each_worker_gets_a_kms_grant_for_its_own_job_only_until_it_is_gone() {
 
     // A worker that powered itself off: the sweep revokes what it held; live ones keep theirs.
     let c = job(Some("c5.large"));
-    let ic = p.launch(&c).await.expect("launch c");
+    let ic = p.launch(&c).await.expect("launch c").instance_id;
     aws.ec2
         .terminate_instances()
         .instance_ids(&ib)
@@ -420,6 +420,33 @@ async fn the_api_on_dynamodb_kms_and_ec2_keeps_operator_queries_working_and_no_p
         shown.json()["instance_id"],
         tagged[0].instance_id().unwrap_or_default()
     );
+    // The record names its worker, with the type, market and list price.
+    let usage = &shown.json()["usage"];
+    assert_eq!(usage["workers"][0]["instance_type"], "c5.xlarge", "{usage}");
+    assert_eq!(usage["workers"][0]["market"], "on_demand");
+    assert!(usage["cost_usd"].as_f64().is_some(), "{usage}");
+
+    // A dry run asks the same provisioner what it would launch, and starts nothing.
+    let sized = submit_body("src.example.com").replace(
+        r#""options":{"jobs":4}"#,
+        r#""options":{"jobs":4,"source_size_bytes":600000000000}"#,
+    );
+    let dry = call(
+        &router,
+        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&sized)),
+    )
+    .await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+    let e = &dry.json()["estimate"];
+    assert_eq!(
+        e["instance_type"], "c5.xlarge",
+        "the deployment's default: {e}"
+    );
+    assert_eq!(e["market"], "on_demand");
+    assert_eq!(e["copy_seconds"], 10_000);
+    assert_eq!(e["on_demand_usd"], 0.478, "{e}");
+    let after = dynamo.scan().table_name(&table).send().await.expect("scan");
+    assert_eq!(after.items().len(), 1, "a dry run stores nothing");
 
     // The worker's side: the sealed URL opens for this job only.
     let job = state.store.get(&id).await.expect("get").expect("job");

@@ -151,6 +151,68 @@ fn documented_schemas_match_the_wire_types() {
         schema_props("Progress")
     );
     let t = Timestamp::now();
+    let worker = job_model::cost::WorkerUsage {
+        run: job_model::WorkerRun {
+            instance_id: "i".into(),
+            instance_type: "t3.medium".into(),
+            market: job_model::Market::OnDemand,
+            on_demand_because: Some("spot capacity refused".into()),
+            launched_at: t,
+        },
+        ended_at: Some(t),
+        billed_seconds: 60,
+        cost_usd: Some(0.001),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&worker).expect("worker")),
+        schema_props("WorkerUsage")
+    );
+    let usage = job_model::cost::Usage {
+        workers: vec![worker],
+        instance_hours: 1.0,
+        cost_usd: Some(1.0),
+        ongoing: false,
+        prices: String::new(),
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&usage).expect("usage")),
+        schema_props("Usage")
+    );
+    let estimate =
+        job_model::cost::estimate("c5.xlarge", job_model::Market::Spot, Some(1 << 30), 1);
+    assert_eq!(
+        keys(&serde_json::to_value(&estimate).expect("estimate")),
+        schema_props("Estimate")
+    );
+    let dry = job_model::api::DryRunResponse {
+        dry_run: true,
+        estimate,
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&dry).expect("dry run")),
+        schema_props("DryRunResponse")
+    );
+    let markets: BTreeSet<String> = doc()["components"]["schemas"]["Market"]["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let ours: BTreeSet<String> = [
+        job_model::Market::Spot,
+        job_model::Market::OnDemand,
+        job_model::Market::Local,
+    ]
+    .iter()
+    .map(|m| {
+        serde_json::to_value(m)
+            .expect("market")
+            .as_str()
+            .expect("text")
+            .to_owned()
+    })
+    .collect();
+    assert_eq!(markets, ours);
     let view = JobView {
         job_id: Job::new_id(),
         status: JobStatus::Running,
@@ -173,6 +235,7 @@ fn documented_schemas_match_the_wire_types() {
         ),
         attempt: 2,
         max_attempts: 3,
+        usage: Some(usage.clone()),
     };
     assert_eq!(
         keys(&serde_json::to_value(&view).expect("view")),

@@ -62,7 +62,7 @@ async fn running(
     let mut j = job(started);
     j.spec.options.max_attempts = max_attempts;
     store.create(&j, None).await.expect("create");
-    let instance = p.launch(&j).await.expect("launch");
+    let instance = p.launch(&j).await.expect("launch").instance_id;
     store
         .transition(
             &j.job_id,
@@ -126,7 +126,7 @@ async fn the_reaper_ends_dead_jobs_and_terminates_orphans_on_moto() {
         .expect("complete");
     // An instance for a job this table never heard of.
     let stray = job(Timestamp::now());
-    let stray_instance = p.launch(&stray).await.expect("stray launch");
+    let stray_instance = p.launch(&stray).await.expect("stray launch").instance_id;
     // A job whose coordinator died before provisioning it.
     let stuck = job(ago(900));
     store.create(&stuck, None).await.expect("stuck");

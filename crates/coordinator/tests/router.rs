@@ -66,6 +66,13 @@ async fn a_submitted_job_is_provisioned_and_shown_without_secrets() {
     assert!(v["instance_id"]
         .as_str()
         .is_some_and(|i| i.starts_with("local-")));
+    // The worker is in the record, with what it costs (nothing: a local process).
+    let workers = v["usage"]["workers"].as_array().expect("usage.workers");
+    assert_eq!(workers.len(), 1, "{v}");
+    assert_eq!(workers[0]["instance_id"], v["instance_id"]);
+    assert_eq!(workers[0]["market"], "local");
+    assert_eq!(v["usage"]["ongoing"], true);
+    assert_eq!(v["usage"]["cost_usd"], 0.0);
     for text in [&a.body, &shown.body] {
         assert!(
             !text.contains("pw%3B") && !text.contains("reboot"),
@@ -95,6 +102,79 @@ async fn a_submitted_job_is_provisioned_and_shown_without_secrets() {
             .count(),
         1
     );
+    f.state.provisioner.terminate(&id).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_dry_run_estimates_and_starts_nothing() {
+    let f = fixture();
+    let sized = submit_body("src.example.com").replace(
+        r#""options":{"jobs":4}"#,
+        r#""options":{"jobs":4,"source_size_bytes":6000000000}"#,
+    );
+    let a = call(
+        &f.router,
+        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&sized)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["dry_run"], true);
+    let e = &v["estimate"];
+    // A local stack's worker is a process: no boot, no price; 6 GB at the default 60 MB/s.
+    assert_eq!(e["instance_type"], "local", "{e}");
+    assert_eq!(e["market"], "local");
+    assert_eq!(e["source_size_bytes"], 6_000_000_000_u64);
+    assert_eq!(e["copy_seconds"], 100);
+    assert_eq!(e["on_demand_usd"], 0.0);
+    assert!(
+        !a.body.contains("reboot") && !a.body.contains("pw%3B"),
+        "{}",
+        a.body
+    );
+    // Nothing stored, nothing started.
+    let listed = call(&f.router, request("GET", "/jobs", Some(KEY_A), None)).await;
+    assert_eq!(listed.json()["jobs"], serde_json::json!([]));
+    assert!(f.state.provisioner.list().await.expect("list").is_empty());
+
+    // Validated as a submit is; init only; unknown query parameters named.
+    let bad = sized.replace(r#""jobs":4"#, r#""jobs":0"#);
+    let a = call(
+        &f.router,
+        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&bad)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    let verify = sized.replace(r#""command":"init""#, r#""command":"verify""#);
+    let a = call(
+        &f.router,
+        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&verify)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains("dry_run estimates init jobs"), "{}", a.body);
+    let a = call(
+        &f.router,
+        request("POST", "/jobs?dryrun=true", Some(KEY_A), Some(&sized)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains("dryrun"), "{}", a.body);
+    // Without a key, no estimate either.
+    let a = call(
+        &f.router,
+        request("POST", "/jobs?dry_run=true", None, Some(&sized)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // dry_run=false submits.
+    let a = call(
+        &f.router,
+        request("POST", "/jobs?dry_run=false", Some(KEY_A), Some(&sized)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let id = a.json()["job_id"].as_str().expect("id").to_owned();
     f.state.provisioner.terminate(&id).await.expect("cleanup");
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP API's request and response bodies (`/jobs`, `/jobs/{job_id}`, `/health`).
+//! The HTTP API's request and response bodies (`/jobs`, `/jobs?dry_run=true`, `/jobs/{job_id}`,
+//! `/health`).
 //!
 //! Requests refuse unknown fields, naming them, so a misspelt option is an error rather than
 //! silently ignored. Responses never carry a secret: [`JobView`] is a [`Job`] without its sealed
@@ -38,6 +39,16 @@ impl SubmitRequest {
     }
 }
 
+/// `POST /jobs?dry_run=true`: nothing is stored or started; the answer (200) is what the job
+/// would run on and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunResponse {
+    /// Always true: nothing was started.
+    pub dry_run: bool,
+    /// The instance, duration and cost the coordinator expects.
+    pub estimate: crate::cost::Estimate,
+}
+
 /// The answer to `POST /jobs` (202, or 200 for a repeated `Idempotency-Key`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitResponse {
@@ -48,7 +59,7 @@ pub struct SubmitResponse {
 }
 
 /// A job as the API shows it: everything but its secrets and owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     /// Id.
     pub job_id: String,
@@ -101,6 +112,10 @@ pub struct JobView {
     /// The most workers it may use (`options.max_attempts`, or the default).
     #[serde(default = "one")]
     pub max_attempts: u32,
+    /// The workers it was given and the instance-hours and cost they imply, up to the moment
+    /// of the answer while one runs ([`crate::cost::usage`]); absent before the first worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::cost::Usage>,
 }
 
 fn one() -> u32 {
@@ -129,12 +144,13 @@ impl From<&Job> for JobView {
             result: j.result.clone(),
             attempt: j.attempt,
             max_attempts: j.spec.options.attempts_allowed(),
+            usage: crate::cost::usage(j, Timestamp::now()),
         }
     }
 }
 
 /// `GET /jobs`: newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListResponse {
     /// One page of the caller's jobs.
     pub jobs: Vec<JobView>,

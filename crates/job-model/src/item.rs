@@ -3,7 +3,7 @@
 //! Operators query these names directly (`job_id.S`, `status.S`, `created_at.S`), so they and
 //! their types are a contract: `job_id` S, `status` S, `created_at` S (RFC 3339 UTC), `ttl` N
 //! (epoch seconds), `version` N, `source_secret`/`target_secret` B (sealed), `spec` M (filter
-//! and options, no secrets), `progress` M, `error` M (`code`, `message`), `result` M (a verify or validate report), `attempt` N (which worker runs it, 1 for the first; absent in older items). Optional attributes
+//! and options, no secrets), `progress` M, `error` M (`code`, `message`), `result` M (a verify or validate report), `attempt` N (which worker runs it, 1 for the first; absent in older items), `workers` L of M (each worker started for it: `instance_id`, `instance_type`, `market`, `launched_at`, `on_demand_because`). Optional attributes
 //! are absent rather than NULL. Reading is lenient about what older writers left out.
 
 use std::collections::HashMap;
@@ -64,6 +64,8 @@ pub mod attr {
     pub const OWNER: &str = "owner";
     /// Which worker runs the job (1 for the first).
     pub const ATTEMPT: &str = "attempt";
+    /// The workers started for the job, first first.
+    pub const WORKERS: &str = "workers";
     /// Write counter for conditional updates.
     pub const VERSION: &str = "version";
     /// Expiry, epoch seconds.
@@ -212,6 +214,9 @@ pub fn to_item(job: &Job) -> Item {
     if let Some(k) = &job.idempotency_key {
         put(attr::IDEMPOTENCY_KEY, AttributeValue::S(k.clone()));
     }
+    if !job.workers.is_empty() {
+        put(attr::WORKERS, to_attr(&job.workers));
+    }
     item
 }
 
@@ -333,6 +338,7 @@ pub fn from_item(item: &Item) -> Result<Job, StoreError> {
             .n(attr::ATTEMPT)?
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(1),
+        workers: r.de(attr::WORKERS)?.unwrap_or_default(),
         version: r
             .n(attr::VERSION)?
             .and_then(|v| u64::try_from(v).ok())

@@ -601,6 +601,52 @@ impl ErrorBody {
     }
 }
 
+/// How a worker's instance is bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Market {
+    /// EC2 spot capacity: cheaper, and may be reclaimed with two minutes' notice.
+    Spot,
+    /// EC2 on-demand capacity.
+    OnDemand,
+    /// A process on the coordinator's machine (the local stack): no instance, no EC2 cost.
+    Local,
+}
+
+impl Market {
+    /// `spot`, `on-demand`, `local`: as people read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spot => "spot",
+            Self::OnDemand => "on-demand",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for Market {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One worker a job was given: which instance, of what type, bought how, since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRun {
+    /// Instance id (`i-…`) or `local-<pid>`.
+    pub instance_id: String,
+    /// EC2 instance type (`local` for a local worker).
+    pub instance_type: String,
+    /// Spot, on-demand or local.
+    pub market: Market,
+    /// Why an on-demand instance when the deployment asks for spot first (spot capacity
+    /// refused, or the job's spot worker was reclaimed before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand_because: Option<String>,
+    /// When it was launched.
+    pub launched_at: Timestamp,
+}
+
 /// One job as stored. Its serde form (sealed URLs in base64) is the SQLite store's record; the
 /// API shows a [`crate::api::JobView`] instead, and DynamoDB gets [`crate::item`]'s attributes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -658,6 +704,10 @@ pub struct Job {
     /// which resumes it, up to `spec.options.max_attempts`.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// The workers started for it, first first: one per attempt (what the instance-hours and
+    /// the cost after the job are computed from).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerRun>,
     /// Bumped by every write; conditional writes compare it.
     pub version: u64,
     /// Expiry, seconds since the Unix epoch (DynamoDB TTL).
@@ -738,6 +788,7 @@ impl Job {
             result: None,
             idempotency_key,
             attempt: 1,
+            workers: Vec::new(),
             version: 1,
             ttl: now.plus(retention).unix_seconds(),
         }

@@ -9,6 +9,8 @@
 //! - [`item`]: the DynamoDB item codec with the attribute names operators query (feature `aws`).
 //! - [`seal`]: the [`Sealer`] port for connection URLs; a key file (feature `local`) and KMS
 //!   (feature `aws`).
+//! - [`cost`]: what a worker costs: the price list, the duration model behind a dry run's
+//!   estimate, and the instance-hours of a job's workers.
 //! - [`conninfo`]: connection URLs ([`ConnUrl`]): parsing, redaction, the rule for a URL a remote
 //!   worker can use; [`filter`]: table patterns and row filters ([`Filter`]). The CLI, the
 //!   coordinator, the worker and the engine check what a job names with this one code.
@@ -21,6 +23,7 @@ pub mod api;
 #[cfg(all(feature = "aws", feature = "local"))]
 pub mod backends;
 pub mod conninfo;
+pub mod cost;
 pub mod filter;
 #[cfg(feature = "aws")]
 pub mod item;
@@ -33,8 +36,8 @@ pub mod store;
 pub use conninfo::{ConnUrl, RemoteUrlError, Secret, SslMode};
 pub use filter::{Filter, FilterError, QualName};
 pub use job::{
-    Command, CopyFormat, ErrorBody, FilterSpec, Job, JobSpec, OptionProblem, Options, Owner,
-    Progress, Retry, SyncChoice, Timestamp,
+    Command, CopyFormat, ErrorBody, FilterSpec, Job, JobSpec, Market, OptionProblem, Options,
+    Owner, Progress, Retry, SyncChoice, Timestamp, WorkerRun,
 };
 pub use seal::{SealError, Sealer};
 pub use status::JobStatus;

@@ -553,7 +553,17 @@ async fn a_lost_worker_gives_way_to_the_next_attempt(store: Arc<dyn JobStore>) {
                 .transition(
                     &id,
                     Expect::status(JobStatus::Pending),
-                    Change::to(JobStatus::Provisioning, at(t)).instance(instance),
+                    Change::to(JobStatus::Provisioning, at(t)).worker(job_model::WorkerRun {
+                        instance_id: instance.into(),
+                        instance_type: "c5.xlarge".into(),
+                        market: if t == 1 {
+                            job_model::Market::Spot
+                        } else {
+                            job_model::Market::OnDemand
+                        },
+                        on_demand_because: (t > 1).then(|| "reclaimed before".to_owned()),
+                        launched_at: at(t),
+                    }),
                 )
                 .await
                 .expect("provision");
@@ -603,7 +613,59 @@ async fn a_lost_worker_gives_way_to_the_next_attempt(store: Arc<dyn JobStore>) {
             shown.error.as_ref().map(|e| e.code.as_str()),
             Some("heartbeat_lost")
         );
+        // Both workers are on the record, first first, with how each was bought.
+        let workers: Vec<_> = shown
+            .workers
+            .iter()
+            .map(|w| {
+                (
+                    w.instance_id.as_str(),
+                    w.market,
+                    w.on_demand_because.as_deref(),
+                    w.launched_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            workers,
+            vec![
+                ("i-first", job_model::Market::Spot, None, at(1)),
+                (
+                    "i-second",
+                    job_model::Market::OnDemand,
+                    Some("reclaimed before"),
+                    at(7)
+                ),
+            ]
+        );
     }
+    // The first worker's outcome, written late against the status alone, would land on the
+    // second worker's attempt: held by the first, it is refused; the second's own is not.
+    assert!(matches!(
+        store
+            .transition(
+                &j.job_id,
+                Expect::status(JobStatus::Running).held_by("i-first"),
+                Change::to(JobStatus::Failed, at(8)),
+            )
+            .await,
+        Err(StoreError::Conflict {
+            current: JobStatus::Running,
+            ..
+        })
+    ));
+    let progressed = store
+        .transition(
+            &j.job_id,
+            Expect::status(JobStatus::Running).held_by("i-second"),
+            Change::retry(at(9), 3, ErrorBody::new("worker_stopped", "stopped")),
+        )
+        .await
+        .expect("the holder's own write");
+    assert_eq!(
+        (progressed.status, progressed.attempt),
+        (JobStatus::Pending, 3)
+    );
     // Still one active job: the limit counts it once.
     let other = job("key-a", at(8), None);
     assert!(matches!(

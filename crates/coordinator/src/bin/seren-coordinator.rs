@@ -46,6 +46,11 @@ struct ServeArgs {
     /// and memory-optimised types up to 16 vCPUs.
     #[arg(long, env = "SEREN_ALLOWED_INSTANCE_TYPES", value_delimiter = ',')]
     allowed_instance_types: Vec<String>,
+    /// The copy throughput, in MB (10^6 bytes) of source database per second, that a dry run's
+    /// duration and cost estimate assume: the default is the slowest set of the project's
+    /// benchmark on 2 cores; set your deployment's own figure from a finished job.
+    #[arg(long, env = "SEREN_ESTIMATE_MB_PER_SEC", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    estimate_mb_per_sec: u64,
     /// Seconds between reaper passes in the local server (0: never).
     #[arg(long, env = "SEREN_REAP_INTERVAL_SECS", default_value_t = 60)]
     reap_interval_secs: u64,
@@ -101,6 +106,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             } else {
                 args.allowed_instance_types.clone()
             },
+            estimate_throughput_bytes_per_sec: args.estimate_mb_per_sec * 1_000_000,
             ..Settings::default()
         },
     };

@@ -16,11 +16,11 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
-use job_model::{Job, Timestamp};
+use job_model::{Job, Market, Timestamp, WorkerRun};
 
 use super::grant::WorkerGrants;
 use super::{
-    instance_type_for, ProvisionError, Provisioner, Worker, JOB_ID_TAG, MANAGED_BY_TAG,
+    instance_type_for, Plan, ProvisionError, Provisioner, Worker, JOB_ID_TAG, MANAGED_BY_TAG,
     MANAGED_BY_VALUE,
 };
 
@@ -183,9 +183,9 @@ impl Ec2Provisioner {
                         .find(|t| t.key() == Some(JOB_ID_TAG))
                         .and_then(|t| t.value())
                         .map(str::to_owned),
-                    launched_at: inst
-                        .launch_time()
-                        .map(|t| Timestamp::from_unix_millis(t.to_millis().unwrap_or(0))),
+                    launched_at: inst.launch_time().map(timestamp),
+                    instance_type: inst.instance_type().map(|t| t.as_str().to_owned()),
+                    market: Some(market_of(inst)),
                 });
             }
         }
@@ -200,7 +200,7 @@ impl Ec2Provisioner {
         spot: bool,
         attempt: usize,
     ) -> Result<
-        String,
+        Option<(String, Option<Timestamp>)>,
         SdkError<
             aws_sdk_ec2::operation::run_instances::RunInstancesError,
             aws_sdk_ec2::config::http::HttpResponse,
@@ -262,29 +262,67 @@ impl Ec2Provisioner {
             );
         }
         let out = req.send().await?;
-        Ok(out
-            .instances()
-            .first()
-            .and_then(|i| i.instance_id())
-            .unwrap_or_default()
-            .to_owned())
+        Ok(out.instances().first().and_then(|i| {
+            i.instance_id()
+                .filter(|id| !id.is_empty())
+                .map(|id| (id.to_owned(), i.launch_time().map(timestamp)))
+        }))
+    }
+}
+
+fn timestamp(t: &aws_sdk_ec2::primitives::DateTime) -> Timestamp {
+    Timestamp::from_unix_millis(t.to_millis().unwrap_or(0))
+}
+
+fn market_of(inst: &aws_sdk_ec2::types::Instance) -> Market {
+    match inst.instance_lifecycle() {
+        Some(aws_sdk_ec2::types::InstanceLifecycleType::Spot) => Market::Spot,
+        _ => Market::OnDemand,
     }
 }
 
 #[async_trait]
 impl Provisioner for Ec2Provisioner {
-    async fn launch(&self, job: &Job) -> Result<String, ProvisionError> {
+    fn plan(&self, job: &Job) -> Plan {
+        let instance_type = instance_type_for(job, self.config.default_instance_type.as_deref());
+        // A job whose spot worker was reclaimed before goes on on-demand: the next one could
+        // be reclaimed as well, and each interruption costs the work since the last unit.
+        let reclaimed_before =
+            job.attempt > 1 && job.error.as_ref().is_some_and(|e| e.code == "interrupted");
+        let (market, on_demand_because) = match (self.config.use_spot, reclaimed_before) {
+            (true, false) => (Market::Spot, None),
+            (true, true) => (
+                Market::OnDemand,
+                Some("its spot worker was reclaimed before".to_owned()),
+            ),
+            (false, _) => (Market::OnDemand, None),
+        };
+        Plan {
+            instance_type,
+            market,
+            on_demand_because,
+        }
+    }
+
+    async fn launch(&self, job: &Job) -> Result<WorkerRun, ProvisionError> {
         // AWS makes a repeated ClientToken idempotent; look first anyway, so that a retried
         // launch never makes a second worker even where the token is not honoured.
+        let plan = self.plan(job);
         if let Some(w) = self.describe(Some(&job.job_id)).await?.into_iter().next() {
             // Its grant may not have been made (the earlier launch stopped in between); a
             // grant of the same name and parameters is not made twice.
             if let Some(g) = &self.config.grants {
                 g.create(&job.job_id, &w.instance_id).await?;
             }
-            return Ok(w.instance_id);
+            return Ok(WorkerRun {
+                instance_id: w.instance_id,
+                instance_type: w.instance_type.unwrap_or(plan.instance_type),
+                market: w.market.unwrap_or(plan.market),
+                on_demand_because: None,
+                launched_at: w.launched_at.unwrap_or_else(Timestamp::now),
+            });
         }
-        let instance_type = instance_type_for(job, self.config.default_instance_type.as_deref());
+        let instance_type = plan.instance_type;
         let subnets: Vec<Option<&str>> = if self.config.subnet_ids.is_empty() {
             vec![None]
         } else {
@@ -294,21 +332,23 @@ impl Provisioner for Ec2Provisioner {
                 .map(|s| Some(s.as_str()))
                 .collect()
         };
-        // A job whose spot worker was reclaimed before goes on on-demand: the next one could
-        // be reclaimed as well, and each interruption costs the work since the last unit.
-        let reclaimed_before =
-            job.attempt > 1 && job.error.as_ref().is_some_and(|e| e.code == "interrupted");
-        let markets: &[bool] = if self.config.use_spot && !reclaimed_before {
+        let markets: &[bool] = if plan.market == Market::Spot {
             &[true, false]
         } else {
             &[false]
         };
         let mut last = String::new();
+        // Why the first on-demand try is on-demand: the plan's reason, or spot's refusal.
+        let mut on_demand_because = plan.on_demand_because;
+        let mut spot_refusal = None;
         let mut attempt = 0;
         for &spot in markets {
+            if !spot && on_demand_because.is_none() {
+                on_demand_because = spot_refusal.take();
+            }
             for subnet in &subnets {
                 match self.run(job, &instance_type, *subnet, spot, attempt).await {
-                    Ok(id) if !id.is_empty() => {
+                    Ok(Some((id, launched_at))) => {
                         tracing::info!(job_id = %job.job_id, instance_id = %id, %instance_type, spot, "launched worker");
                         if let Some(g) = &self.config.grants {
                             if let Err(e) = g.create(&job.job_id, &id).await {
@@ -317,9 +357,15 @@ impl Provisioner for Ec2Provisioner {
                                 return Err(e);
                             }
                         }
-                        return Ok(id);
+                        return Ok(WorkerRun {
+                            instance_id: id,
+                            instance_type,
+                            market: if spot { Market::Spot } else { Market::OnDemand },
+                            on_demand_because: if spot { None } else { on_demand_because },
+                            launched_at: launched_at.unwrap_or_else(Timestamp::now),
+                        });
                     }
-                    Ok(_) => {
+                    Ok(None) => {
                         return Err(ProvisionError::Backend {
                             message: "EC2 RunInstances returned no instance".into(),
                             retryable: true,
@@ -334,6 +380,11 @@ impl Provisioner for Ec2Provisioner {
                         if CAPACITY_CODES.contains(&code.as_str()) {
                             tracing::warn!(job_id = %job.job_id, %code, spot, subnet = subnet.unwrap_or("-"), "no capacity, trying the next option");
                             last = format!("{code} for {instance_type}");
+                            if spot {
+                                spot_refusal = Some(format!(
+                                    "spot capacity refused: {code} for {instance_type}"
+                                ));
+                            }
                             attempt += 1;
                             continue;
                         }

@@ -17,12 +17,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use job_model::{Job, Timestamp};
+use job_model::{Job, Market, Timestamp, WorkerRun};
 use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-use super::{ProvisionError, Provisioner, Worker};
+use super::{Plan, ProvisionError, Provisioner, Worker};
+
+/// The instance type a local worker is recorded with.
+const LOCAL: &str = "local";
+
+fn local_run(instance_id: &str, launched_at: Timestamp) -> WorkerRun {
+    WorkerRun {
+        instance_id: instance_id.to_owned(),
+        instance_type: LOCAL.into(),
+        market: Market::Local,
+        on_demand_because: None,
+        launched_at,
+    }
+}
 
 /// How worker processes are started.
 #[derive(Debug, Clone)]
@@ -151,11 +164,19 @@ fn signal(pid: u32, sig: Signal) {
 
 #[async_trait]
 impl Provisioner for LocalProvisioner {
-    async fn launch(&self, job: &Job) -> Result<String, ProvisionError> {
+    fn plan(&self, _job: &Job) -> Plan {
+        Plan {
+            instance_type: LOCAL.into(),
+            market: Market::Local,
+            on_demand_because: None,
+        }
+    }
+
+    async fn launch(&self, job: &Job) -> Result<WorkerRun, ProvisionError> {
         let mut workers = self.workers.lock().await;
         if let Some(r) = workers.get_mut(&job.job_id) {
             if alive(r) {
-                return Ok(r.instance_id.clone());
+                return Ok(local_run(&r.instance_id, r.launched_at));
             }
         }
         let (stdout, stderr) = match &self.config.log_dir {
@@ -191,15 +212,16 @@ impl Provisioner for LocalProvisioner {
         let pid = child.id().unwrap_or_default();
         let instance_id = format!("local-{pid}");
         tracing::info!(job_id = %job.job_id, %instance_id, "started local worker");
+        let launched_at = Timestamp::now();
         workers.insert(
             job.job_id.clone(),
             Running {
                 child,
                 instance_id: instance_id.clone(),
-                launched_at: Timestamp::now(),
+                launched_at,
             },
         );
-        Ok(instance_id)
+        Ok(local_run(&instance_id, launched_at))
     }
 
     async fn terminate(&self, job_id: &str) -> Result<Vec<String>, ProvisionError> {
@@ -280,11 +302,15 @@ impl Provisioner for LocalProvisioner {
                 instance_id: r.instance_id.clone(),
                 job_id: Some(job.clone()),
                 launched_at: Some(r.launched_at),
+                instance_type: Some(LOCAL.into()),
+                market: Some(Market::Local),
             })
             .chain(adopted.into_iter().map(|(pid, job)| Worker {
                 instance_id: format!("local-{pid}"),
                 job_id: Some(job),
                 launched_at: None,
+                instance_type: Some(LOCAL.into()),
+                market: Some(Market::Local),
             }))
             .collect())
     }
@@ -316,8 +342,8 @@ mod tests {
         let stack = Job::new_id();
         let before = LocalProvisioner::new(config(&stack));
         let (a, b) = (job(), job());
-        let instance_a = before.launch(&a).await.expect("launch a");
-        let instance_b = before.launch(&b).await.expect("launch b");
+        let instance_a = before.launch(&a).await.expect("launch a").instance_id;
+        let instance_b = before.launch(&b).await.expect("launch b").instance_id;
 
         // The same stack after a restart: it knows the workers from their environment.
         let after = LocalProvisioner::new(config(&stack));

@@ -9,7 +9,7 @@ pub mod grant;
 pub mod local;
 
 use async_trait::async_trait;
-use job_model::{Job, Timestamp};
+use job_model::{Job, Market, Timestamp, WorkerRun};
 
 /// Tag on every instance this system starts; scoping for termination and the reaper.
 pub const MANAGED_BY_TAG: &str = "ManagedBy";
@@ -46,6 +46,10 @@ pub struct Worker {
     pub job_id: Option<String>,
     /// When it was started.
     pub launched_at: Option<Timestamp>,
+    /// Its instance type (`local` for a local worker), when the provider says.
+    pub instance_type: Option<String>,
+    /// How it was bought, when the provider says.
+    pub market: Option<Market>,
 }
 
 /// Why an instance went away, as far as its provider says.
@@ -81,16 +85,32 @@ impl Gone {
     }
 }
 
+/// What a worker for a job would be, before it is asked for: the dry run's estimate and the
+/// launch read this one answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The instance type ([`instance_type_for`], or `local`).
+    pub instance_type: String,
+    /// How it is bought first (a spot refusal may still end on on-demand).
+    pub market: Market,
+    /// Why on-demand when the deployment asks for spot first.
+    pub on_demand_because: Option<String>,
+}
+
 /// Starts and stops workers.
 #[async_trait]
 pub trait Provisioner: Send + Sync + std::fmt::Debug {
-    /// Start a worker for `job` and return its instance id. Idempotent per job: when a live
-    /// worker for the job exists already, its id is returned and nothing new starts.
+    /// What [`Provisioner::launch`] would ask for `job` now.
+    fn plan(&self, job: &Job) -> Plan;
+
+    /// Start a worker for `job` and say which (instance, type, market, launch time).
+    /// Idempotent per job: when a live worker for the job exists already, it is returned and
+    /// nothing new starts.
     ///
     /// # Errors
     /// [`ProvisionError::Capacity`] when no worker can be had now, others when the
     /// configuration or backend fails.
-    async fn launch(&self, job: &Job) -> Result<String, ProvisionError>;
+    async fn launch(&self, job: &Job) -> Result<WorkerRun, ProvisionError>;
 
     /// Stop every worker of `job_id` (only workers this system started); returns the ids it
     /// asked to stop. Idempotent.
@@ -134,7 +154,7 @@ pub trait Provisioner: Send + Sync + std::fmt::Debug {
 }
 
 /// Start a worker for `job`, which is `pending` (new, or after its worker was lost), and
-/// record it (`provisioning`, with the instance); when no worker can be started the job is
+/// record it (`provisioning`, with the instance, added to the job's workers); when no worker can be started the job is
 /// `failed` with the reason (`no_capacity`, `provisioning_failed`). A job that changed
 /// meanwhile (cancelled while launching) keeps its change and the worker is stopped again.
 /// Returns the job's status afterwards.
@@ -148,9 +168,7 @@ pub async fn start_worker(
 ) -> Result<job_model::JobStatus, job_model::StoreError> {
     use job_model::{Change, ErrorBody, Expect, JobStatus, StoreError};
     let change = match provisioner.launch(job).await {
-        Ok(instance_id) => {
-            Change::to(JobStatus::Provisioning, Timestamp::now()).instance(&instance_id)
-        }
+        Ok(worker) => Change::to(JobStatus::Provisioning, Timestamp::now()).worker(worker),
         Err(e) => {
             tracing::warn!(job_id = %job.job_id, error = %e, "provisioning failed");
             let code = match e {

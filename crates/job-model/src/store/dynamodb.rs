@@ -574,6 +574,10 @@ impl JobStore for DynamoStore {
             condition.push_str(" AND version = :v");
             values.push((":v", num(v)));
         }
+        if let Some(i) = &expect.instance_id {
+            condition.push_str(" AND instance_id = :held");
+            values.push((":held", s(i)));
+        }
         if change.to == JobStatus::Running {
             // The first claim's: a later attempt's worker resumes the same job.
             sets.push("started_at = if_not_exists(started_at, :at)");
@@ -603,6 +607,11 @@ impl JobStore for DynamoStore {
         if let Some(a) = change.attempt {
             sets.push("attempt = :att");
             values.push((":att", num(a)));
+        }
+        if let Some(w) = &change.worker {
+            sets.push("workers = list_append(if_not_exists(workers, :nil), :w)");
+            values.push((":nil", AV::L(Vec::new())));
+            values.push((":w", AV::L(vec![to_attr(w)])));
         }
         let mut expression = format!("SET {}", sets.join(", "));
         if change.to.is_terminal() {

@@ -102,12 +102,14 @@ impl Created {
 }
 
 /// The state a conditional write expects to find.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
     /// The status it must have.
     pub status: JobStatus,
     /// The version it must have; `None` to check the status only.
     pub version: Option<u64>,
+    /// The worker it must be held by (`instance_id`); `None` for any.
+    pub instance_id: Option<String>,
 }
 
 impl Expect {
@@ -116,6 +118,7 @@ impl Expect {
         Self {
             status: job.status,
             version: Some(job.version),
+            instance_id: None,
         }
     }
 
@@ -124,7 +127,15 @@ impl Expect {
         Self {
             status,
             version: None,
+            instance_id: None,
         }
+    }
+
+    /// And held by this worker: a worker's own outcome must not land on a job that a later
+    /// attempt's worker holds now (the earlier one was given up for lost, then wrote late).
+    pub fn held_by(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = Some(instance_id.into());
+        self
     }
 }
 
@@ -145,6 +156,8 @@ pub struct Change {
     pub result: Option<crate::report::JobResult>,
     /// A new attempt's number (with `to` = `pending`: another worker will resume the job).
     pub attempt: Option<u32>,
+    /// A worker started for the job (with `to` = `provisioning`), appended to `workers`.
+    pub worker: Option<crate::job::WorkerRun>,
 }
 
 impl Change {
@@ -158,6 +171,7 @@ impl Change {
             progress: None,
             result: None,
             attempt: None,
+            worker: None,
         }
     }
 
@@ -173,6 +187,14 @@ impl Change {
     /// With an instance id.
     pub fn instance(mut self, id: impl Into<String>) -> Self {
         self.instance_id = Some(id.into());
+        self
+    }
+
+    /// With the worker just started for the job: its instance id becomes the job's, and the
+    /// worker is added to the job's list.
+    pub fn worker(mut self, w: crate::job::WorkerRun) -> Self {
+        self.instance_id = Some(w.instance_id.clone());
+        self.worker = Some(w);
         self
     }
 
@@ -401,6 +423,9 @@ pub(crate) fn apply(job: &Job, change: &Change) -> Job {
     }
     if let Some(a) = change.attempt {
         j.attempt = a;
+    }
+    if let Some(w) = &change.worker {
+        j.workers.push(w.clone());
     }
     j
 }

@@ -233,7 +233,11 @@ impl JobStore for Retrying {
                     }
                 }
             }
-            match self.inner.transition(job_id, expect, change.clone()).await {
+            match self
+                .inner
+                .transition(job_id, expect.clone(), change.clone())
+                .await
+            {
                 // A conflict may be this very change, committed by an attempt whose answer was
                 // lost (the backend's SDK retries on its own, below this layer): look before
                 // reporting that someone else got there first.

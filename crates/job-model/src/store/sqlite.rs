@@ -320,7 +320,13 @@ impl JobStore for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
             let job = read(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            if job.status != expect.status || expect.version.is_some_and(|v| v != job.version) {
+            if job.status != expect.status
+                || expect.version.is_some_and(|v| v != job.version)
+                || expect
+                    .instance_id
+                    .as_ref()
+                    .is_some_and(|i| job.instance_id.as_ref() != Some(i))
+            {
                 return Err(conflict(&job));
             }
             let next = apply(&job, &change);
