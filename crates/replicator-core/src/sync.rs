@@ -658,27 +658,66 @@ pub async fn run_in_progress(source: &Client, names: &SyncNames) -> Result<Optio
         .map(|r| r.get(0)))
 }
 
-/// Take the run lock of `names` on a new source session.
+/// Take the run lock of `names` on a new source session. With `take_over`, a lock held by a
+/// session of this tool (its `application_name`) is taken from it: the caller knows that the
+/// run which held it is gone (a remote job's next worker, started after the one before was
+/// given up for lost and its instance terminated), but the source may not know yet: a
+/// connection from a machine that lost power stays open on the server until its TCP keepalive
+/// gives up, two hours by default. The session is ended and the lock taken once it is gone.
 ///
 /// # Errors
-/// [`Error::RunInProgress`] when another run into the same target holds it; [`Error::Connect`] /
+/// [`Error::RunInProgress`] when another run into the same target holds it (or, with
+/// `take_over`, a session that is not this tool's, or one it may not end); [`Error::Connect`] /
 /// [`Error::Sql`].
 pub async fn lock_run(
     source_url: &ConnUrl,
     names: &SyncNames,
     target: &ConnUrl,
+    take_over: bool,
 ) -> Result<RunLock> {
     let session = crate::connect::connect(source_url, Side::Source).await?;
     let (class, key) = lock_key(names);
-    let got: bool = session
-        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &key])
-        .await
-        .map_err(|e| Error::sql(Side::Source, "take the run lock", e))?
-        .get(0);
-    if got {
+    let try_lock = || async {
+        session
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &key])
+            .await
+            .map_err(|e| Error::sql(Side::Source, "take the run lock", e))
+            .map(|r| r.get::<_, bool>(0))
+    };
+    if try_lock().await? {
         return Ok(RunLock { _session: session });
     }
     let holder = run_in_progress(&session, names).await?;
+    if let (true, Some(pid)) = (take_over, holder) {
+        let app = source_url
+            .application_name
+            .as_deref()
+            .unwrap_or(crate::connect::APPLICATION_NAME);
+        // Ended only when it is ours: the same application name, never this session.
+        let ended: Option<bool> = match session
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = $1 AND application_name = $2 AND pid <> pg_backend_pid()",
+                &[&pid, &app],
+            )
+            .await
+        {
+            Ok(row) => row.map(|r| r.get(0)),
+            // Not allowed to signal it (another role's session, no pg_signal_backend).
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Some(false),
+            Err(e) => return Err(Error::sql(Side::Source, "end the lost run's session", e)),
+        };
+        if ended == Some(true) {
+            for _ in 0..100 {
+                if try_lock().await? {
+                    tracing::warn!(pid, "took the run lock from the session of a lost run");
+                    return Ok(RunLock { _session: session });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let holder = run_in_progress(&session, names).await?.or(holder);
     Err(Error::RunInProgress(format!(
         "another postgres-seren-replicator run into {} is in progress{}: wait for it to end{}",
         target.redacted(),

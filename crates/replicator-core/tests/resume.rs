@@ -79,3 +79,81 @@ fn interrupted_run_resumes_without_duplicates_or_losses() {
     assert_same(&src, "awkward", &dst, "copy");
     assert!(!dst.log().contains("duplicate key"));
 }
+
+/// A run lock still held on the source by a session of a run that is gone (a remote job's
+/// worker on an instance that lost power: the server keeps its connection for hours) blocks
+/// the next run, which says who holds it; a remote job's next worker (`take_over_lost_run`)
+/// ends that session and goes on, but never one of another application.
+#[test]
+fn a_lost_runs_lock_is_taken_over_only_when_the_run_is_known_gone() {
+    let src = Cluster::start(&Options::source());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
+    );
+    let dst = Cluster::start(&Options::target());
+    let opts = options(&src, "app", &dst, "copy");
+    let names = replicator_core::sync::SyncNames::for_target(&opts.target);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let holder_pid = || -> Option<i32> {
+        let out = src.psql(
+            "app",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2",
+        );
+        out.trim().parse().ok()
+    };
+
+    // Held by a session of another application: refused, even when taking over.
+    let mut foreign = opts.source.clone();
+    foreign.application_name = Some("someone-else".into());
+    let held = rt
+        .block_on(replicator_core::sync::lock_run(
+            &foreign,
+            &names,
+            &opts.target,
+            false,
+        ))
+        .expect("lock");
+    let mut take_over = opts.clone();
+    take_over.take_over_lost_run = true;
+    let (refused, _) = run_init(take_over.clone());
+    match refused {
+        Err(Error::RunInProgress(m)) => assert!(m.contains("source session"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    // Held by one of ours that is gone for the caller: a plain run is refused, naming the
+    // session; the next worker of a lost run ends it and copies.
+    let zombie = rt
+        .block_on(replicator_core::sync::lock_run(
+            &opts.source,
+            &names,
+            &opts.target,
+            false,
+        ))
+        .expect("lock");
+    let pid = holder_pid().expect("the lock is held");
+    let (refused, _) = run_init(opts.clone());
+    match refused {
+        Err(Error::RunInProgress(m)) => {
+            assert!(m.contains(&format!("pg_terminate_backend({pid})")), "{m}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let (result, _) = run_init(take_over);
+    result.expect("the next worker takes the lock over and copies");
+    let alive = src.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+    );
+    assert_eq!(alive.trim(), "0", "the lost run's session was ended");
+    assert_same(&src, "app", &dst, "copy");
+    drop(zombie);
+}

@@ -401,7 +401,8 @@ async fn cancel_asked(store: &Arc<dyn JobStore>, cfg: &Config) -> Result<bool, W
 
 /// Record the final status, trying again under [`Config::outcome_backoff`] while the store
 /// says it may help (a completed copy must not become `heartbeat_lost` for one throttled
-/// write); a conflict (the reaper or a cancel got there first) is logged, not an error.
+/// write); a conflict (the reaper or a cancel got there first, or the job is another
+/// worker's now) is logged, not an error.
 async fn finish(
     store: &Arc<dyn JobStore>,
     cfg: &Config,
@@ -409,10 +410,10 @@ async fn finish(
 ) -> Result<(), WorkerError> {
     let to = change.to;
     let store = Retrying::new(store.clone(), cfg.outcome_backoff);
-    match store
-        .transition(&cfg.job_id, Expect::status(JobStatus::Running), change)
-        .await
-    {
+    // Held by this instance: a worker given up for lost that writes late must not end (or
+    // hand on) the attempt of the worker that replaced it.
+    let expect = Expect::status(JobStatus::Running).held_by(&cfg.instance_id);
+    match store.transition(&cfg.job_id, expect, change).await {
         Ok(_) => {
             tracing::info!(job_id = %cfg.job_id, status = %to, "recorded the outcome");
             Ok(())
@@ -563,6 +564,10 @@ pub async fn run_watched(
             // before copied (and the engine refuses --resume with --drop-existing).
             opts.drop_existing = false;
         }
+        // The worker before was given up for lost and its instance terminated (or it was this
+        // instance's own worker, restarted): a run lock its sessions still hold on the source
+        // is a dead machine's, which the source may not notice for hours.
+        opts.take_over_lost_run = resumed;
     }
 
     let watch_stall = matches!(work, Work::Init(_));

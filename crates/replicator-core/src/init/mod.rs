@@ -70,6 +70,11 @@ pub struct InitOptions {
     pub drop_existing: bool,
     /// Finish an interrupted run instead of refusing its target.
     pub resume: bool,
+    /// The run before is known to be gone (a remote job's next worker): a run lock still held
+    /// by a session of this tool is taken from it rather than refused (see
+    /// [`crate::sync::lock_run`]). Never for a local run: there, another person's live run
+    /// may hold it.
+    pub take_over_lost_run: bool,
     /// How to split large tables.
     pub split: SplitPolicy,
     /// COPY format.
@@ -100,6 +105,7 @@ impl InitOptions {
             filter: Filter::default(),
             drop_existing: false,
             resume: false,
+            take_over_lost_run: false,
             split: SplitPolicy {
                 size: SplitSize::Auto,
                 max_parts: 64,

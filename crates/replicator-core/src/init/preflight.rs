@@ -86,7 +86,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
 
     // From here on this run owns the target's name on the source: another run into the same
     // target is refused, and no sweep takes this run's slot for a leftover.
-    let lock = sync::lock_run(&o.source, names, &o.target).await?;
+    let lock = sync::lock_run(&o.source, names, &o.target, o.take_over_lost_run).await?;
     let sweep = sync::sweep(&source, &o.target, names, true).await?;
     for d in sweep.dropped {
         ctx.warn(format!("dropped the {d}"));
