@@ -5,6 +5,7 @@ locals {
   api_routes = [
     "GET /health",
     "POST /jobs",
+    "POST /estimates",
     "GET /jobs",
     "GET /jobs/{job_id}",
     "POST /jobs/{job_id}/cancel",

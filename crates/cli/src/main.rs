@@ -435,7 +435,19 @@ async fn remote_init(args: InitArgs) -> anyhow::Result<()> {
         filter: spec.filter,
     };
     if args.dry_run {
-        let answer = api.estimate(&request).await?;
+        // No password leaves this machine for an estimate: the URLs go without them.
+        let request = job_model::api::SubmitRequest {
+            source_url: source.redacted(),
+            target_url: target.redacted(),
+            ..request
+        };
+        let answer = api.estimate(&request).await.map_err(|e| {
+            if e.to_string().contains("not_found") {
+                anyhow::anyhow!("this control plane has no estimates (POST /estimates): it is older than this CLI; update the deployment, or leave out --dry-run")
+            } else {
+                e
+            }
+        })?;
         drop(request);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -156,13 +156,13 @@ impl Api {
         self.call(Method::POST, "/jobs", Some(req), Some(key)).await
     }
 
-    /// `POST /jobs?dry_run=true`: what the job would run on and cost; nothing is submitted.
+    /// `POST /estimates`: what the job would run on and cost; nothing is submitted (a
+    /// coordinator without the route answers 404, never starts the job).
     ///
     /// # Errors
     /// When the API refuses the request or cannot be reached.
     pub async fn estimate(&self, req: &SubmitRequest) -> anyhow::Result<DryRunResponse> {
-        self.call(Method::POST, "/jobs?dry_run=true", Some(req), None)
-            .await
+        self.call(Method::POST, "/estimates", Some(req), None).await
     }
 
     /// `GET /jobs/{id}`.

@@ -78,6 +78,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/jobs", post(submit).get(list))
+        .route("/estimates", post(estimate))
         .route("/jobs/{job_id}", get(show))
         .route("/jobs/{job_id}/cancel", post(cancel))
         .fallback(|| async { ApiError::not_found("no such route; see docs/api.md") })
@@ -111,22 +112,11 @@ fn seal_error(e: &job_model::SealError) -> ApiError {
     }
 }
 
-/// `POST /jobs` query parameters.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitQuery {
-    /// Estimate instead of starting: nothing is stored, sealed or launched.
-    dry_run: Option<bool>,
-}
-
-async fn submit(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    query: Result<Query<SubmitQuery>, QueryRejection>,
+/// The submit body, read and validated as `POST /jobs` and `POST /estimates` both read it.
+fn submitted_body(
+    state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let owner = caller(&state, &headers)?;
-    let Query(query) = query.map_err(|r| ApiError::invalid(format!("query: {}", r.body_text())))?;
+) -> Result<(SubmitRequest, validate::Valid), ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(state.settings.max_body_bytes)
@@ -143,6 +133,29 @@ async fn submit(
         .map_err(|e| ApiError::invalid(format!("request body: {e}")))?;
     drop(body);
     let valid = validate::submit(&req, &state.settings.allowed_instance_types)?;
+    Ok((req, valid))
+}
+
+/// `POST /estimates`: what a job with this body would run on and cost; nothing is sealed,
+/// stored or launched. A route of its own, so that a coordinator without it answers 404
+/// instead of starting the job.
+async fn estimate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DryRunResponse>, ApiError> {
+    let owner = caller(&state, &headers)?;
+    let (req, valid) = submitted_body(&state, body)?;
+    Ok(Json(dry_run(&state, owner, &req, &valid)?))
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let owner = caller(&state, &headers)?;
+    let (req, valid) = submitted_body(&state, body)?;
     let idempotency_key = headers
         .get("idempotency-key")
         .map(|v| {
@@ -151,9 +164,6 @@ async fn submit(
                 .and_then(validate::idempotency_key)
         })
         .transpose()?;
-    if query.dry_run == Some(true) {
-        return Ok(Json(dry_run(&state, owner, &req, &valid)?).into_response());
-    }
 
     let job_id = Job::new_id();
     let SubmitRequest {
@@ -245,8 +255,8 @@ fn dry_run(
 ) -> Result<DryRunResponse, ApiError> {
     if req.command != job_model::Command::Init {
         return Err(ApiError::invalid(format!(
-            "dry_run estimates init jobs (a copy); a {} job is not estimated: submit it without \
-             dry_run",
+            "estimates are for init jobs (a copy); a {} job is not estimated: submit it to \
+             POST /jobs",
             req.command
         )));
     }

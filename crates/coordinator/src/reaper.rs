@@ -58,6 +58,10 @@ pub struct Report {
     /// Jobs whose worker was lost and that got a new one, which resumes them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub relaunched: Vec<String>,
+    /// Jobs waiting for their lost worker to end (an instance still shutting down) before the
+    /// next one starts, at a later pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
     /// Worker instances terminated.
     pub terminated: Vec<String>,
     /// Jobs whose finished workers' KMS grants were revoked.
@@ -404,6 +408,25 @@ async fn relaunch(
                 job.job_id
             ));
             return;
+        }
+    }
+    // Not while the lost one may still run its clean-up (an instance shutting down, a process
+    // in its stop grace): the next worker takes over what the lost one holds on the servers,
+    // so the two must never overlap. A later pass starts it.
+    if let Some(lost) = &job.instance_id {
+        match provisioner.is_gone(lost).await {
+            Ok(true) => {}
+            Ok(false) => {
+                report.waiting.push(job.job_id.clone());
+                return;
+            }
+            Err(e) => {
+                report.failures.push(format!(
+                    "see whether the lost worker {lost} of job {} has ended: {e}",
+                    job.job_id
+                ));
+                return;
+            }
         }
     }
     match crate::provision::start_worker(store, provisioner, job).await {

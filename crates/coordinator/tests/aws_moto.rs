@@ -433,7 +433,7 @@ async fn the_api_on_dynamodb_kms_and_ec2_keeps_operator_queries_working_and_no_p
     );
     let dry = call(
         &router,
-        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&sized)),
+        request("POST", "/estimates", Some(KEY_A), Some(&sized)),
     )
     .await;
     assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);

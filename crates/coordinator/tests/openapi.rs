@@ -72,6 +72,7 @@ async fn every_documented_operation_is_served_and_nothing_else() {
     let expected: BTreeSet<String> = [
         "get /health",
         "post /jobs",
+        "post /estimates",
         "get /jobs",
         "get /jobs/{job_id}",
         "post /jobs/{job_id}/cancel",

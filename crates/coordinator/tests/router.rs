@@ -114,7 +114,7 @@ async fn a_dry_run_estimates_and_starts_nothing() {
     );
     let a = call(
         &f.router,
-        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&sized)),
+        request("POST", "/estimates", Some(KEY_A), Some(&sized)),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -141,36 +141,25 @@ async fn a_dry_run_estimates_and_starts_nothing() {
     let bad = sized.replace(r#""jobs":4"#, r#""jobs":0"#);
     let a = call(
         &f.router,
-        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&bad)),
+        request("POST", "/estimates", Some(KEY_A), Some(&bad)),
     )
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     let verify = sized.replace(r#""command":"init""#, r#""command":"verify""#);
     let a = call(
         &f.router,
-        request("POST", "/jobs?dry_run=true", Some(KEY_A), Some(&verify)),
+        request("POST", "/estimates", Some(KEY_A), Some(&verify)),
     )
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
-    assert!(a.body.contains("dry_run estimates init jobs"), "{}", a.body);
-    let a = call(
-        &f.router,
-        request("POST", "/jobs?dryrun=true", Some(KEY_A), Some(&sized)),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
-    assert!(a.body.contains("dryrun"), "{}", a.body);
+    assert!(a.body.contains("estimates are for init jobs"), "{}", a.body);
     // Without a key, no estimate either.
-    let a = call(
-        &f.router,
-        request("POST", "/jobs?dry_run=true", None, Some(&sized)),
-    )
-    .await;
+    let a = call(&f.router, request("POST", "/estimates", None, Some(&sized))).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    // dry_run=false submits.
+    // The same body submitted starts the job.
     let a = call(
         &f.router,
-        request("POST", "/jobs?dry_run=false", Some(KEY_A), Some(&sized)),
+        request("POST", "/jobs", Some(KEY_A), Some(&sized)),
     )
     .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);

@@ -1,4 +1,4 @@
-//! The HTTP API's request and response bodies (`/jobs`, `/jobs?dry_run=true`, `/jobs/{job_id}`,
+//! The HTTP API's request and response bodies (`/jobs`, `/estimates`, `/jobs/{job_id}`,
 //! `/health`).
 //!
 //! Requests refuse unknown fields, naming them, so a misspelt option is an error rather than
@@ -39,7 +39,7 @@ impl SubmitRequest {
     }
 }
 
-/// `POST /jobs?dry_run=true`: nothing is stored or started; the answer (200) is what the job
+/// `POST /estimates`: nothing is stored or started; the answer (200) is what the job
 /// would run on and cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DryRunResponse {

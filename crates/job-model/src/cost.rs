@@ -111,7 +111,7 @@ fn dollars(per_hour: f64, seconds: u64) -> f64 {
     (per_hour * seconds as f64 / 3600.0 * 1000.0).round() / 1000.0
 }
 
-/// What a job would cost, before it starts (`init --remote --dry-run`, `POST /jobs?dry_run=true`).
+/// What a job would cost, before it starts (`init --remote --dry-run`, `POST /estimates`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     /// The instance type the coordinator would launch.
@@ -236,7 +236,8 @@ pub fn usage(job: &Job, now: Timestamp) -> Option<Usage> {
     } else {
         None
     };
-    let ongoing = last_end.is_none();
+    // A job waiting for its next worker goes on costing: it is not done.
+    let ongoing = !job.status.is_terminal();
     let mut workers = Vec::with_capacity(job.workers.len());
     let mut hours = 0.0;
     let mut total = Some(0.0);
@@ -376,7 +377,7 @@ mod tests {
         running.status = JobStatus::Pending;
         running.updated_at = Timestamp::from_unix_millis(t0 + 300_000);
         let u = usage(&running, Timestamp::from_unix_millis(t0 + 600_000)).expect("usage");
-        assert!(!u.ongoing);
+        assert!(u.ongoing, "the next worker is about to be billed");
         assert_eq!(u.workers[0].billed_seconds, 300);
 
         // A type without a price: hours yes, cost no. A local worker: neither hours nor cost.

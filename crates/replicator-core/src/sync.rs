@@ -658,22 +658,23 @@ pub async fn run_in_progress(source: &Client, names: &SyncNames) -> Result<Optio
         .map(|r| r.get(0)))
 }
 
-/// Take the run lock of `names` on a new source session. With `take_over`, a lock held by a
-/// session of this tool (its `application_name`) is taken from it: the caller knows that the
-/// run which held it is gone (a remote job's next worker, started after the one before was
-/// given up for lost and its instance terminated), but the source may not know yet: a
-/// connection from a machine that lost power stays open on the server until its TCP keepalive
-/// gives up, two hours by default. The session is ended and the lock taken once it is gone.
+/// Take the run lock of `names` on a new source session. With `take_over` (an
+/// `application_name` prefix), a lock held by a session whose `application_name` starts with it
+/// is taken from it: the caller knows that the runs named so are gone (a remote job's next
+/// worker, started after the one before was given up for lost and had ended: the prefix names
+/// that job's workers only), but the source may not know yet: a connection from a machine that
+/// lost power stays open on the server until its TCP keepalive gives up, two hours by default.
+/// The session is ended and the lock taken once it is gone.
 ///
 /// # Errors
-/// [`Error::RunInProgress`] when another run into the same target holds it (or, with
-/// `take_over`, a session that is not this tool's, or one it may not end); [`Error::Connect`] /
+/// [`Error::RunInProgress`] when another run into the same target holds it (with `take_over`,
+/// one not named by the prefix, or one this role may not end); [`Error::Connect`] /
 /// [`Error::Sql`].
 pub async fn lock_run(
     source_url: &ConnUrl,
     names: &SyncNames,
     target: &ConnUrl,
-    take_over: bool,
+    take_over: Option<&str>,
 ) -> Result<RunLock> {
     let session = crate::connect::connect(source_url, Side::Source).await?;
     let (class, key) = lock_key(names);
@@ -688,17 +689,14 @@ pub async fn lock_run(
         return Ok(RunLock { _session: session });
     }
     let holder = run_in_progress(&session, names).await?;
-    if let (true, Some(pid)) = (take_over, holder) {
-        let app = source_url
-            .application_name
-            .as_deref()
-            .unwrap_or(crate::connect::APPLICATION_NAME);
-        // Ended only when it is ours: the same application name, never this session.
+    if let (Some(prefix), Some(pid)) = (take_over.filter(|p| !p.is_empty()), holder) {
+        // Ended only when the prefix names it, never this session.
         let ended: Option<bool> = match session
             .query_opt(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE pid = $1 AND application_name = $2 AND pid <> pg_backend_pid()",
-                &[&pid, &app],
+                 WHERE pid = $1 AND left(application_name, length($2)) = $2 \
+                   AND pid <> pg_backend_pid()",
+                &[&pid, &prefix],
             )
             .await
         {

@@ -201,20 +201,28 @@ pub async fn create_database(
 /// process killed with `kill -9`, whose `psql` child may still be restoring, or whose backends
 /// have not noticed the broken connection yet. Only a run holding the run lock calls this (so no
 /// live run into this target has sessions there); it waits until they are gone, so that the
-/// bookkeeping it reads next can no longer change under it. Returns how many it ended.
+/// bookkeeping it reads next can no longer change under it. `lost` is the `application_name`
+/// prefix of earlier runs known to be gone (see [`crate::init::InitOptions::take_over_lost_run`]):
+/// their sessions are ended too. Returns how many it ended.
 ///
 /// # Errors
 /// [`Error::Sql`].
-pub async fn end_leftover_sessions(maintenance: &Client, target: &ConnUrl) -> Result<usize> {
+pub async fn end_leftover_sessions(
+    maintenance: &Client,
+    target: &ConnUrl,
+    lost: Option<&str>,
+) -> Result<usize> {
     let app = target
         .application_name
         .as_deref()
         .unwrap_or(crate::connect::APPLICATION_NAME);
-    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 \
+    let lost = lost.filter(|p| !p.is_empty()).unwrap_or(app);
+    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+               AND (application_name = $2 OR left(application_name, length($3)) = $3) \
                AND pid <> pg_backend_pid()";
     let fail = |e| Error::sql(Side::Target, "end the sessions of an interrupted run", e);
     let pids: Vec<i32> = maintenance
-        .query(sql, &[&target.dbname, &app])
+        .query(sql, &[&target.dbname, &app, &lost])
         .await
         .map_err(fail)?
         .iter()

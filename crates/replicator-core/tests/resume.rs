@@ -82,8 +82,9 @@ fn interrupted_run_resumes_without_duplicates_or_losses() {
 
 /// A run lock still held on the source by a session of a run that is gone (a remote job's
 /// worker on an instance that lost power: the server keeps its connection for hours) blocks
-/// the next run, which says who holds it; a remote job's next worker (`take_over_lost_run`)
-/// ends that session and goes on, but never one of another application.
+/// the next run, which says who holds it; a remote job's next worker (`take_over_lost_run`,
+/// the prefix its job's workers name their sessions with) ends that session and goes on, but
+/// never one named otherwise (another job's, a local run's).
 #[test]
 fn a_lost_runs_lock_is_taken_over_only_when_the_run_is_known_gone() {
     let src = Cluster::start(&Options::source());
@@ -108,19 +109,21 @@ fn a_lost_runs_lock_is_taken_over_only_when_the_run_is_known_gone() {
         out.trim().parse().ok()
     };
 
-    // Held by a session of another application: refused, even when taking over.
+    // Held by a session of another job's worker: refused, even when taking over.
     let mut foreign = opts.source.clone();
-    foreign.application_name = Some("someone-else".into());
+    foreign.application_name = Some("seren-job/another-job/1".into());
     let held = rt
         .block_on(replicator_core::sync::lock_run(
             &foreign,
             &names,
             &opts.target,
-            false,
+            None,
         ))
         .expect("lock");
     let mut take_over = opts.clone();
-    take_over.take_over_lost_run = true;
+    take_over.source.application_name = Some("seren-job/this-job/2".into());
+    take_over.target.application_name = Some("seren-job/this-job/2".into());
+    take_over.take_over_lost_run = Some("seren-job/this-job/".into());
     let (refused, _) = run_init(take_over.clone());
     match refused {
         Err(Error::RunInProgress(m)) => assert!(m.contains("source session"), "{m}"),
@@ -129,14 +132,16 @@ fn a_lost_runs_lock_is_taken_over_only_when_the_run_is_known_gone() {
     drop(held);
     std::thread::sleep(std::time::Duration::from_millis(300));
 
-    // Held by one of ours that is gone for the caller: a plain run is refused, naming the
-    // session; the next worker of a lost run ends it and copies.
+    // Held by this job's lost worker: a plain run is refused, naming the session; the next
+    // worker of the job ends it and copies.
+    let mut lost = opts.source.clone();
+    lost.application_name = Some("seren-job/this-job/1".into());
     let zombie = rt
         .block_on(replicator_core::sync::lock_run(
-            &opts.source,
+            &lost,
             &names,
             &opts.target,
-            false,
+            None,
         ))
         .expect("lock");
     let pid = holder_pid().expect("the lock is held");

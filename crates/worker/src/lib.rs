@@ -137,12 +137,24 @@ enum Work {
 }
 
 /// The engine's work for a job, or the error to fail it with.
+/// The `application_name` prefix of a job's workers' sessions: `seren-job/<job id>/`, then the
+/// attempt (`seren-job/…/2`), at most 49 characters (the server keeps 63). A job's next worker
+/// takes over what sessions so named still hold (see `take_over_lost_run`): those of its own
+/// job only, never another job's or a local run's (`postgres-seren-replicator`).
+fn session_prefix(job: &Job) -> String {
+    format!("seren-job/{}/", job.job_id)
+}
+
 fn plan_work(job: &Job, source: &str, target: &str, cfg: &Config) -> Result<Work, ErrorBody> {
     let source_text = source;
     let pg_bindir = cfg.pg_bindir.clone();
+    let session_name = format!("{}{}", session_prefix(job), job.attempt);
     let url = |side: &str, text: &str| {
-        let url = ConnUrl::parse_remote(text)
+        let mut url = ConnUrl::parse_remote(text)
             .map_err(|e| ErrorBody::new("invalid_url", format!("{side} URL: {e}")))?;
+        if url.application_name.is_none() {
+            url.application_name = Some(session_name.clone());
+        }
         Ok::<_, ErrorBody>(match &cfg.trust_store {
             Some(bundle) => url.with_trust_store(bundle),
             None => url,
@@ -564,10 +576,19 @@ pub async fn run_watched(
             // before copied (and the engine refuses --resume with --drop-existing).
             opts.drop_existing = false;
         }
-        // The worker before was given up for lost and its instance terminated (or it was this
-        // instance's own worker, restarted): a run lock its sessions still hold on the source
-        // is a dead machine's, which the source may not notice for hours.
-        opts.take_over_lost_run = resumed;
+        // The worker before was given up for lost and has ended (the reaper starts the next
+        // only then), or it was this instance's own worker, restarted: a run lock its sessions
+        // still hold on the source is a dead machine's, which the source may not notice for
+        // hours. Only sessions named as this job's workers name theirs are taken over; a URL
+        // that names its own application_name leaves nothing to tell them by.
+        let prefix = session_prefix(&job);
+        let ours = |u: &ConnUrl| {
+            u.application_name
+                .as_deref()
+                .is_some_and(|a| a.starts_with(&prefix))
+        };
+        opts.take_over_lost_run =
+            (resumed && ours(&opts.source) && ours(&opts.target)).then_some(prefix);
     }
 
     let watch_stall = matches!(work, Work::Init(_));

@@ -53,6 +53,9 @@ pub struct Ec2Provisioner {
 
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
+/// Why a job's worker is on-demand after a spot reclaim.
+const RECLAIMED_BEFORE: &str = "its spot worker was reclaimed before";
+
 /// Error codes that mean "no capacity of this kind here now": try on-demand or another subnet.
 const CAPACITY_CODES: [&str; 6] = [
     "InsufficientInstanceCapacity",
@@ -287,14 +290,17 @@ impl Provisioner for Ec2Provisioner {
         let instance_type = instance_type_for(job, self.config.default_instance_type.as_deref());
         // A job whose spot worker was reclaimed before goes on on-demand: the next one could
         // be reclaimed as well, and each interruption costs the work since the last unit.
-        let reclaimed_before =
-            job.attempt > 1 && job.error.as_ref().is_some_and(|e| e.code == "interrupted");
+        // Once on-demand for that reason, it stays so (a later loss of another kind does not
+        // send it back to spot).
+        let reclaimed_before = job.attempt > 1
+            && (job.error.as_ref().is_some_and(|e| e.code == "interrupted")
+                || job
+                    .workers
+                    .iter()
+                    .any(|w| w.on_demand_because.as_deref() == Some(RECLAIMED_BEFORE)));
         let (market, on_demand_because) = match (self.config.use_spot, reclaimed_before) {
             (true, false) => (Market::Spot, None),
-            (true, true) => (
-                Market::OnDemand,
-                Some("its spot worker was reclaimed before".to_owned()),
-            ),
+            (true, true) => (Market::OnDemand, Some(RECLAIMED_BEFORE.to_owned())),
             (false, _) => (Market::OnDemand, None),
         };
         Plan {
@@ -447,6 +453,38 @@ impl Provisioner for Ec2Provisioner {
 
     async fn list(&self) -> Result<Vec<Worker>, ProvisionError> {
         self.describe(None).await
+    }
+
+    async fn is_gone(&self, instance_id: &str) -> Result<bool, ProvisionError> {
+        let out = match self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error()
+                    .and_then(ProvideErrorMetadata::code)
+                    .is_some_and(|c| c.starts_with("InvalidInstanceID")) =>
+            {
+                return Ok(true)
+            }
+            Err(e) => return Err(backend("DescribeInstances", &e)),
+        };
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .and_then(|i| i.state().and_then(|s| s.name()).cloned())
+            .is_none_or(|n| {
+                matches!(
+                    n,
+                    InstanceStateName::Terminated | InstanceStateName::Stopped
+                )
+            }))
     }
 
     async fn why_gone(&self, instance_id: &str) -> Result<Option<super::Gone>, ProvisionError> {

@@ -292,6 +292,18 @@ impl Provisioner for LocalProvisioner {
         Ok(())
     }
 
+    async fn is_gone(&self, instance_id: &str) -> Result<bool, ProvisionError> {
+        let Some(pid) = instance_id
+            .strip_prefix("local-")
+            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(Pid::from_raw)
+        else {
+            return Ok(true);
+        };
+        // Reaped by the task `terminate` left waiting on it (or by its own exit).
+        Ok(rustix::process::test_kill_process(pid).is_err())
+    }
+
     async fn list(&self) -> Result<Vec<Worker>, ProvisionError> {
         let mut workers = self.workers.lock().await;
         workers.retain(|_, r| alive(r));

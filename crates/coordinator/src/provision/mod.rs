@@ -141,6 +141,18 @@ pub trait Provisioner: Send + Sync + std::fmt::Debug {
         Ok(Vec::new())
     }
 
+    /// Whether `instance_id` has ended for good: nothing of it runs any more (EC2: terminated
+    /// or unknown; a shutting-down instance may still be running its worker's clean-up; local:
+    /// the process has exited). The reaper starts a job's next worker only then, so that two
+    /// workers of one job never work on its databases at once.
+    ///
+    /// # Errors
+    /// When the backend fails.
+    async fn is_gone(&self, instance_id: &str) -> Result<bool, ProvisionError> {
+        let _ = instance_id;
+        Ok(true)
+    }
+
     /// Why `instance_id` is gone, when it is gone and the provider still knows it (EC2 keeps
     /// terminated instances visible for about an hour); `None` when it is alive, unknown or
     /// the provider cannot say. The reaper asks before it records a lost heartbeat.

@@ -70,11 +70,12 @@ pub struct InitOptions {
     pub drop_existing: bool,
     /// Finish an interrupted run instead of refusing its target.
     pub resume: bool,
-    /// The run before is known to be gone (a remote job's next worker): a run lock still held
-    /// by a session of this tool is taken from it rather than refused (see
-    /// [`crate::sync::lock_run`]). Never for a local run: there, another person's live run
-    /// may hold it.
-    pub take_over_lost_run: bool,
+    /// The `application_name` prefix of earlier runs known to be gone (a remote job's next
+    /// worker names its job's workers so): a run lock still held by a session so named is taken
+    /// from it rather than refused (see [`crate::sync::lock_run`]), and its sessions on the
+    /// target are ended as a killed run's are. Never for a local run: there, another person's
+    /// live run may hold the lock.
+    pub take_over_lost_run: Option<String>,
     /// How to split large tables.
     pub split: SplitPolicy,
     /// COPY format.
@@ -105,7 +106,7 @@ impl InitOptions {
             filter: Filter::default(),
             drop_existing: false,
             resume: false,
-            take_over_lost_run: false,
+            take_over_lost_run: None,
             split: SplitPolicy {
                 size: SplitSize::Auto,
                 max_parts: 64,

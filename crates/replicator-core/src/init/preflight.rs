@@ -86,7 +86,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
 
     // From here on this run owns the target's name on the source: another run into the same
     // target is refused, and no sweep takes this run's slot for a leftover.
-    let lock = sync::lock_run(&o.source, names, &o.target, o.take_over_lost_run).await?;
+    let lock = sync::lock_run(&o.source, names, &o.target, o.take_over_lost_run.as_deref()).await?;
     let sweep = sync::sweep(&source, &o.target, names, true).await?;
     for d in sweep.dropped {
         ctx.warn(format!("dropped the {d}"));
@@ -97,7 +97,9 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
 
     // A process killed with kill -9 can leave a psql child still restoring into the target, or
     // backends still committing: end them before reading what the target holds.
-    let ended = target::end_leftover_sessions(&maintenance, &o.target).await?;
+    let ended =
+        target::end_leftover_sessions(&maintenance, &o.target, o.take_over_lost_run.as_deref())
+            .await?;
     if ended > 0 {
         ctx.warn(format!(
             "ended {ended} session(s) an interrupted run had left on the target database {}",
