@@ -201,7 +201,8 @@ pub async fn create_database(
 /// process killed with `kill -9`, whose `psql` child may still be restoring, or whose backends
 /// have not noticed the broken connection yet. Only a run holding the run lock calls this (so no
 /// live run into this target has sessions there); it waits until they are gone, so that the
-/// bookkeeping it reads next can no longer change under it. `lost` is the `application_name`
+/// bookkeeping it reads next can no longer change under it. Sessions named as this run's are
+/// ended, and those with the tool's default name; `lost` is the `application_name`
 /// prefix of earlier runs known to be gone (see [`crate::init::InitOptions::take_over_lost_run`]):
 /// their sessions are ended too. Returns how many it ended.
 ///
@@ -217,12 +218,15 @@ pub async fn end_leftover_sessions(
         .as_deref()
         .unwrap_or(crate::connect::APPLICATION_NAME);
     let lost = lost.filter(|p| !p.is_empty()).unwrap_or(app);
+    // This run's own name, the tool's default (a killed local run's, or a remote worker's
+    // whose URL named none), and the lost runs' prefix.
+    let names = vec![app.to_owned(), crate::connect::APPLICATION_NAME.to_owned()];
     let sql = "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
-               AND (application_name = $2 OR left(application_name, length($3)) = $3) \
+               AND (application_name = ANY($2) OR left(application_name, length($3)) = $3) \
                AND pid <> pg_backend_pid()";
     let fail = |e| Error::sql(Side::Target, "end the sessions of an interrupted run", e);
     let pids: Vec<i32> = maintenance
-        .query(sql, &[&target.dbname, &app, &lost])
+        .query(sql, &[&target.dbname, &names, &lost])
         .await
         .map_err(fail)?
         .iter()

@@ -137,6 +137,36 @@ impl Ec2Provisioner {
         &self.config
     }
 
+    /// One instance as EC2 describes it; `None` when EC2 no longer knows it (terminated
+    /// instances stay visible for about an hour).
+    async fn instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<aws_sdk_ec2::types::Instance>, ProvisionError> {
+        match self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .next()
+                .cloned()),
+            Err(e)
+                if e.as_service_error()
+                    .and_then(ProvideErrorMetadata::code)
+                    .is_some_and(|c| c.starts_with("InvalidInstanceID")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(backend("DescribeInstances", &e)),
+        }
+    }
+
     async fn describe(&self, job_id: Option<&str>) -> Result<Vec<Worker>, ProvisionError> {
         let mut req = self
             .client
@@ -456,28 +486,9 @@ impl Provisioner for Ec2Provisioner {
     }
 
     async fn is_gone(&self, instance_id: &str) -> Result<bool, ProvisionError> {
-        let out = match self
-            .client
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e)
-                if e.as_service_error()
-                    .and_then(ProvideErrorMetadata::code)
-                    .is_some_and(|c| c.starts_with("InvalidInstanceID")) =>
-            {
-                return Ok(true)
-            }
-            Err(e) => return Err(backend("DescribeInstances", &e)),
-        };
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .next()
+        Ok(self
+            .instance(instance_id)
+            .await?
             .and_then(|i| i.state().and_then(|s| s.name()).cloned())
             .is_none_or(|n| {
                 matches!(
@@ -488,25 +499,8 @@ impl Provisioner for Ec2Provisioner {
     }
 
     async fn why_gone(&self, instance_id: &str) -> Result<Option<super::Gone>, ProvisionError> {
-        let out = match self
-            .client
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            // Long gone from EC2's memory: nothing to say.
-            Err(e)
-                if e.as_service_error()
-                    .and_then(ProvideErrorMetadata::code)
-                    .is_some_and(|c| c.starts_with("InvalidInstanceID")) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(backend("DescribeInstances", &e)),
-        };
-        let Some(inst) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
+        // Long gone from EC2's memory: nothing to say.
+        let Some(inst) = self.instance(instance_id).await? else {
             return Ok(None);
         };
         let gone = inst.state().and_then(|s| s.name()).is_some_and(|n| {
