@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use job_model::api::{
@@ -153,7 +153,7 @@ async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let owner = caller(&state, &headers)?;
     let (req, valid) = submitted_body(&state, body)?;
     let idempotency_key = headers
@@ -219,8 +219,7 @@ async fn submit(
                     job_id: j.job_id,
                     status: j.status,
                 }),
-            )
-                .into_response());
+            ));
         }
         Ok(Created::New(j)) => j,
         Err(StoreError::LimitReached { limit }) => {
@@ -241,8 +240,7 @@ async fn submit(
             job_id: job.job_id,
             status,
         }),
-    )
-        .into_response())
+    ))
 }
 
 /// What `req` would run on and cost: the instance the provisioner would ask for (the same
