@@ -3,7 +3,7 @@
 # cargo-lambda's zig toolchain against Amazon Linux 2023's glibc, from any host), checked, then
 # baked by Packer. Prints the AMI id on the last line of standard output.
 #
-#   ami/build-ami.sh [--arch x86_64|arm64] [--region R] [--pg-major N] [--binary PATH]
+#   ami/build-ami.sh [--arch x86_64|arm64] [--region R] [--pg-major N|newest] [--binary PATH]
 #                    [--log-group NAME] [--subnet-id ID] [--source-commit SHA] [--dry-run]
 #   ami/build-ami.sh --check-binary PATH --arch ARCH     only check a binary's format
 set -euo pipefail
@@ -13,7 +13,7 @@ root="$(cd "$here/.." && pwd)"
 
 arch="x86_64"
 region="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
-pg_major="17"
+pg_major="newest"
 binary=""
 log_group="/seren-replication/workers"
 subnet_id=""
@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --arch) arch="${2:?--arch needs x86_64 or arm64}"; shift 2 ;;
         --region) region="${2:?--region needs a region}"; shift 2 ;;
-        --pg-major) pg_major="${2:?--pg-major needs a number}"; shift 2 ;;
+        --pg-major) pg_major="${2:?--pg-major needs a major (e.g. 17) or newest}"; shift 2 ;;
         --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
         --log-group) log_group="${2:?--log-group needs a name}"; shift 2 ;;
         --subnet-id) subnet_id="${2:?--subnet-id needs an id}"; shift 2 ;;
@@ -45,6 +45,10 @@ case "$arch" in
     x86_64 | arm64) ;;
     *) die "--arch must be x86_64 or arm64, not $arch" ;;
 esac
+# pg_dump N dumps sources up to N; the worker refuses older ones than 12, so does this.
+if [ "$pg_major" != newest ] && ! { [[ "$pg_major" =~ ^[0-9]+$ ]] && [ "$pg_major" -ge 12 ]; }; then
+    die "--pg-major must be a PostgreSQL major of 12 or newer (e.g. 17) or newest, not $pg_major"
+fi
 
 # The ELF header's class, byte order and machine: "x86_64", "arm64" or what it is instead.
 elf_arch() {
@@ -111,6 +115,10 @@ if $dry_run; then
 else
     check_binary "$binary" "$arch"
     command -v packer >/dev/null 2>&1 || die "packer is missing: https://developer.hashicorp.com/packer/install"
+    if [ "$pg_major" = newest ]; then
+        command -v aws >/dev/null 2>&1 ||
+            die "the aws CLI is missing: it tags the AMI with the client major it got; install AWS CLI v2, or pass --pg-major N"
+    fi
 fi
 
 packer_major_minor() { packer version | head -n1 | sed -E 's/^Packer v([0-9]+)\.([0-9]+).*/\1 \2/'; }
@@ -122,7 +130,7 @@ if ! $dry_run; then
     fi
 fi
 
-echo "== packer build ($region, $arch, PostgreSQL $pg_major client)"
+echo "== packer build ($region, $arch, PostgreSQL client: $pg_major)"
 vars=(-var "region=$region" -var "arch=$arch" -var "binary_path=$binary" -var "pg_major=$pg_major"
     -var "worker_log_group=$log_group" -var "source_commit=$source_commit")
 [ -n "$subnet_id" ] && vars+=(-var "subnet_id=$subnet_id")
@@ -138,4 +146,12 @@ packer build -machine-readable "${vars[@]}" "$here/worker.pkr.hcl" | tee "$log" 
 ami="$(awk -F, '$3 == "artifact" && $5 == "id" { print $6 }' "$log" | sed 's/%!(PACKER_COMMA)/,/g' |
     tr ',' '\n' | sed -n 's/^[a-z0-9-]*:\(ami-[0-9a-f]*\)$/\1/p' | head -n1)"
 [ -n "$ami" ] || die "packer finished without an AMI id; see the output above"
+# The major setup-worker.sh installed; with newest, only the build instance knew it beforehand.
+got_major="$(grep -oE 'PostgreSQL client major: [0-9]+' "$log" | tail -n1 | grep -oE '[0-9]+$' || true)"
+[ -n "$got_major" ] || die "the build of $ami did not say which PostgreSQL client it installed; see the output above"
+if [ "$pg_major" = newest ]; then
+    aws ec2 create-tags --region "$region" --resources "$ami" --tags "Key=PgClient,Value=$got_major" ||
+        die "cannot tag $ami with PgClient=$got_major; tag it by hand (aws ec2 create-tags)"
+fi
+echo "== $ami has the PostgreSQL $got_major client: its workers copy sources of PostgreSQL 12 to $got_major" >&2
 echo "$ami"

@@ -4,12 +4,23 @@
 # installs were copied to /tmp by ami/worker.pkr.hcl.
 set -euo pipefail
 
-PG_MAJOR="${PG_MAJOR:-17}"
+# "newest": the newest postgresqlNN package this image's repositories offer (pg_dump N dumps
+# every source major up to N, so the newest copies the most sources); or a major, e.g. 17.
+PG_MAJOR="${PG_MAJOR:-newest}"
 WORKER_LOG_GROUP="${WORKER_LOG_GROUP:-/seren-replication/workers}"
 EXPECTED_ARCH="${EXPECTED_ARCH:-}"
 
 say() { printf '== %s\n' "$*"; }
 die() { printf 'setup-worker.sh: %s\n' "$*" >&2; exit 1; }
+
+# The highest N of the client packages named postgresqlN in `dnf list` output on standard input
+# (lines like "postgresql17.x86_64   17.6-1.amzn2023.0.1   amazonlinux"; the -server, -contrib
+# and other subpackages, the headers and installed markers do not count).
+newest_major() { sed -nE 's/^postgresql([0-9]+)\.[A-Za-z0-9_]+[[:space:]].*/\1/p' | sort -n | tail -n1; }
+if [ "${1:-}" = "--newest-major" ]; then
+    newest_major
+    exit 0
+fi
 
 machine="$(uname -m)"
 case "$EXPECTED_ARCH:$machine" in
@@ -17,10 +28,17 @@ case "$EXPECTED_ARCH:$machine" in
     *) die "this build instance is $machine but the AMI is for $EXPECTED_ARCH" ;;
 esac
 
-say "packages: postgresql${PG_MAJOR} client, CloudWatch agent"
 dnf -y -q upgrade --refresh
+if [ "$PG_MAJOR" = newest ]; then
+    PG_MAJOR="$(dnf -q list 'postgresql[0-9]*' 2>/dev/null | newest_major)"
+    [ -n "$PG_MAJOR" ] || die "this image's repositories offer no postgresqlN package (dnf list 'postgresql[0-9]*' lists none); pass -var pg_major=N"
+fi
+[[ "$PG_MAJOR" =~ ^[0-9]+$ ]] || die "PG_MAJOR must be a PostgreSQL major (e.g. 17) or newest, not $PG_MAJOR"
+# build-ami.sh reads this line to tag the AMI with the client major it got (PgClient).
+say "PostgreSQL client major: ${PG_MAJOR}"
+say "packages: postgresql${PG_MAJOR} client, CloudWatch agent"
 if ! dnf -y -q install "postgresql${PG_MAJOR}"; then
-    die "Amazon Linux 2023 has no postgresql${PG_MAJOR} package here; pass -var pg_major=N with one it has (dnf list 'postgresql1*')"
+    die "Amazon Linux 2023 has no postgresql${PG_MAJOR} package here; pass -var pg_major=N with one it has (dnf list 'postgresql[0-9]*'), or newest"
 fi
 dnf -y -q install amazon-cloudwatch-agent
 dnf clean all

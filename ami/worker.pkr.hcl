@@ -30,8 +30,8 @@ variable "binary_path" {
 
 variable "pg_major" {
   type        = string
-  default     = "17"
-  description = "PostgreSQL client major to install: pg_dump must be at least the newest source major you copy from."
+  default     = "newest"
+  description = "PostgreSQL client major to install (pg_dump N copies sources up to N), or newest: the newest postgresqlN package Amazon Linux 2023 offers on the build day; build-ami.sh then tags the AMI with the major it got."
 }
 
 variable "extra_ca_certs" {
@@ -70,7 +70,7 @@ source "amazon-ebs" "worker" {
   ssh_username  = "ec2-user"
   ami_name      = "postgres-seren-replicator-worker-${var.arch}-${local.stamp}"
 
-  ami_description = "postgres-seren-replicator worker (seren-worker, PostgreSQL ${var.pg_major} client, CloudWatch agent)"
+  ami_description = "postgres-seren-replicator worker (seren-worker, ${var.pg_major == "newest" ? "newest PostgreSQL" : "PostgreSQL ${var.pg_major}"} client, CloudWatch agent)"
 
   source_ami_filter {
     filters = {

@@ -72,6 +72,30 @@ if [ -n "$host_arch" ]; then
 fi
 expect_fail "a shell script" ami/build-ami.sh --check-binary scripts/test.sh --arch x86_64
 
+echo "== setup-worker.sh installs the newest client major the image's repositories offer"
+# dnf list output as Amazon Linux 2023 prints it: subpackages (-server, -contrib, -libs), headers
+# and installed markers do not count, majors compare as numbers (9 < 18).
+newest="$(ami/setup-worker.sh --newest-major <<'DNF'
+Last metadata expiration check: 0:00:03 ago on Mon Dec  7 16:00:00 2026.
+Installed Packages
+postgresql15-private-libs.x86_64        15.10-1.amzn2023.0.1         @amazonlinux
+Available Packages
+postgresql15.x86_64                     15.14-1.amzn2023.0.1         amazonlinux
+postgresql16.x86_64                     16.10-1.amzn2023.0.1         amazonlinux
+postgresql17.aarch64                    17.6-1.amzn2023.0.1          amazonlinux
+postgresql18.x86_64                     18.1-1.amzn2023.0.1          amazonlinux
+postgresql19-server.x86_64              19.0-1.amzn2023.0.1          amazonlinux
+postgresql9.x86_64                      9.6.24-1                     amazonlinux
+DNF
+)"
+[ "$newest" = 18 ] || { echo "setup-worker.sh chose client major '$newest' from dnf's list, not 18" >&2; exit 1; }
+none="$(ami/setup-worker.sh --newest-major <<<"postgresql17-server.x86_64  17.6-1  amazonlinux")"
+[ -z "$none" ] || { echo "setup-worker.sh chose '$none' from a list without a client package" >&2; exit 1; }
+for bad in 11 x 17.2; do
+    expect_fail "--pg-major $bad" ami/build-ami.sh --pg-major "$bad" --dry-run --binary /bin/true
+done
+echo "  chose 18 of 15/16/17/18 (not a -server subpackage, not 9 by string order)"
+
 echo "== deploy.sh --dry-run without AWS credentials"
 no_aws=(env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE
     AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true)
