@@ -50,6 +50,17 @@ fn servers(major: u32) -> (Cluster, Cluster, String, String) {
 
 /// [`servers`] with a source of `source_major` and a target of `target_major`.
 fn servers_of(source_major: u32, target_major: u32) -> (Cluster, Cluster, String, String) {
+    servers_with(source_major, target_major, true)
+}
+
+/// [`servers_of`]; with `own_public`, the source's schema public belongs to `app_owner` and
+/// nobody else may use it (as on many managed services), else it is as initdb made it (the
+/// bootstrap superuser's; before 15 everyone may create in it).
+fn servers_with(
+    source_major: u32,
+    target_major: u32,
+    own_public: bool,
+) -> (Cluster, Cluster, String, String) {
     let major = target_major;
     let src = Cluster::start(&Options {
         server_bindir: Some(server_bindir(source_major)),
@@ -69,8 +80,10 @@ fn servers_of(source_major: u32, target_major: u32) -> (Cluster, Cluster, String
         ),
     );
     src.psql("postgres", "CREATE DATABASE app OWNER app_owner");
-    src.psql("app", "REVOKE ALL ON SCHEMA public FROM PUBLIC");
-    src.psql("app", "ALTER SCHEMA public OWNER TO app_owner");
+    if own_public {
+        src.psql("app", "REVOKE ALL ON SCHEMA public FROM PUBLIC");
+        src.psql("app", "ALTER SCHEMA public OWNER TO app_owner");
+    }
     if source_major < 13 {
         src.psql("app", "CREATE EXTENSION hstore");
     }
@@ -116,7 +129,7 @@ fn on_18_init_sync_verify_and_cutover_work_without_a_superuser() {
 
 #[test]
 fn across_majors_init_sync_verify_and_cutover_work_without_a_superuser() {
-    for (from, to) in [(12, 16), (14, 17)] {
+    for (from, to) in [(12, 16), (13, 17), (14, 17), (17, 17)] {
         let (src, dst, s, t) = servers_of(from, to);
         eprintln!("== {from} -> {to}");
         migrate_without_a_superuser(&src, &dst, &s, &t);
@@ -189,11 +202,91 @@ fn migrate_without_a_superuser(src: &Cluster, dst: &Cluster, s: &str, t: &str) {
 #[test]
 fn on_15_the_missing_subscription_right_is_named_before_anything_is_made() {
     let (src, dst, s, t) = servers(15);
+    copy_only_without_the_subscription_right(&src, &dst, &s, &t);
+}
+
+#[test]
+fn before_16_across_majors_the_missing_subscription_right_is_named() {
+    // The schema public as initdb made it: the bootstrap superuser's, whom `pg_dump` names.
+    for (from, to) in [(13, 13), (13, 14)] {
+        let (src, dst, s, t) = servers_with(from, to, false);
+        eprintln!("== {from} -> {to}, public as initdb made it");
+        if from != to {
+            // Only the schema's owner may comment on it: the target keeps its own, and says so.
+            src.psql("app", "COMMENT ON SCHEMA public IS 'the application'");
+            let out = run(&s, &t, &["validate"]);
+            assert!(
+                text(&out).contains("keeps the target's comment"),
+                "{}",
+                text(&out)
+            );
+        }
+        copy_only_without_the_subscription_right(&src, &dst, &s, &t);
+        assert_eq!(
+            dst.psql(
+                "app",
+                "SELECT nspowner = 10 FROM pg_namespace WHERE nspname = 'public'"
+            ),
+            "t",
+            "public keeps the target's default owner"
+        );
+    }
+}
+
+#[test]
+fn before_15_a_public_schema_the_target_role_cannot_own_is_named_before_anything_is_made() {
+    let (src, dst, s, t) = servers_of(13, 14);
+    let out = run(&s, &t, &["init", "--progress", "none"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "init must refuse: {all}");
+    assert!(
+        all.contains("schema public") && all.contains("ALTER SCHEMA public OWNER TO"),
+        "names the problem and the way out: {all}"
+    );
+    assert_eq!(all.matches("error:").count(), 1, "{all}");
+    assert_nothing_made(&src, &dst, "app");
+    let out = run(&s, &t, &["validate"]);
+    assert!(
+        text(&out).contains("target.public_schema"),
+        "validate reports it too: {}",
+        text(&out)
+    );
+
+    // The way out it names: a superuser makes the database and hands the schema over.
+    dst.psql("postgres", "CREATE DATABASE app OWNER app_owner");
+    dst.psql("app", "ALTER SCHEMA public OWNER TO app_owner");
+    let out = run(&s, &t, &["init", "--progress", "none"]);
+    assert!(out.status.success(), "init: {}", text(&out));
+    let out = run(&s, &t, &["verify"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    let acl = "SELECT pg_get_userbyid(nspowner) || ' ' || coalesce(nspacl::text, '-') \
+               FROM pg_namespace WHERE nspname = 'public'";
+    assert_eq!(src.psql("app", acl), dst.psql("app", acl));
+}
+
+#[test]
+fn on_12_a_failed_copy_leaves_no_database_and_the_extension_is_named_first() {
+    // Before 13 no extension is trusted: the unprivileged role cannot create hstore, which is
+    // said before the copy starts; the copy then fails and removes the database it made.
+    let (src, dst, s, t) = servers_with(12, 12, false);
+    let out = run(&s, &t, &["init", "--progress", "none"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("not marked trusted"), "{all}");
+    assert!(!all.contains("could not be removed"), "{all}");
+    assert_nothing_made(&src, &dst, "app");
+}
+
+/// On a target before 16, where only a superuser may create a subscription: `init --sync`
+/// refuses before anything is made, naming it; a plain `init` copies as the unprivileged
+/// owner, says why replication is off, and `verify` finds the copy equal.
+fn copy_only_without_the_subscription_right(src: &Cluster, dst: &Cluster, s: &str, t: &str) {
+    let (s, t) = (s.to_owned(), t.to_owned());
     let out = run(&s, &t, &["init", "--sync", "--progress", "none"]);
     let all = text(&out);
     assert!(!out.status.success(), "init --sync must refuse: {all}");
     assert!(all.contains("superuser"), "{all}");
-    assert_nothing_made(&src, &dst, "app");
+    assert_nothing_made(src, dst, "app");
 
     let out = run(&s, &t, &["init", "--progress", "none"]);
     let all = text(&out);

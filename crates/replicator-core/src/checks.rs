@@ -212,7 +212,7 @@ pub async fn subscription(target: &Client) -> Check {
     let row = target
         .query_one(
             "SELECT rolsuper OR (current_setting('server_version_num')::int >= 160000 \
-                    AND pg_has_role(current_user, 'pg_create_subscription', 'MEMBER')), \
+                    AND pg_has_role(current_user, 'pg_create_subscription', 'USAGE')), \
                     current_setting('max_logical_replication_workers')::int \
              FROM pg_roles WHERE rolname = current_user",
             &[],
@@ -509,13 +509,29 @@ pub fn target_version(source_major: u32, target_major: u32) -> Check {
     }
 }
 
-/// Every extension of the source can be installed on the target.
+/// Every extension of the source can be installed on the target, by the target role.
 pub async fn extensions(source: &Client, target: &Client, target_major: u32) -> Check {
     match crate::target::missing_extensions(source, target).await {
-        Ok((needed, missing)) if missing.is_empty() => Check::pass(
-            "target.extensions",
-            format!("{} extension(s) of the source available", needed.len()),
-        ),
+        Ok((needed, missing)) if missing.is_empty() => {
+            match untrusted_extensions(target, &needed, target_major).await {
+                Ok(untrusted) if !untrusted.is_empty() => Check::new(
+                    "target.extensions",
+                    Verdict::Warn,
+                    format!(
+                        "the target role is not a superuser and extension(s) {} are not marked \
+                         trusted on the target (before PostgreSQL 13 none is): creating them \
+                         fails unless the server lets this role create them, as managed \
+                         services' administrator roles may",
+                        untrusted.join(", ")
+                    ),
+                    "copy as a superuser (or the service's administrator role) on the target",
+                ),
+                _ => Check::pass(
+                    "target.extensions",
+                    format!("{} extension(s) of the source available", needed.len()),
+                ),
+            }
+        }
         Ok((_, missing)) => Check::new(
             "target.extensions",
             Verdict::Fail,
@@ -532,6 +548,286 @@ pub async fn extensions(source: &Client, target: &Client, target_major: u32) -> 
             "check that both roles may read pg_extension and pg_available_extensions",
         ),
     }
+}
+
+/// Of `needed`, the extensions a role that is not a superuser may not create on the target:
+/// from PostgreSQL 13 those whose default version is not marked `trusted`, before 13 every one.
+/// Empty for a superuser.
+async fn untrusted_extensions(
+    target: &Client,
+    needed: &[String],
+    target_major: u32,
+) -> std::result::Result<Vec<String>, tokio_postgres::Error> {
+    let superuser: bool = target
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    if superuser || needed.is_empty() {
+        return Ok(Vec::new());
+    }
+    if target_major < 13 {
+        return Ok(needed.to_vec());
+    }
+    let trusted: BTreeSet<String> = target
+        .query(
+            "SELECT v.name FROM pg_available_extension_versions v \
+               JOIN pg_available_extensions e ON e.name = v.name AND e.default_version = v.version \
+              WHERE v.name = ANY($1) AND v.trusted",
+            &[&needed],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(needed
+        .iter()
+        .filter(|n| !trusted.contains(*n))
+        .cloned()
+        .collect())
+}
+
+/// How a restore treats the dump's statements on the schema `public`, which every target
+/// database already has (see [`public_schema`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublicSchema {
+    /// Leave out `ALTER SCHEMA public OWNER TO …`: on the source, `public` belongs to its default
+    /// owner (the bootstrap superuser before PostgreSQL 15, `pg_database_owner` from 15 on), and
+    /// on the target it keeps its own default owner. `pg_dump` writes the bootstrap superuser by
+    /// name, which another server may not have, and which only a superuser may give it to.
+    pub keep_target_owner: bool,
+    /// Run these instead of the dump's `GRANT`s and `REVOKE`s on `public` (`None`: keep the
+    /// dump's, as with `--no-privileges`, where there are none). `pg_dump` 15 and later write
+    /// them as changes from PostgreSQL 15's defaults, whatever the source's version; on a
+    /// target before 15, whose `public` starts with other privileges (everyone may create in
+    /// it), they would leave it unlike the source: a source where `CREATE` was revoked from
+    /// `PUBLIC` would arrive with it granted again. These statements change the target's
+    /// privileges on `public` into the source's, from what they are.
+    pub privileges: Option<String>,
+    /// Leave out `COMMENT ON SCHEMA public`: the target's is already the source's (the
+    /// statement needs the schema's ownership even when it changes nothing). `pg_dump` writes
+    /// one whenever the source's is not the default `standard public schema`, even none.
+    pub keep_target_comment: bool,
+}
+
+/// The schema `public`: its owner's oid, whether that is its default owner, the owner's name,
+/// who else may do what on it (`grantee:PRIVILEGE`, a `*` after a grantable one, sorted; the
+/// grantee `PUBLIC` for everyone), and its comment (empty for none).
+const PUBLIC_SCHEMA: &str = "SELECT n.nspowner, n.nspowner IN (10, 6171), pg_get_userbyid(n.nspowner)::text, \
+       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END \
+                    || ':' || a.privilege_type || CASE WHEN a.is_grantable THEN '*' ELSE '' END \
+             FROM aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a \
+             WHERE a.grantee <> n.nspowner ORDER BY 1), \
+       coalesce(obj_description(n.oid, 'pg_namespace'), '') \
+     FROM pg_namespace n WHERE n.nspname = 'public'";
+
+/// The comment initdb gives the schema public, which `pg_dump` leaves out.
+const DEFAULT_COMMENT: &str = "standard public schema";
+
+/// SQL that turns the non-owner privileges `from` on the schema `public` into `to` (both as
+/// [`PUBLIC_SCHEMA`] lists them).
+pub fn public_privileges_sql(from: &[String], to: &[String]) -> String {
+    let grantee = |g: &str| {
+        if g == "PUBLIC" {
+            "PUBLIC".to_owned()
+        } else {
+            crate::sql::ident(g)
+        }
+    };
+    let split = |e: &str| -> Option<(String, String, bool)> {
+        let (g, p) = e.rsplit_once(':')?;
+        let (p, grantable) = p.strip_suffix('*').map_or((p, false), |p| (p, true));
+        Some((grantee(g), p.to_owned(), grantable))
+    };
+    let mut sql = String::new();
+    for (g, p, _) in from
+        .iter()
+        .filter(|e| !to.contains(e))
+        .filter_map(|e| split(e))
+    {
+        sql.push_str(&format!("REVOKE {p} ON SCHEMA public FROM {g};\n"));
+    }
+    for (g, p, grantable) in to
+        .iter()
+        .filter(|e| !from.contains(e))
+        .filter_map(|e| split(e))
+    {
+        let option = if grantable { " WITH GRANT OPTION" } else { "" };
+        sql.push_str(&format!("GRANT {p} ON SCHEMA public TO {g}{option};\n"));
+    }
+    sql
+}
+
+/// Whether the target role can give the target's schema `public` the source's owner,
+/// privileges and comment, as the dump does; and how the restore treats them.
+///
+/// `existing` is a session in the target database when it exists and is kept; `None` when the
+/// run creates it (from `template0`, whose `public` belongs to the bootstrap superuser before
+/// PostgreSQL 15 and lets everyone create in it, and from 15 on belongs to `pg_database_owner`,
+/// which the database's owner is, and lets everyone use it only).
+pub async fn public_schema(
+    source: &Client,
+    maintenance: &Client,
+    existing: Option<&Client>,
+    target_major: u32,
+    no_owner: bool,
+    no_privileges: bool,
+) -> (Check, PublicSchema) {
+    const NAME: &str = "target.public_schema";
+    let unread = |e: tokio_postgres::Error, side: &str| {
+        (
+            Check::new(
+                NAME,
+                Verdict::Warn,
+                format!("could not read the schema public on the {side}: {e}"),
+                "",
+            ),
+            PublicSchema::default(),
+        )
+    };
+    let src = match source.query_opt(PUBLIC_SCHEMA, &[]).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return (
+                Check::pass(NAME, "the source has no schema public"),
+                PublicSchema::default(),
+            )
+        }
+        Err(e) => return unread(e, "source"),
+    };
+    let (src_default_owner, src_owner, src_grants, src_comment): (
+        bool,
+        String,
+        Vec<String>,
+        String,
+    ) = (src.get(1), src.get(2), src.get(3), src.get(4));
+    let superuser = match maintenance
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r.get::<_, bool>(0),
+        Err(e) => return unread(e, "target"),
+    };
+    // Whether the target role acts as the owner of the target's public, who owns it, who else
+    // may do what on it before the restore, and its comment.
+    let (acts_as_owner, tgt_owner, tgt_grants, tgt_comment) = match existing {
+        None if target_major >= 15 => (
+            true,
+            "pg_database_owner".to_owned(),
+            vec!["PUBLIC:USAGE".to_owned()],
+            DEFAULT_COMMENT.to_owned(),
+        ),
+        None => (
+            superuser,
+            "the bootstrap superuser".to_owned(),
+            vec!["PUBLIC:CREATE".to_owned(), "PUBLIC:USAGE".to_owned()],
+            DEFAULT_COMMENT.to_owned(),
+        ),
+        Some(t) => match t.query_opt(PUBLIC_SCHEMA, &[]).await {
+            Ok(Some(r)) => {
+                let owner: u32 = r.get(0);
+                let acts = superuser
+                    || t.query_one(
+                        "SELECT pg_has_role(current_user, $1::oid, 'USAGE')",
+                        &[&owner],
+                    )
+                    .await
+                    .is_ok_and(|r| r.get::<_, bool>(0));
+                (acts, r.get(2), r.get(3), r.get(4))
+            }
+            Ok(None) => (true, String::new(), Vec::new(), String::new()),
+            Err(e) => return unread(e, "target"),
+        },
+    };
+    let plan = PublicSchema {
+        keep_target_owner: src_default_owner,
+        privileges: (!no_privileges).then(|| public_privileges_sql(&tgt_grants, &src_grants)),
+        keep_target_comment: src_comment != DEFAULT_COMMENT && src_comment == tgt_comment,
+    };
+    let mut problems = Vec::new();
+    if !no_owner && !src_default_owner {
+        problems.push(format!("belongs to {src_owner} on the source"));
+    }
+    if plan.privileges.as_ref().is_some_and(|p| !p.is_empty()) {
+        let shown = |g: &[String]| {
+            if g.is_empty() {
+                "none".to_owned()
+            } else {
+                g.join(", ")
+            }
+        };
+        problems.push(format!(
+            "has other privileges on the source ({}) than on the target ({})",
+            shown(&src_grants),
+            shown(&tgt_grants)
+        ));
+    }
+    let comment_differs = src_comment != DEFAULT_COMMENT && src_comment != tgt_comment;
+    if acts_as_owner {
+        return (
+            Check::pass(
+                NAME,
+                "the target role may give the schema public the source's owner and privileges",
+            ),
+            plan,
+        );
+    }
+    if problems.is_empty() && comment_differs {
+        // A comment alone does not stop a copy: the target's stays, and the user is told.
+        let plan = PublicSchema {
+            keep_target_comment: true,
+            ..plan
+        };
+        return (
+            Check::new(
+                NAME,
+                Verdict::Warn,
+                format!(
+                    "the schema public keeps the target's comment ({tgt_comment:?}) instead of the \
+                     source's ({src_comment:?}): only its owner may change it, and the target role \
+                     is not"
+                ),
+                "set it afterwards as its owner (COMMENT ON SCHEMA public IS …) if it matters",
+            ),
+            plan,
+        );
+    }
+    if problems.is_empty() {
+        return (
+            Check::pass(
+                NAME,
+                "the schema public has the same owner and privileges on both sides",
+            ),
+            plan,
+        );
+    }
+    if comment_differs {
+        problems.push("has another comment on the source".to_owned());
+    }
+    let whose = if existing.is_none() {
+        format!("on PostgreSQL {target_major} the schema public of a new database belongs to {tgt_owner}")
+    } else {
+        format!("on the target it belongs to {tgt_owner}")
+    };
+    (
+        Check::new(
+            NAME,
+            Verdict::Fail,
+            format!(
+                "the schema public {}, which only its owner can give it on the target: {whose}, \
+                 and the target role is not",
+                problems.join(", ")
+            ),
+            "have a superuser create the target database owned by the target role and run \
+             ALTER SCHEMA public OWNER TO that role in it, or copy as a superuser on the target",
+        ),
+        plan,
+    )
 }
 
 /// Roles the source's objects need on the target, by what `pg_dump` would write for them.
@@ -590,6 +886,7 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
           UNION SELECT p.pubowner FROM pg_publication p WHERE p.pubname !~ '^seren_'
         ), acls(a) AS (
             SELECT n.nspacl FROM pg_namespace n WHERE {user_ns}
+              AND NOT (n.nspname = 'public' AND n.nspowner IN (10, 6171))
           UNION ALL SELECT c.relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE {user_ns}
           UNION ALL SELECT a.attacl FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
@@ -606,9 +903,13 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
             SELECT (aclexplode(a)).grantee FROM acls WHERE a IS NOT NULL
           UNION SELECT (aclexplode(a)).grantor FROM acls WHERE a IS NOT NULL
           UNION SELECT d.defaclrole FROM pg_default_acl d
+          -- The schema public of its default owner: the restore grants on it what others may
+          -- do (see public_schema); the owner is the target's own.
+          UNION SELECT e.grantee FROM pg_namespace n, aclexplode(n.nspacl) e
+              WHERE n.nspname = 'public' AND n.nspowner IN (10, 6171) AND e.grantee <> n.nspowner
         ), always(r) AS (
             SELECT unnest(p.polroles) FROM pg_policy p
-          UNION SELECT u.umuser FROM pg_user_mapping u
+          UNION SELECT u.umuser FROM pg_user_mappings u
         )
         SELECT 'owner', rolname::text FROM owners JOIN pg_roles ON pg_roles.oid = owners.r
         UNION SELECT 'privilege', rolname::text FROM privileged JOIN pg_roles ON pg_roles.oid = privileged.r
@@ -925,6 +1226,40 @@ pub fn refusal(checks: &[Check]) -> Option<Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_schemas_privileges_become_the_sources_from_what_the_target_has() {
+        let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // A hardened 12 source (CREATE revoked from PUBLIC) into a new 12 database.
+        assert_eq!(
+            public_privileges_sql(
+                &v(&["PUBLIC:CREATE", "PUBLIC:USAGE"]),
+                &v(&["PUBLIC:USAGE"])
+            ),
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
+        );
+        // A 12 source as initdb made it into a new 18 database.
+        assert_eq!(
+            public_privileges_sql(
+                &v(&["PUBLIC:USAGE"]),
+                &v(&["PUBLIC:CREATE", "PUBLIC:USAGE"])
+            ),
+            "GRANT CREATE ON SCHEMA public TO PUBLIC;\n"
+        );
+        assert_eq!(
+            public_privileges_sql(
+                &v(&["PUBLIC:USAGE", "Mixed Case:USAGE"]),
+                &v(&["Mixed Case:USAGE*"])
+            ),
+            "REVOKE USAGE ON SCHEMA public FROM PUBLIC;\n\
+             REVOKE USAGE ON SCHEMA public FROM \"Mixed Case\";\n\
+             GRANT USAGE ON SCHEMA public TO \"Mixed Case\" WITH GRANT OPTION;\n"
+        );
+        assert_eq!(
+            public_privileges_sql(&v(&["PUBLIC:USAGE"]), &v(&["PUBLIC:USAGE"])),
+            ""
+        );
+    }
 
     #[test]
     fn sources_before_12_are_refused_and_older_targets_too() {

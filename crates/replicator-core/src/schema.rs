@@ -156,6 +156,51 @@ pub struct DumpOptions {
     /// The target server's major version (0: unknown), for what a newer `pg_dump` writes that
     /// an older server refuses ([`for_older_server`]).
     pub target_major: u32,
+    /// What the restore leaves out for the schema `public` ([`PreDataFilter`]).
+    pub public: crate::checks::PublicSchema,
+}
+
+/// Which lines of a pre-data script reach the target: all but the fixed header's settings the
+/// target is too old for ([`for_older_server`]) and the statements on the schema `public` that
+/// [`crate::checks::PublicSchema`] leaves out, each only inside its own entry.
+#[derive(Debug)]
+pub struct PreDataFilter {
+    target_major: u32,
+    public: crate::checks::PublicSchema,
+    /// `(kind, tag)` of the entry the lines belong to; `None` in the fixed header.
+    entry: Option<(String, String)>,
+}
+
+impl PreDataFilter {
+    /// A filter for a restore with these options.
+    pub fn new(opts: &DumpOptions) -> Self {
+        Self {
+            target_major: opts.target_major,
+            public: opts.public.clone(),
+            entry: None,
+        }
+    }
+
+    /// Whether `line` (with its line end) is to be sent to the target.
+    pub fn keep(&mut self, line: &str) -> bool {
+        if let Some((kind, _, tag)) = parse_header(line.trim_end()) {
+            self.entry = Some((kind, tag));
+            return true;
+        }
+        let text = line.trim_end();
+        match self.entry.as_ref().map(|(k, t)| (k.as_str(), t.as_str())) {
+            None => !for_older_server(text, self.target_major),
+            Some(("SCHEMA", "public")) if self.public.keep_target_owner => {
+                !text.starts_with("ALTER SCHEMA public OWNER TO ")
+            }
+            // The whole entry: a comment may span lines.
+            Some(("COMMENT", "SCHEMA public")) if self.public.keep_target_comment => false,
+            Some(("ACL", "SCHEMA public")) if self.public.privileges.is_some() => {
+                !(text.starts_with("GRANT ") || text.starts_with("REVOKE "))
+            }
+            _ => true,
+        }
+    }
 }
 
 /// Settings a `pg_dump` newer than the target writes in its script's fixed header, each with
@@ -242,7 +287,8 @@ async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
 
 /// Restore the source's pre-data section into the target inside one transaction, with
 /// `epilogue` (bookkeeping) as its last statements. A failure leaves nothing behind: psql is
-/// killed before it sees a COMMIT.
+/// killed before it sees a COMMIT. Returns the target server's warnings
+/// ([`server_warnings`]).
 ///
 /// # Errors
 /// [`Error::Tool`] with the failing tool's last stderr lines.
@@ -253,7 +299,7 @@ pub async fn restore_pre_data(
     snapshot: &str,
     opts: &DumpOptions,
     epilogue: &str,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let mut dump = dump_command(tools, source, snapshot, "pre-data", opts)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -290,25 +336,21 @@ pub async fn restore_pre_data(
         let input = psql_in.as_mut().ok_or_else(|| pipe_error("psql"))?;
         let output = dump_out.as_mut().ok_or_else(|| pipe_error("pg_dump"))?;
         input.write_all(b"BEGIN;\n").await?;
-        // The fixed header, up to the first entry, line by line (to leave out what the target
-        // is too old for); then the rest as it comes.
+        // Line by line, to leave out what the target is too old for and what it already has
+        // (a pre-data script is DDL: small beside the data).
         // Bytes, not text: a dump of a SQL_ASCII database need not be UTF-8.
         let mut reader = tokio::io::BufReader::new(output);
+        let mut filter = PreDataFilter::new(opts);
         let mut line = Vec::new();
         loop {
             line.clear();
             if reader.read_until(b'\n', &mut line).await? == 0 {
                 break;
             }
-            let text = String::from_utf8_lossy(&line);
-            if !for_older_server(&text, opts.target_major) {
+            if filter.keep(&String::from_utf8_lossy(&line)) {
                 input.write_all(&line).await?;
             }
-            if text.starts_with("-- Name: ") {
-                break;
-            }
         }
-        tokio::io::copy(&mut reader, input).await?;
         Ok::<_, std::io::Error>(())
     };
     let forwarded = forward.await;
@@ -336,6 +378,9 @@ pub async fn restore_pre_data(
     let finish = async {
         let input = psql_in.as_mut().ok_or_else(|| pipe_error("psql"))?;
         input.write_all(b"\n").await?;
+        if let Some(privileges) = &opts.public.privileges {
+            input.write_all(privileges.as_bytes()).await?;
+        }
         input.write_all(epilogue.as_bytes()).await?;
         input.write_all(b"\nCOMMIT;\n").await?;
         input.shutdown().await?;
@@ -354,7 +399,34 @@ pub async fn restore_pre_data(
             message: stderr_summary(&psql_stderr),
         });
     }
-    Ok(())
+    Ok(server_warnings(&psql_stderr))
+}
+
+/// The most warnings of one restore that are reported one by one.
+const WARNINGS_SHOWN: usize = 20;
+
+/// The server's `WARNING`s in psql's standard error, each as one line without psql's
+/// `psql:<stdin>:N:` prefix: a statement that warns instead of failing (a `GRANT` or `REVOKE` by
+/// a role that may not give the privilege) has left the target unlike the source.
+pub fn server_warnings(stderr: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let all: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once("WARNING:").map(|(_, w)| w.trim().to_owned()))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut shown: Vec<String> = all
+        .iter()
+        .take(WARNINGS_SHOWN)
+        .map(|w| format!("restoring the schema, the target server warned: {w}"))
+        .collect();
+    if all.len() > WARNINGS_SHOWN {
+        shown.push(format!(
+            "restoring the schema, the target server warned {} more time(s)",
+            all.len() - WARNINGS_SHOWN
+        ));
+    }
+    shown
 }
 
 fn pipe_error(tool: &str) -> std::io::Error {
@@ -595,6 +667,113 @@ ALTER TABLE ONLY public.film
         );
         assert!(!for_older_server("SET statement_timeout = 0;\n", 12));
         assert!(!for_older_server("SET transaction_timeout = 5;\n", 12));
+    }
+
+    #[test]
+    fn the_target_servers_warnings_are_reported_one_line_each() {
+        let stderr = b"psql:<stdin>:65: WARNING:  no privileges could be revoked for \"public\"\n\
+            psql:<stdin>:66: NOTICE:  extension \"hstore\" already exists, skipping\n";
+        assert_eq!(
+            server_warnings(stderr),
+            ["restoring the schema, the target server warned: no privileges could be revoked for \"public\""]
+        );
+        let many = "psql:<stdin>:1: WARNING:  w\n".repeat(25);
+        let w = server_warnings(many.as_bytes());
+        assert_eq!(w.len(), WARNINGS_SHOWN + 1);
+        assert!(
+            w[WARNINGS_SHOWN].ends_with("warned 5 more time(s)"),
+            "{w:?}"
+        );
+    }
+
+    /// Part of `pg_dump` 18's pre-data script of a PostgreSQL 12 database.
+    const PRE_DATA_12: &str = "SET statement_timeout = 0;
+SET transaction_timeout = 0;
+
+--
+-- Name: public; Type: SCHEMA; Schema: -; Owner: postgres
+--
+
+-- *not* creating schema, since initdb creates it
+
+
+ALTER SCHEMA public OWNER TO postgres;
+
+--
+-- Name: f(); Type: FUNCTION; Schema: public; Owner: postgres
+--
+
+CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $$SELECT '
+ALTER SCHEMA public OWNER TO postgres;
+GRANT ALL ON SCHEMA public TO PUBLIC;'$$;
+
+--
+-- Name: SCHEMA public; Type: COMMENT; Schema: -; Owner: postgres
+--
+
+COMMENT ON SCHEMA public IS 'two
+lines';
+
+
+--
+-- Name: SCHEMA public; Type: ACL; Schema: -; Owner: postgres
+--
+
+REVOKE USAGE ON SCHEMA public FROM PUBLIC;
+GRANT ALL ON SCHEMA public TO PUBLIC;
+";
+
+    fn filtered(opts: &DumpOptions) -> String {
+        let mut f = PreDataFilter::new(opts);
+        PRE_DATA_12
+            .split_inclusive('\n')
+            .filter(|l| f.keep(l))
+            .collect()
+    }
+
+    #[test]
+    fn the_pre_data_filter_leaves_out_only_what_it_was_told_each_in_its_own_entry() {
+        let all = DumpOptions {
+            target_major: 18,
+            ..DumpOptions::default()
+        };
+        assert_eq!(filtered(&all), PRE_DATA_12, "nothing to leave out");
+
+        let older = DumpOptions {
+            target_major: 16,
+            ..DumpOptions::default()
+        };
+        assert_eq!(
+            filtered(&older),
+            PRE_DATA_12.replace("SET transaction_timeout = 0;\n", "")
+        );
+
+        let keep_target = DumpOptions {
+            target_major: 18,
+            public: crate::checks::PublicSchema {
+                keep_target_owner: true,
+                privileges: Some(String::new()),
+                keep_target_comment: true,
+            },
+            ..DumpOptions::default()
+        };
+        let out = filtered(&keep_target);
+        assert_eq!(
+            out,
+            PRE_DATA_12
+                .replacen("ALTER SCHEMA public OWNER TO postgres;\n", "", 1)
+                .replace(
+                    "-- Name: SCHEMA public; Type: COMMENT; Schema: -; Owner: postgres\n--\n\n\
+                     COMMENT ON SCHEMA public IS 'two\nlines';\n\n\n--\n",
+                    "-- Name: SCHEMA public; Type: COMMENT; Schema: -; Owner: postgres\n"
+                )
+                .replace(
+                    "REVOKE USAGE ON SCHEMA public FROM PUBLIC;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n",
+                    ""
+                ),
+            "the same lines inside a function body stay"
+        );
+        assert!(out.contains("$$SELECT '\nALTER SCHEMA public OWNER TO postgres;\nGRANT ALL"));
     }
 
     #[test]

@@ -1002,7 +1002,8 @@ fn substate(code: &str) -> &'static str {
 pub async fn status(source: &Client, target: &Client, names: &SyncNames) -> Result<SyncStatus> {
     let slot = source
         .query_opt(
-            "SELECT s.active, s.wal_status::text, s.safe_wal_size, \
+            // wal_status and safe_wal_size exist from PostgreSQL 13 on (NULL before).
+            "SELECT s.active, to_jsonb(s)->>'wal_status', (to_jsonb(s)->>'safe_wal_size')::bigint, \
                     coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0)::bigint, \
                     pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text, \
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
@@ -1032,11 +1033,14 @@ pub async fn status(source: &Client, target: &Client, names: &SyncNames) -> Resu
                 },
             }
         });
+    // The apply leader: from 16 on, parallel apply workers (streaming = parallel, 18's
+    // default) have no relid either, but a leader_pid.
     let sub = target
         .query_opt(
             "SELECT sub.oid, sub.subenabled, st.pid IS NOT NULL, st.received_lsn::text \
              FROM pg_subscription sub \
              LEFT JOIN pg_stat_subscription st ON st.subid = sub.oid AND st.relid IS NULL \
+                  AND coalesce(to_jsonb(st)->>'leader_pid', '') = '' \
              WHERE sub.subname = $1 \
                AND sub.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[&names.subscription],

@@ -6,6 +6,7 @@
 //! failure the records say exactly what is in place. The schema is dropped when a run
 //! completes, leaving the target with exactly the source's objects.
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::connect::connect;
@@ -260,16 +261,43 @@ pub async fn end_leftover_sessions(
 
 /// Drop the target database (closing other sessions on it).
 ///
+/// `WITH (FORCE)` exists from PostgreSQL 13 on; on 12 the other sessions are ended first and the
+/// drop is tried again while one that was connecting is still there (`55006`, for up to 10 s).
+///
 /// # Errors
 /// [`Error::Sql`].
 pub async fn drop_database(maintenance: &Client, target: &ConnUrl) -> Result<()> {
-    maintenance
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            ident(&target.dbname)
-        ))
-        .await
-        .map_err(|e| Error::sql(Side::Target, format!("drop database {}", target.dbname), e))
+    let what = || format!("drop database {}", target.dbname);
+    let fail = |e| Error::sql(Side::Target, what(), e);
+    if crate::catalog::major_version(maintenance, Side::Target).await? >= 13 {
+        return maintenance
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(&target.dbname)
+            ))
+            .await
+            .map_err(fail);
+    }
+    let drop = format!("DROP DATABASE IF EXISTS {}", ident(&target.dbname));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        maintenance
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&target.dbname],
+            )
+            .await
+            .map_err(fail)?;
+        match maintenance.batch_execute(&drop).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && attempt < 100 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
 }
 
 /// A unit of data as recorded in the target.

@@ -165,6 +165,20 @@ pub async fn validate(
     out.push(checks::distinct(&src, &tgt, source, target).await);
     out.push(checks::extensions(&src, &tgt, target_major).await);
     out.push(checks::roles(&src, &tgt, false, false).await);
+    // A target database that exists is kept by init (when empty); a missing one is created.
+    let existing = match target::state(&tgt, target).await {
+        Ok(
+            target::TargetState::Empty
+            | target::TargetState::Interrupted
+            | target::TargetState::AwaitingReplication,
+        ) => connect(target, Side::Target).await.ok(),
+        _ => None,
+    };
+    out.push(
+        checks::public_schema(&src, &tgt, existing.as_ref(), target_major, false, false)
+            .await
+            .0,
+    );
     out.push(checks::tablespaces(&src, &tgt).await);
     out.push(checks::collation_library(&src, &tgt).await);
     // Privileges.

@@ -39,6 +39,8 @@ pub(crate) struct Preflight {
     pub refresh: Option<bool>,
     /// A resumed run: the tables the interrupted one planned (replication publishes no other).
     pub recorded_tables: Option<std::collections::HashSet<QualName>>,
+    /// What the pre-data restore leaves out for the schema `public`.
+    pub public: checks::PublicSchema,
 }
 
 /// Refuse on a failed check; say a warning's finding and fix.
@@ -152,8 +154,14 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
         check_same_source(ctx, &source_identity).await?;
     }
     if !complete {
-        refuse(checks::extensions(&source, &maintenance, target_major).await)?;
-        refuse(checks::roles(&source, &maintenance, o.no_owner, o.no_privileges).await)?;
+        refuse_or_warn(
+            ctx,
+            checks::extensions(&source, &maintenance, target_major).await,
+        )?;
+        refuse_or_warn(
+            ctx,
+            checks::roles(&source, &maintenance, o.no_owner, o.no_privileges).await,
+        )?;
         refuse(checks::tablespaces(&source, &maintenance).await)?;
         refuse_or_warn(ctx, checks::collation_library(&source, &maintenance).await)?;
     }
@@ -163,6 +171,25 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
     } else {
         None
     };
+    let mut public = checks::PublicSchema::default();
+    if !complete {
+        // A database this run creates comes from template0; one it keeps is read.
+        let existing = match create_with {
+            Some(_) => None,
+            None => Some(connect(&o.target, Side::Target).await?),
+        };
+        let (check, plan) = checks::public_schema(
+            &source,
+            &maintenance,
+            existing.as_ref(),
+            target_major,
+            o.no_owner,
+            o.no_privileges,
+        )
+        .await;
+        refuse_or_warn(ctx, check)?;
+        public = plan;
+    }
     let (refresh, recorded_tables) = if resumed && !complete {
         let (how, recorded) = resume_refresh(&o.target).await?;
         (Some(how), Some(recorded))
@@ -194,6 +221,7 @@ pub(crate) async fn preflight(ctx: &Ctx, names: &SyncNames) -> Result<Preflight>
         source_identity,
         refresh,
         recorded_tables,
+        public,
     })
 }
 

@@ -181,6 +181,7 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
         no_owner: o.no_owner,
         no_privileges: o.no_privileges,
         target_major: pre.target_major,
+        public: pre.public.clone(),
     };
     if !done_steps.contains("pre-data") {
         ctx.phase(
@@ -194,7 +195,9 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
                 &target::record_step_sql("pre-data"),
             ),
         )
-        .await?;
+        .await?
+        .into_iter()
+        .for_each(|w| ctx.warn(w));
         ctx.made(|m| m.pre_data = true);
     }
     let post = schema::dump_post_data(&pre.tools, &o.source, snapshot.name(), &dump_opts).await?;
