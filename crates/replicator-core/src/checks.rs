@@ -612,16 +612,29 @@ pub struct PublicSchema {
     pub keep_target_comment: bool,
 }
 
+/// Whether the schema `public` (`n`) has its default owner: `pg_database_owner` (from 15), or
+/// the bootstrap superuser on a server before 15, where initdb gave it that one. On 15 and later
+/// the bootstrap superuser is an owner someone chose, which `pg_dump` writes and the restore keeps.
+macro_rules! public_default_owner {
+    () => {
+        "(n.nspowner = 6171 OR (n.nspowner = 10 AND current_setting('server_version_num')::int < 150000))"
+    };
+}
+
 /// The schema `public`: its owner's oid, whether that is its default owner, the owner's name,
 /// who else may do what on it (`grantee:PRIVILEGE`, a `*` after a grantable one, sorted; the
 /// grantee `PUBLIC` for everyone), and its comment (empty for none).
-const PUBLIC_SCHEMA: &str = "SELECT n.nspowner, n.nspowner IN (10, 6171), pg_get_userbyid(n.nspowner)::text, \
+const PUBLIC_SCHEMA: &str = concat!(
+    "SELECT n.nspowner, ",
+    public_default_owner!(),
+    ", pg_get_userbyid(n.nspowner)::text, \
        ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END \
                     || ':' || a.privilege_type || CASE WHEN a.is_grantable THEN '*' ELSE '' END \
              FROM aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a \
              WHERE a.grantee <> n.nspowner ORDER BY 1), \
        coalesce(obj_description(n.oid, 'pg_namespace'), '') \
-     FROM pg_namespace n WHERE n.nspname = 'public'";
+     FROM pg_namespace n WHERE n.nspname = 'public'"
+);
 
 /// The comment initdb gives the schema public, which `pg_dump` leaves out.
 const DEFAULT_COMMENT: &str = "standard public schema";
@@ -859,7 +872,7 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
     let sql = format!(
         "WITH owners(r) AS (
             SELECT n.nspowner FROM pg_namespace n WHERE {user_ns}
-              AND NOT (n.nspname = 'public' AND n.nspowner IN (10, 6171))
+              AND NOT (n.nspname = 'public' AND {public_default})
               AND {nsp}
           UNION SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE {user_ns} AND c.relkind IN ('r','p','v','m','S','f') AND {cls}
@@ -886,7 +899,7 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
           UNION SELECT p.pubowner FROM pg_publication p WHERE p.pubname !~ '^seren_'
         ), acls(a) AS (
             SELECT n.nspacl FROM pg_namespace n WHERE {user_ns}
-              AND NOT (n.nspname = 'public' AND n.nspowner IN (10, 6171))
+              AND NOT (n.nspname = 'public' AND {public_default})
           UNION ALL SELECT c.relacl FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE {user_ns}
           UNION ALL SELECT a.attacl FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
@@ -906,7 +919,7 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
           -- The schema public of its default owner: the restore grants on it what others may
           -- do (see public_schema); the owner is the target's own.
           UNION SELECT e.grantee FROM pg_namespace n, aclexplode(n.nspacl) e
-              WHERE n.nspname = 'public' AND n.nspowner IN (10, 6171) AND e.grantee <> n.nspowner
+              WHERE n.nspname = 'public' AND {public_default} AND e.grantee <> n.nspowner
         ), always(r) AS (
             SELECT unnest(p.polroles) FROM pg_policy p
           UNION SELECT u.umuser FROM pg_user_mappings u
@@ -915,6 +928,7 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
         UNION SELECT 'privilege', rolname::text FROM privileged JOIN pg_roles ON pg_roles.oid = privileged.r
         UNION SELECT 'always', rolname::text FROM always JOIN pg_roles ON pg_roles.oid = always.r",
         nsp = not_ext("pg_namespace", "n.oid"),
+        public_default = public_default_owner!(),
         cls = not_ext("pg_class", "c.oid"),
         pro = not_ext("pg_proc", "p.oid"),
         typ = not_ext("pg_type", "t.oid"),
