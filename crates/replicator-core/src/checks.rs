@@ -623,16 +623,17 @@ macro_rules! public_default_owner {
 
 /// The schema `public`: its owner's oid, whether that is its default owner, the owner's name,
 /// who else may do what on it (`grantee:PRIVILEGE`, a `*` after a grantable one, sorted; the
-/// grantee `PUBLIC` for everyone), and its comment (empty for none).
+/// grantee quoted as an identifier, so that the bare `PUBLIC` is everyone and a role of that
+/// name is `"PUBLIC"`), its comment (empty for none), and its owner quoted the same way.
 const PUBLIC_SCHEMA: &str = concat!(
     "SELECT n.nspowner, ",
     public_default_owner!(),
     ", pg_get_userbyid(n.nspowner)::text, \
-       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END \
+       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
                     || ':' || a.privilege_type || CASE WHEN a.is_grantable THEN '*' ELSE '' END \
              FROM aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a \
              WHERE a.grantee <> n.nspowner ORDER BY 1), \
-       coalesce(obj_description(n.oid, 'pg_namespace'), '') \
+       coalesce(obj_description(n.oid, 'pg_namespace'), ''), quote_ident(pg_get_userbyid(n.nspowner)) \
      FROM pg_namespace n WHERE n.nspname = 'public'"
 );
 
@@ -642,17 +643,10 @@ const DEFAULT_COMMENT: &str = "standard public schema";
 /// SQL that turns the non-owner privileges `from` on the schema `public` into `to` (both as
 /// [`PUBLIC_SCHEMA`] lists them).
 pub fn public_privileges_sql(from: &[String], to: &[String]) -> String {
-    let grantee = |g: &str| {
-        if g == "PUBLIC" {
-            "PUBLIC".to_owned()
-        } else {
-            crate::sql::ident(g)
-        }
-    };
     let split = |e: &str| -> Option<(String, String, bool)> {
         let (g, p) = e.rsplit_once(':')?;
         let (p, grantable) = p.strip_suffix('*').map_or((p, false), |p| (p, true));
-        Some((grantee(g), p.to_owned(), grantable))
+        Some((g.to_owned(), p.to_owned(), grantable))
     };
     let mut sql = String::new();
     for (g, p, _) in from
@@ -753,9 +747,32 @@ pub async fn public_schema(
                     .is_ok_and(|r| r.get::<_, bool>(0));
                 (acts, r.get(2), r.get(3), r.get(4))
             }
-            Ok(None) => (true, String::new(), Vec::new(), String::new()),
+            // A kept database without it: the dump's statements on public, if any, fail
+            // as they would have anyway; nothing is put in their place.
+            Ok(None) => {
+                return (
+                    Check::new(
+                        NAME,
+                        Verdict::Warn,
+                        "the target database has no schema public",
+                        "",
+                    ),
+                    PublicSchema::default(),
+                )
+            }
             Err(e) => return unread(e, "target"),
         },
+    };
+    // The dump hands public to the source's owner first (unless that is the default one);
+    // what that owner may do itself is not among the grants to change.
+    let tgt_grants: Vec<String> = if src_default_owner || no_owner {
+        tgt_grants
+    } else {
+        let own = format!("{}:", src.get::<_, String>(5));
+        tgt_grants
+            .into_iter()
+            .filter(|g| !g.starts_with(&own))
+            .collect()
     };
     let plan = PublicSchema {
         keep_target_owner: src_default_owner,
@@ -1262,8 +1279,8 @@ mod tests {
         );
         assert_eq!(
             public_privileges_sql(
-                &v(&["PUBLIC:USAGE", "Mixed Case:USAGE"]),
-                &v(&["Mixed Case:USAGE*"])
+                &v(&["PUBLIC:USAGE", "\"Mixed Case\":USAGE"]),
+                &v(&["\"Mixed Case\":USAGE*"])
             ),
             "REVOKE USAGE ON SCHEMA public FROM PUBLIC;\n\
              REVOKE USAGE ON SCHEMA public FROM \"Mixed Case\";\n\

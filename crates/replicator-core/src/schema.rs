@@ -195,9 +195,9 @@ impl PreDataFilter {
             }
             // The whole entry: a comment may span lines.
             Some(("COMMENT", "SCHEMA public")) if self.public.keep_target_comment => false,
-            Some(("ACL", "SCHEMA public")) if self.public.privileges.is_some() => {
-                !(text.starts_with("GRANT ") || text.starts_with("REVOKE "))
-            }
+            // The whole entry too: with a grant made by another grantor it also holds
+            // SET SESSION AUTHORIZATION, which only a superuser may run.
+            Some(("ACL", "SCHEMA public")) if self.public.privileges.is_some() => false,
             _ => true,
         }
     }
@@ -768,7 +768,7 @@ GRANT ALL ON SCHEMA public TO PUBLIC;
                     "-- Name: SCHEMA public; Type: COMMENT; Schema: -; Owner: postgres\n"
                 )
                 .replace(
-                    "REVOKE USAGE ON SCHEMA public FROM PUBLIC;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n",
+                    "--\n\nREVOKE USAGE ON SCHEMA public FROM PUBLIC;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n",
                     ""
                 ),
             "the same lines inside a function body stay"
