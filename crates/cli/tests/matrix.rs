@@ -138,8 +138,9 @@ fn cell(source_major: u32, target_major: u32) -> Result<String, String> {
         ..Options::target()
     });
     src.create_db("app");
-    // From 13 on, transactions over 64 kB are streamed (from 14) and, from 16 into 18, whose subscriptions
-    // stream in parallel by default, applied by parallel apply workers besides the leader.
+    // Decoding spills or streams transactions over 64 kB (the setting exists from 13, streaming
+    // from 14); into 18, whose subscriptions stream in parallel by default, a 16+ source's are
+    // applied by parallel apply workers beside the leader.
     if source_major >= 13 {
         src.psql(
             "postgres",

@@ -404,6 +404,10 @@ pub(crate) fn collation_library_version(provider: &str) -> String {
     )
 }
 
+/// Whether the connected role is a superuser: one row, one `bool`.
+pub const IS_SUPERUSER: &str =
+    "SELECT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)";
+
 /// The server's major version (`server_version_num / 10000`).
 ///
 /// # Errors

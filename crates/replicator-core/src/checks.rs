@@ -559,10 +559,7 @@ async fn untrusted_extensions(
     target_major: u32,
 ) -> std::result::Result<Vec<String>, tokio_postgres::Error> {
     let superuser: bool = target
-        .query_one(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
+        .query_one(crate::catalog::IS_SUPERUSER, &[])
         .await?
         .get(0);
     if superuser || needed.is_empty() {
@@ -711,10 +708,7 @@ pub async fn public_schema(
         String,
     ) = (src.get(1), src.get(2), src.get(3), src.get(4));
     let superuser = match maintenance
-        .query_one(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
+        .query_one(crate::catalog::IS_SUPERUSER, &[])
         .await
     {
         Ok(r) => r.get::<_, bool>(0),
@@ -779,6 +773,15 @@ pub async fn public_schema(
         privileges: (!no_privileges).then(|| public_privileges_sql(&tgt_grants, &src_grants)),
         keep_target_comment: src_comment != DEFAULT_COMMENT && src_comment == tgt_comment,
     };
+    if acts_as_owner {
+        return (
+            Check::pass(
+                NAME,
+                "the target role may give the schema public the source's owner and privileges",
+            ),
+            plan,
+        );
+    }
     let mut problems = Vec::new();
     if !no_owner && !src_default_owner {
         problems.push(format!("belongs to {src_owner} on the source"));
@@ -798,15 +801,6 @@ pub async fn public_schema(
         ));
     }
     let comment_differs = src_comment != DEFAULT_COMMENT && src_comment != tgt_comment;
-    if acts_as_owner {
-        return (
-            Check::pass(
-                NAME,
-                "the target role may give the schema public the source's owner and privileges",
-            ),
-            plan,
-        );
-    }
     if problems.is_empty() && comment_differs {
         // A comment alone does not stop a copy: the target's stays, and the user is told.
         let plan = PublicSchema {

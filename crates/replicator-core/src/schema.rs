@@ -183,11 +183,11 @@ impl PreDataFilter {
 
     /// Whether `line` (with its line end) is to be sent to the target.
     pub fn keep(&mut self, line: &str) -> bool {
-        if let Some((kind, _, tag)) = parse_header(line.trim_end()) {
+        let text = line.trim_end();
+        if let Some((kind, _, tag)) = parse_header(text) {
             self.entry = Some((kind, tag));
             return true;
         }
-        let text = line.trim_end();
         match self.entry.as_ref().map(|(k, t)| (k.as_str(), t.as_str())) {
             None => !for_older_server(text, self.target_major),
             Some(("SCHEMA", "public")) if self.public.keep_target_owner => {

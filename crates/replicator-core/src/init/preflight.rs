@@ -250,10 +250,7 @@ async fn resume_refresh(
         .map(|r| (r.schema.as_str(), r.table.as_str()))
         .unzip();
     let superuser: bool = t
-        .query_one(
-            "SELECT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)",
-            &[],
-        )
+        .query_one(catalog::IS_SUPERUSER, &[])
         .await
         .map_err(|e| Error::sql(Side::Target, "read the role's attributes", e))?
         .get(0);
