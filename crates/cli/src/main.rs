@@ -225,7 +225,7 @@ struct InitArgs {
     no_sync: bool,
     /// The URL the target server uses to reach the source for replication, when not --source
     /// (another address, a replication role; without a password the target server's own
-    /// pgpass file is used).
+    /// pgpass file is used, which from PostgreSQL 16 only a superuser's subscription may).
     #[arg(long, env = "SEREN_SYNC_SOURCE_URL", hide_env_values = true)]
     sync_source_url: Option<String>,
     /// Whether `sync_source_url` came from the command line (not the environment): set from

@@ -55,7 +55,8 @@ pub struct SyncArgs {
     #[arg(long)]
     pub force: bool,
     /// The URL the target server uses to reach the source, when not --source (another host
-    /// name, a replication role; without a password the target server's pgpass file is used).
+    /// name, a replication role; without a password the target server's pgpass file is used,
+    /// which from PostgreSQL 16 only a superuser's subscription may).
     #[arg(long, env = "SEREN_SYNC_SOURCE_URL", hide_env_values = true)]
     pub sync_source_url: Option<String>,
     /// With --force: copy only these relations (init's patterns).

@@ -149,6 +149,18 @@ fn cell(source_major: u32, target_major: u32) -> Result<String, String> {
         src.psql("postgres", "SELECT pg_reload_conf()");
     }
     load_awkward(&src, "app", source_major);
+    // Privileges on functions of pg_catalog, as backup and monitoring roles get them: one every
+    // major has, and before 15 one that 15 renamed (pg_start_backup, now pg_backup_start).
+    src.psql(
+        "app",
+        "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text) TO reader_role_for_test; \
+         DO $$BEGIN \
+           IF to_regprocedure('pg_catalog.pg_start_backup(text, boolean, boolean)') IS NOT NULL THEN \
+             EXECUTE 'GRANT EXECUTE ON FUNCTION pg_catalog.pg_start_backup(text, boolean, boolean) \
+                      TO reader_role_for_test'; \
+           END IF; \
+         END$$",
+    );
     src.psql("app", "CREATE ROLE app LOGIN");
     dst.psql(
         "postgres",
@@ -175,6 +187,28 @@ fn cell(source_major: u32, target_major: u32) -> Result<String, String> {
     }
     if dst.psql("app", "SELECT count(*) FROM pg_subscription") != "1" {
         return Err(format!("init made no subscription: {init}"));
+    }
+    let may = |c: &Cluster, f: &str| {
+        c.psql(
+            "app",
+            &format!(
+                "SELECT coalesce(has_function_privilege('reader_role_for_test', \
+                 to_regprocedure('pg_catalog.{f}'), 'EXECUTE'), false)"
+            ),
+        )
+    };
+    if may(&dst, "pg_ls_dir(text)") != "t" {
+        return Err("the GRANT on pg_catalog.pg_ls_dir(text) did not arrive".into());
+    }
+    let start_backup = "pg_start_backup(text, boolean, boolean)";
+    if source_major < 15 && target_major >= 15 {
+        if !(init.contains("pg_start_backup") && init.contains("is left out")) {
+            return Err(format!("init did not name the GRANT it left out: {init}"));
+        }
+    } else if may(&dst, start_backup) != may(&src, start_backup) {
+        return Err(format!(
+            "the GRANT on pg_catalog.{start_backup} did not arrive"
+        ));
     }
     let copied = objects(&src, "app") == objects(&dst, "app");
     if !copied {
@@ -320,7 +354,8 @@ fn a_target_older_than_the_source_is_refused_before_anything_is_made() {
 
 /// A source database sorting with ICU into a server whose ICU is another version (Debian's
 /// PostgreSQL 15 links the system's ICU; zonky's 17 bundles its own): `validate` and `init`
-/// name the difference and what it can change, and the copy still verifies equal.
+/// name the difference and what it can change, the target database is created with the
+/// source's provider and ICU locale, and the copy still verifies equal.
 #[test]
 fn another_icu_version_on_the_target_is_named_and_the_copy_still_verifies() {
     let src = Cluster::start(&Options::source());
@@ -364,6 +399,17 @@ fn another_icu_version_on_the_target_is_named_and_the_copy_still_verifies() {
     let all = text(&out);
     assert!(out.status.success(), "init: {all}");
     assert!(all.contains("warning: text in en-US sorts by ICU"), "{all}");
+    // The target database sorts with the source's provider and locale, not libc's "C".
+    let sorting = "SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') || ' ' \
+                   || coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale', '') \
+                   FROM pg_database d WHERE datname = 'app'";
+    assert_eq!(dst.psql("postgres", sorting), "i en-US");
+    let ordered = "SELECT md5(string_agg(w, ',' ORDER BY w)) FROM words";
+    assert_eq!(
+        dst.psql("app", ordered),
+        src.psql("app", ordered),
+        "ORDER BY on text returns the rows in the source's order"
+    );
     let out = run(&s, &t, &["verify", "--chunk-rows", "50"]);
     assert!(out.status.success(), "verify: {}", text(&out));
 }

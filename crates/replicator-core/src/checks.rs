@@ -208,12 +208,17 @@ pub async fn replication_privilege(source: &Client) -> Check {
 }
 
 /// The target role may create a subscription and the target runs logical replication workers.
-pub async fn subscription(target: &Client) -> Check {
+/// `password` says whether the connection string the subscription would get (the source URL,
+/// or `--sync-source-url`) holds a password: from 16 a subscription owned by a role that is not
+/// a superuser must have one there (the server refuses it otherwise; a pgpass file does not
+/// count).
+pub async fn subscription(target: &Client, password: bool) -> Check {
     let row = target
         .query_one(
             "SELECT rolsuper OR (current_setting('server_version_num')::int >= 160000 \
                     AND pg_has_role(current_user, 'pg_create_subscription', 'USAGE')), \
-                    current_setting('max_logical_replication_workers')::int \
+                    current_setting('max_logical_replication_workers')::int, \
+                    rolsuper OR current_setting('server_version_num')::int < 160000 \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
@@ -223,13 +228,25 @@ pub async fn subscription(target: &Client) -> Check {
         Err(e) => return unreadable("target.subscription", "subscription privileges", &e),
     };
     let mut problems = Vec::new();
-    if !row.get::<_, bool>(0) {
+    let mut fix = "use a superuser on the target (or on PostgreSQL 16+ a member of \
+                   pg_create_subscription), or copy with --no-sync";
+    let may_create = row.get::<_, bool>(0);
+    if !may_create {
         problems.push(
             "the target role may not create subscriptions (a superuser, or on PostgreSQL 16+ a member of pg_create_subscription)",
         );
     }
     if row.get::<_, i32>(1) < 1 {
         problems.push("the target has max_logical_replication_workers = 0");
+    }
+    if may_create && !password && !row.get::<_, bool>(2) {
+        problems.push(
+            "the subscription's connection string would hold no password, which PostgreSQL 16+ \
+             requires of a subscription owned by a role that is not a superuser",
+        );
+        fix = "put the source password in the source URL or in --sync-source-url (the target \
+               keeps it in pg_subscription), use a superuser on the target, or copy with \
+               --no-sync";
     }
     if problems.is_empty() {
         Check::pass("target.subscription", "the role may create a subscription")
@@ -238,17 +255,18 @@ pub async fn subscription(target: &Client) -> Check {
             "target.subscription",
             Verdict::Fail,
             problems.join("; "),
-            "use a superuser on the target (or on PostgreSQL 16+ a member of pg_create_subscription), or copy with --no-sync",
+            fix,
         )
     }
 }
 
 /// Everything replication after the copy needs of the two servers, in the order `validate`
-/// prints them; `own_slot` is the slot of this target (not counted as taken). The tables'
-/// replica identity is [`replica_identity`].
+/// prints them; `own_slot` is the slot of this target (not counted as taken), `target` the
+/// target's maintenance session and whether the subscription's connection string would hold a
+/// password. The tables' replica identity is [`replica_identity`].
 pub async fn replication(
     source: &Client,
-    target: Option<&Client>,
+    target: Option<(&Client, bool)>,
     own_slot: Option<&str>,
 ) -> Vec<Check> {
     let mut out = vec![
@@ -257,8 +275,8 @@ pub async fn replication(
         wal_senders(source).await,
         replication_privilege(source).await,
     ];
-    if let Some(t) = target {
-        out.push(subscription(t).await);
+    if let Some((t, password)) = target {
+        out.push(subscription(t, password).await);
     }
     out
 }
@@ -446,6 +464,38 @@ pub async fn replica_identity(source: &Client, only: Option<&[QualName]>) -> Che
             format!("could not be read: {e}"),
             "",
         ),
+    }
+}
+
+/// `source.publication_rights`: tables the source role may read but not publish (only their
+/// owner may): `init` copies them and leaves them out of replication (with `--sync` it
+/// refuses).
+pub async fn publication_rights(source: &Client) -> Check {
+    const NAME: &str = "source.publication_rights";
+    let sql = format!(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE {} AND c.relkind = 'r' AND c.relpersistence = 'p' \
+           AND NOT pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY 1",
+        crate::catalog::USER_NAMESPACES
+    );
+    match source.query(&sql, &[]).await {
+        Ok(rows) if rows.is_empty() => Check::pass(NAME, "the source role may publish every table"),
+        Ok(rows) => {
+            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            Check::new(
+                NAME,
+                Verdict::Warn,
+                format!(
+                    "{} table(s) the source role may read but not publish: {}; init copies them \
+                     but leaves them out of replication (with --sync it refuses)",
+                    names.len(),
+                    name_list(&names, 5)
+                ),
+                crate::sync::PUBLISH_FIX,
+            )
+        }
+        Err(e) => unreadable(NAME, "table owners", &e),
     }
 }
 
@@ -864,6 +914,10 @@ pub struct MissingRoles {
     pub privileges: BTreeSet<String>,
     /// Roles named by row-level security policies and user mappings (needed either way).
     pub always: BTreeSet<String>,
+    /// Owners that exist on the target but that the target role, not a superuser, may not give
+    /// objects to: `ALTER … OWNER TO` needs membership in the new owner (from 16 with the
+    /// `SET` option).
+    pub not_becomable: BTreeSet<String>,
 }
 
 /// Which roles the source's objects name that the target server lacks.
@@ -931,6 +985,10 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
           -- do (see public_schema); the owner is the target's own.
           UNION SELECT e.grantee FROM pg_namespace n, aclexplode(n.nspacl) e
               WHERE n.nspname = 'public' AND {public_default} AND e.grantee <> n.nspowner
+          -- Privileges on the database itself (see database.rs); its owner's go to the
+          -- target's owner.
+          UNION SELECT e.grantee FROM pg_database d, aclexplode(d.datacl) e
+              WHERE d.datname = current_database() AND e.grantee <> d.datdba
         ), always(r) AS (
             SELECT unnest(p.polroles) FROM pg_policy p
           UNION SELECT u.umuser FROM pg_user_mappings u
@@ -959,19 +1017,27 @@ pub async fn missing_roles(source: &Client, target: &Client) -> Result<MissingRo
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let names: Vec<&str> = needed.iter().map(|(_, n)| n.as_str()).collect();
-    let present: BTreeSet<String> = target
+    let present: Vec<(String, bool)> = target
         .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)",
+            "SELECT r.rolname::text,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                    OR CASE WHEN current_setting('server_version_num')::int >= 160000
+                            THEN pg_has_role(current_user, r.oid, 'SET')
+                            ELSE pg_has_role(current_user, r.oid, 'MEMBER') END
+             FROM pg_roles r WHERE r.rolname = ANY($1)",
             &[&names],
         )
         .await
         .map_err(|e| Error::sql(Side::Target, "list roles", e))?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut out = MissingRoles::default();
     for (kind, name) in needed {
-        if present.contains(&name) {
+        if let Some((_, becomable)) = present.iter().find(|(n, _)| *n == name) {
+            if kind == "owner" && !becomable {
+                out.not_becomable.insert(name);
+            }
             continue;
         }
         match kind.as_str() {
@@ -1007,6 +1073,18 @@ pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileg
         ));
         fixes.push("or pass --no-owner to give everything to the target role");
     }
+    let mut grant = None;
+    if !no_owner && !missing.not_becomable.is_empty() {
+        problems.push(format!(
+            "the target role may not give objects to {}, who own objects in the source (ALTER … \
+             OWNER TO needs membership in the new owner, from PostgreSQL 16 with the SET option)",
+            list(&missing.not_becomable)
+        ));
+        grant = Some(format!(
+            "GRANT {} TO the target role (or pass --no-owner)",
+            list(&missing.not_becomable)
+        ));
+    }
     if !no_privileges && !missing.privileges.is_empty() {
         problems.push(format!(
             "role(s) {} hold or grant privileges in the source but do not exist on the target server",
@@ -1027,7 +1105,10 @@ pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileg
             "every role the source's objects name exists on the target",
         );
     }
-    let fix = if fixes.is_empty() {
+    let only_grant = grant.is_some() && problems.len() == 1;
+    let mut fix = if only_grant {
+        String::new()
+    } else if fixes.is_empty() {
         "create them on the target first (pg_dumpall --roles-only on the source lists them)"
             .to_owned()
     } else {
@@ -1036,6 +1117,13 @@ pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileg
             fixes.join(", ")
         )
     };
+    if let Some(g) = grant {
+        fix = if fix.is_empty() {
+            g
+        } else {
+            format!("{fix}; {g}")
+        };
+    }
     Check::new("target.roles", Verdict::Fail, problems.join("; "), fix)
 }
 

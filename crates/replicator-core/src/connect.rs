@@ -40,7 +40,11 @@ pub const APPLICATION_NAME: &str = "postgres-seren-replicator";
 ///   schema;
 /// - `row_security = off`: a table that row-level security would filter raises an error
 ///   instead of silently copying (or counting) fewer rows;
-/// - no statement, lock, idle-in-transaction or idle-session timeout.
+/// - no statement, lock, idle-in-transaction or idle-session timeout;
+/// - `default_transaction_read_only = off`: a database or role that defaults to read-only (the
+///   source database's own settings, given to the target when its copy is complete; a role
+///   `cutover` froze) must not turn the tool's own writes (its bookkeeping, the publication, the
+///   subscription) into errors.
 ///
 /// `TimeZone` is left alone (a filter's `'2024-01-01'` means what the user meant); verify sets
 /// it to UTC on both sides, where it changes the text it compares.
@@ -48,7 +52,7 @@ pub const PINNED_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = post
      SET extra_float_digits = 3; SET bytea_output = hex; SET xmloption = content; \
      SET lc_monetary = 'C'; SET standard_conforming_strings = on; SET search_path = ''; \
      SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; \
-     SET idle_in_transaction_session_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; SET default_transaction_read_only = off; \
      SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
       WHERE name = 'idle_session_timeout'";
 

@@ -137,6 +137,56 @@ async fn writable_session(url: &ConnUrl, side: Side) -> Result<Client> {
     Ok(c)
 }
 
+/// Refuse, before anything is frozen, a role that the source session may not make read-only
+/// (`ALTER ROLE … SET`: itself, or with `CREATEROLE` a role that is not a superuser, from 16
+/// only with the `ADMIN` option on it) or whose sessions it may not end (its own; with
+/// `pg_signal_backend` or the role's privileges those of a role that is not a superuser): a
+/// cutover stopped halfway would leave some roles frozen and others writing.
+async fn may_freeze(source: &Client, roles: &[String]) -> Result<()> {
+    let rows = source
+        .query(
+            "SELECT r.rolname::text,
+                    me.rolsuper OR r.oid = me.oid
+                      OR (me.rolcreaterole AND NOT r.rolsuper
+                          AND (current_setting('server_version_num')::int < 160000
+                               OR pg_has_role(me.oid, r.oid, 'MEMBER WITH ADMIN OPTION'))),
+                    me.rolsuper OR r.oid = me.oid
+                      OR (NOT r.rolsuper AND (pg_has_role(me.oid, r.oid, 'USAGE')
+                          OR pg_has_role(me.oid, 'pg_signal_backend', 'USAGE')))
+             FROM pg_roles r, pg_roles me
+             WHERE me.rolname = current_user AND r.rolname = ANY($1)",
+            &[&roles],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "check the right to freeze the roles", e))?;
+    let mut problems = Vec::new();
+    for row in &rows {
+        let (role, alter, signal): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let mut lacks = Vec::new();
+        if !alter {
+            lacks.push(
+                "make it read-only (ALTER ROLE needs CREATEROLE and, from PostgreSQL 16, the \
+                 ADMIN option on it)",
+            );
+        }
+        if !signal {
+            lacks.push("end its sessions (needs pg_signal_backend or the role's privileges)");
+        }
+        if !lacks.is_empty() {
+            problems.push(format!("{role}: may not {}", lacks.join(" nor ")));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Preflight(format!(
+        "the source role may not freeze every --role, so nothing was changed: {}; run cutover \
+         as a superuser or as a role with those rights (GRANT pg_signal_backend TO …; GRANT \
+         <role> TO … WITH ADMIN OPTION)",
+        problems.join("; ")
+    )))
+}
+
 /// Let `roles` write on the source again (the way back).
 ///
 /// # Errors
@@ -194,6 +244,7 @@ pub async fn cutover(
             )));
         }
     }
+    may_freeze(&source, &o.roles).await?;
     let mut report = CutoverReport::default();
     let step = |s: String, report: &mut CutoverReport| {
         progress(&s);

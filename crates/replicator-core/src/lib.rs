@@ -13,6 +13,7 @@ pub mod checks;
 pub mod connect;
 pub mod copy;
 pub mod cutover;
+pub mod database;
 pub mod error;
 pub mod init;
 pub mod plan;

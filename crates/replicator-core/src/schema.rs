@@ -160,15 +160,28 @@ pub struct DumpOptions {
     pub public: crate::checks::PublicSchema,
 }
 
-/// Which lines of a pre-data script reach the target: all but the fixed header's settings the
-/// target is too old for ([`for_older_server`]) and the statements on the schema `public` that
-/// [`crate::checks::PublicSchema`] leaves out, each only inside its own entry.
+/// Which lines of a pre-data script reach the target, and how: all but the fixed header's
+/// settings the target is too old for ([`for_older_server`]) and the statements on the schema
+/// `public` that [`crate::checks::PublicSchema`] leaves out, each only inside its own entry;
+/// the privileges on system objects ([`guard_system_acl`]) each in a block that turns "no such
+/// object on this server" into a warning.
 #[derive(Debug)]
 pub struct PreDataFilter {
     target_major: u32,
     public: crate::checks::PublicSchema,
-    /// `(kind, tag)` of the entry the lines belong to; `None` in the fixed header.
-    entry: Option<(String, String)>,
+    /// `(kind, schema, tag)` of the entry the lines belong to; `None` in the fixed header.
+    entry: Option<(String, String, String)>,
+}
+
+/// What becomes of one line of a pre-data script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// Sent as it is.
+    Keep,
+    /// Left out.
+    Drop,
+    /// This is sent instead.
+    Replace(String),
 }
 
 impl PreDataFilter {
@@ -181,26 +194,58 @@ impl PreDataFilter {
         }
     }
 
-    /// Whether `line` (with its line end) is to be sent to the target.
-    pub fn keep(&mut self, line: &str) -> bool {
+    /// What to send to the target for `line` (with its line end).
+    pub fn forward(&mut self, line: &str) -> Forward {
         let text = line.trim_end();
-        if let Some((kind, _, tag)) = parse_header(text) {
-            self.entry = Some((kind, tag));
-            return true;
+        if let Some(header) = parse_header(text) {
+            self.entry = Some(header);
+            return Forward::Keep;
         }
-        match self.entry.as_ref().map(|(k, t)| (k.as_str(), t.as_str())) {
-            None => !for_older_server(text, self.target_major),
-            Some(("SCHEMA", "public")) if self.public.keep_target_owner => {
-                !text.starts_with("ALTER SCHEMA public OWNER TO ")
+        let keep = |k: bool| if k { Forward::Keep } else { Forward::Drop };
+        match self
+            .entry
+            .as_ref()
+            .map(|(k, s, t)| (k.as_str(), s.as_str(), t.as_str()))
+        {
+            None => keep(!for_older_server(text, self.target_major)),
+            Some(("SCHEMA", _, "public")) if self.public.keep_target_owner => {
+                keep(!text.starts_with("ALTER SCHEMA public OWNER TO "))
             }
             // The whole entry: a comment may span lines.
-            Some(("COMMENT", "SCHEMA public")) if self.public.keep_target_comment => false,
+            Some(("COMMENT", _, "SCHEMA public")) if self.public.keep_target_comment => {
+                Forward::Drop
+            }
             // The whole entry too: with a grant made by another grantor it also holds
             // SET SESSION AUTHORIZATION, which only a superuser may run.
-            Some(("ACL", "SCHEMA public")) if self.public.privileges.is_some() => false,
-            _ => true,
+            Some(("ACL", _, "SCHEMA public")) if self.public.privileges.is_some() => Forward::Drop,
+            Some(("ACL", "pg_catalog" | "information_schema", _)) => {
+                guard_system_acl(text).map_or(Forward::Keep, Forward::Replace)
+            }
+            _ => Forward::Keep,
         }
     }
+}
+
+/// A `GRANT` or `REVOKE` on an object of `pg_catalog` or `information_schema` (pg_dump writes
+/// those whose privileges differ from initdb's, as backup and monitoring roles get them), run
+/// so that an object this server does not have is a warning, not a failed restore: between
+/// majors such objects are renamed or removed (`pg_start_backup(text, boolean, boolean)` of 12
+/// to 14 is `pg_backup_start` from 15), and the role's privilege must then be given on the
+/// successor by hand. `None` for any other line.
+pub fn guard_system_acl(line: &str) -> Option<String> {
+    const QUOTE: &str = "$seren_acl$";
+    let statement = line.strip_suffix(';')?;
+    if !(statement.starts_with("GRANT ") || statement.starts_with("REVOKE "))
+        || statement.contains("$seren_")
+    {
+        return None;
+    }
+    Some(format!(
+        "DO $seren_do$BEGIN EXECUTE {QUOTE}{statement}{QUOTE}; \
+         EXCEPTION WHEN undefined_function OR undefined_table OR undefined_column \
+         OR undefined_object THEN RAISE WARNING '% is left out: %', {QUOTE}{statement}{QUOTE}, \
+         SQLERRM; END$seren_do$;\n"
+    ))
 }
 
 /// Settings a `pg_dump` newer than the target writes in its script's fixed header, each with
@@ -347,8 +392,10 @@ pub async fn restore_pre_data(
             if reader.read_until(b'\n', &mut line).await? == 0 {
                 break;
             }
-            if filter.keep(&String::from_utf8_lossy(&line)) {
-                input.write_all(&line).await?;
+            match filter.forward(&String::from_utf8_lossy(&line)) {
+                Forward::Keep => input.write_all(&line).await?,
+                Forward::Replace(with) => input.write_all(with.as_bytes()).await?,
+                Forward::Drop => {}
             }
         }
         Ok::<_, std::io::Error>(())
@@ -727,7 +774,11 @@ GRANT ALL ON SCHEMA public TO PUBLIC;
         let mut f = PreDataFilter::new(opts);
         PRE_DATA_12
             .split_inclusive('\n')
-            .filter(|l| f.keep(l))
+            .filter_map(|l| match f.forward(l) {
+                Forward::Keep => Some(l.to_owned()),
+                Forward::Replace(with) => Some(with),
+                Forward::Drop => None,
+            })
             .collect()
     }
 
@@ -774,6 +825,37 @@ GRANT ALL ON SCHEMA public TO PUBLIC;
             "the same lines inside a function body stay"
         );
         assert!(out.contains("$$SELECT '\nALTER SCHEMA public OWNER TO postgres;\nGRANT ALL"));
+    }
+
+    #[test]
+    fn grants_on_system_objects_warn_instead_of_failing_where_the_object_is_gone() {
+        let dump = "--\n\
+-- Name: FUNCTION pg_start_backup(label text, fast boolean, exclusive boolean); Type: ACL; Schema: pg_catalog; Owner: postgres\n\
+--\n\n\
+GRANT ALL ON FUNCTION pg_catalog.pg_start_backup(label text, fast boolean, exclusive boolean) TO backup;\n\
+\n--\n\
+-- Name: TABLE t; Type: ACL; Schema: public; Owner: postgres\n\
+--\n\n\
+GRANT SELECT ON TABLE public.t TO backup;\n";
+        let mut f = PreDataFilter::new(&DumpOptions::default());
+        let out: Vec<Forward> = dump.split_inclusive('\n').map(|l| f.forward(l)).collect();
+        let replaced: Vec<&String> = out
+            .iter()
+            .filter_map(|o| match o {
+                Forward::Replace(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replaced.len(), 1, "only the system object's GRANT: {out:?}");
+        assert!(replaced[0].starts_with(
+            "DO $seren_do$BEGIN EXECUTE $seren_acl$GRANT ALL ON FUNCTION pg_catalog.pg_start_backup("
+        ));
+        assert!(replaced[0].contains("WHEN undefined_function"));
+        assert!(replaced[0].ends_with("END$seren_do$;\n"));
+        assert!(out.iter().all(|o| *o != Forward::Drop));
+        assert_eq!(guard_system_acl("SET SESSION AUTHORIZATION backup;"), None);
+        assert_eq!(guard_system_acl("GRANT x TO \"$seren_acl$\";"), None);
+        assert_eq!(guard_system_acl("GRANT x TO \"a$seren_do$; DROP\";"), None);
     }
 
     #[test]

@@ -96,6 +96,36 @@ pub async fn replicable(
         .partition(|t| !unlogged.iter().any(|(s, n)| *s == t.schema && *n == t.name)))
 }
 
+/// Which of `tables` the connected role may not add to a publication: only a superuser, or a
+/// role with the privileges of the table's owner, may (a role that only has `SELECT` on it can
+/// copy it but not publish it).
+///
+/// # Errors
+/// [`Error::Sql`].
+pub async fn not_publishable(source: &Client, tables: &[QualName]) -> Result<Vec<QualName>> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = source
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+             FROM unnest($1::text[], $2::text[]) AS t(s, r) \
+             JOIN pg_namespace n ON n.nspname = t.s \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r \
+             WHERE NOT pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY 1, 2",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Source, "check the right to publish the tables", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+/// How to give the source role the right to publish a table, for messages.
+pub const PUBLISH_FIX: &str = "only a table's owner may publish it: ALTER TABLE … OWNER TO the \
+     source role, GRANT the owner to it, or use a role that owns the tables";
+
 /// The comment of the publication feeding `target`: the target's URL (no password) and, when
 /// known, the system identifier of the target's server, which tells two servers reached by the
 /// same name (two machines' `localhost`) apart.
@@ -277,8 +307,8 @@ pub fn password_warning(via: &ConnUrl) -> Option<String> {
     via.password.is_some().then(|| {
         "the subscription's connection string holds the source password, which the target \
          keeps in pg_subscription (readable by its superusers); prefer a replication role of \
-         its own, or --sync-source-url without a password and a pgpass file on the target \
-         server"
+         its own, or (as a superuser on the target, or before 16) --sync-source-url without a \
+         password and a pgpass file on the target server"
             .to_owned()
     })
 }

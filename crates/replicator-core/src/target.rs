@@ -133,17 +133,50 @@ pub struct DatabaseLocale {
     pub collate: String,
     /// `LC_CTYPE`.
     pub ctype: String,
+    /// The default collation's provider: `c` (libc), `i` (ICU, from 15) or `b` (builtin, from
+    /// 17).
+    pub provider: String,
+    /// The ICU or builtin locale (`daticulocale` on 15 and 16, `datlocale` from 17).
+    pub locale: Option<String>,
+    /// ICU tailoring rules (`daticurules`, from 16).
+    pub icu_rules: Option<String>,
 }
 
-/// Read the source database's encoding and locale.
+impl DatabaseLocale {
+    /// The clauses of CREATE DATABASE that give the source's provider and its locale (empty for
+    /// libc).
+    fn provider_clauses(&self) -> String {
+        let locale = self.locale.as_deref().unwrap_or_default();
+        match self.provider.as_str() {
+            "i" => {
+                let mut s = format!(" LOCALE_PROVIDER icu ICU_LOCALE {}", literal(locale));
+                if let Some(rules) = self.icu_rules.as_deref().filter(|r| !r.is_empty()) {
+                    s.push_str(&format!(" ICU_RULES {}", literal(rules)));
+                }
+                s
+            }
+            "b" => format!(
+                " LOCALE_PROVIDER builtin BUILTIN_LOCALE {}",
+                literal(locale)
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Read the source database's encoding and locale. The provider's columns are read through
+/// `to_jsonb`, so that one query serves every major (they came in 15, 16 and 17).
 ///
 /// # Errors
 /// [`Error::Sql`].
 pub async fn source_locale(source: &Client) -> Result<DatabaseLocale> {
     let row = source
         .query_one(
-            "SELECT pg_encoding_to_char(encoding), datcollate::text, datctype::text
-             FROM pg_database WHERE datname = current_database()",
+            "SELECT pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text,
+                    coalesce(to_jsonb(d) ->> 'datlocprovider', 'c'),
+                    coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale'),
+                    to_jsonb(d) ->> 'daticurules'
+             FROM pg_database d WHERE d.datname = current_database()",
             &[],
         )
         .await
@@ -152,11 +185,16 @@ pub async fn source_locale(source: &Client) -> Result<DatabaseLocale> {
         encoding: row.get(0),
         collate: row.get(1),
         ctype: row.get(2),
+        provider: row.get(3),
+        locale: row.get(4),
+        icu_rules: row.get(5),
     })
 }
 
-/// Create the target database from `template0` with the source's encoding and locale; when the
-/// target server lacks that locale, fall back to its default and return a warning.
+/// Create the target database from `template0` with the source's encoding, locale and
+/// collation provider; when the target server lacks that locale (or was built without ICU),
+/// fall back to less of it (the libc locale alone, then the server's default) and return a
+/// warning that says what the database sorts by instead.
 ///
 /// # Errors
 /// [`Error::Sql`] when even the plain CREATE DATABASE fails (e.g. no CREATEDB privilege).
@@ -166,14 +204,44 @@ pub async fn create_database(
     locale: &DatabaseLocale,
 ) -> Result<Option<String>> {
     let name = ident(&target.dbname);
-    let with_locale = format!(
+    // From 15 template0 may have another provider (initdb --locale-provider=icu): a libc
+    // database must say so, or it would sort by ICU.
+    let libc_provider = if crate::catalog::major_version(maintenance, Side::Target).await? >= 15 {
+        " LOCALE_PROVIDER libc"
+    } else {
+        ""
+    };
+    let base = format!(
         "CREATE DATABASE {name} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
         literal(&locale.encoding),
         literal(&locale.collate),
         literal(&locale.ctype)
     );
-    match maintenance.batch_execute(&with_locale).await {
-        Ok(()) => Ok(None),
+    let libc = format!("{base}{libc_provider}");
+    let provider = locale.provider_clauses();
+    let mut refused = None;
+    if !provider.is_empty() {
+        match maintenance
+            .batch_execute(&format!("{base}{provider}"))
+            .await
+        {
+            Ok(()) => return Ok(None),
+            Err(e) => refused = Some(crate::error::pg_message(&e)),
+        }
+    }
+    let source_sorts = match (locale.provider.as_str(), &locale.locale) {
+        ("i", Some(l)) => format!("ICU locale {l}"),
+        ("b", Some(l)) => format!("builtin locale {l}"),
+        _ => format!("{}/{}", locale.collate, locale.ctype),
+    };
+    match maintenance.batch_execute(&libc).await {
+        Ok(()) => Ok(refused.map(|why| {
+            format!(
+                "created {} with the libc locale {}/{}: the source's {source_sorts} is not \
+                 available there ({why}); text may sort differently on the target",
+                target.dbname, locale.collate, locale.ctype
+            )
+        })),
         Err(first) => {
             let plain = format!(
                 "CREATE DATABASE {name} TEMPLATE template0 ENCODING {}",
@@ -187,12 +255,10 @@ pub async fn create_database(
                 )
             })?;
             Ok(Some(format!(
-                "created {} with the target server's default locale: the source's ({}/{}) is not \
-                 available there ({})",
+                "created {} with the target server's default locale: the source's \
+                 ({source_sorts}) is not available there ({})",
                 target.dbname,
-                locale.collate,
-                locale.ctype,
-                crate::error::pg_message(&first)
+                refused.unwrap_or_else(|| crate::error::pg_message(&first))
             )))
         }
     }
@@ -371,7 +437,8 @@ impl SourceIdentity {
         (other_cluster || self.database_oid != now.database_oid || self.database != now.database)
             .then(|| {
                 format!(
-                    "the interrupted copy came from the database {} of {} ({}), and this source is                      the database {} of {} ({})",
+                    "the interrupted copy came from the database {} of {} ({}), and this source is \
+                     the database {} of {} ({})",
                     self.database,
                     self.url,
                     self.describe(),

@@ -121,6 +121,7 @@ pub async fn validate(
     });
 
     out.push(checks::replica_identity(&src, None).await);
+    out.push(checks::publication_rights(&src).await);
     out.push(checks::leftover_slots(&src).await);
     let long: Option<i64> = one(
         &src,
@@ -200,7 +201,7 @@ pub async fn validate(
             "create the target database beforehand, owned by this role",
         )
     });
-    out.push(checks::subscription(&tgt).await);
+    out.push(checks::subscription(&tgt, source.password.is_some()).await);
     out.push(check(
         "target.reaches_source",
         Verdict::Warn,

@@ -3,7 +3,8 @@
 //! time zone) into a target server with other defaults (`DateStyle = 'SQL, MDY'`, a third time
 //! zone): every value arrives unchanged, through text COPY (a composite column forces it, and
 //! `--copy-format text` forces it for every table) as through binary, `reg*` columns keep naming
-//! the right object, and `verify` calls the two equal.
+//! the right object, and `verify` calls the two equal. The target database gets the source
+//! database's own settings, owner, comment, connection limit and privileges.
 
 mod common;
 
@@ -49,6 +50,21 @@ fn rows(c: &Cluster, db: &str, table: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
 }
 
+/// What a database has of its own, its name left out.
+fn database_properties(c: &Cluster, db: &str) -> String {
+    c.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_get_userbyid(d.datdba), shobj_description(d.oid, 'pg_database'),
+                    d.datconnlimit, d.datacl::text,
+                    (SELECT string_agg(coalesce(pg_get_userbyid(nullif(s.setrole, 0)), '*')
+                                       || ' ' || s.setconfig::text, '; ' ORDER BY s.setrole)
+                     FROM pg_db_role_setting s WHERE s.setdatabase = d.oid)
+             FROM pg_database d WHERE d.datname = '{db}'"
+        ),
+    )
+}
+
 fn check(format: FormatChoice) {
     let src = Cluster::start(&Options {
         settings: vec![("timezone".into(), "'Asia/Kolkata'".into())],
@@ -72,6 +88,25 @@ fn check(format: FormatChoice) {
          ALTER DATABASE app SET bytea_output = 'escape';
          ALTER DATABASE app SET search_path = 'pg_catalog';",
     );
+    // The database's own properties: pg_dump writes them only with --create.
+    for c in [&src, &dst] {
+        c.psql(
+            "postgres",
+            "CREATE ROLE shop_owner; CREATE ROLE \"Report Writer\";",
+        );
+    }
+    src.psql(
+        "postgres",
+        "ALTER DATABASE app OWNER TO shop_owner;
+         COMMENT ON DATABASE app IS 'the shop''s data';
+         ALTER DATABASE app CONNECTION LIMIT 50;
+         REVOKE CONNECT, TEMPORARY ON DATABASE app FROM PUBLIC;
+         GRANT CONNECT ON DATABASE app TO \"Report Writer\" WITH GRANT OPTION;
+         ALTER DATABASE app SET temp_tablespaces = '';
+         ALTER DATABASE app SET default_transaction_read_only = on;
+         ALTER ROLE \"Report Writer\" IN DATABASE app SET search_path = app, \"$user\", \"Odd, Schema\";
+         ALTER ROLE \"Report Writer\" IN DATABASE app SET statement_timeout = '5s';",
+    );
     let mut opts = options(&src, "app", &dst, "copy");
     opts.format = format;
     let (result, _) = run_init(opts.clone());
@@ -83,6 +118,11 @@ fn check(format: FormatChoice) {
             "{table} arrived changed ({format:?})"
         );
     }
+    assert_eq!(
+        database_properties(&dst, "copy"),
+        database_properties(&src, "app"),
+        "the database's owner, comment, limit, privileges and settings"
+    );
     assert_eq!(
         dst.psql(
             "copy",
@@ -218,4 +258,47 @@ fn verify_sees_a_change_in_every_column_whatever_the_columns_are_called() {
             assert_eq!(table.mismatches.len(), 1, "{table:?}");
         }
     }
+}
+
+/// A setting of the source database that no session of the target could start under (a
+/// preload library the target server lacks, for the very role the copy connects as): the
+/// target database would lock everyone out, so the settings are taken back, with a warning.
+#[test]
+fn settings_that_would_lock_the_target_out_are_taken_back() {
+    let src = Cluster::start(&Options::source());
+    let dst = Cluster::start(&Options::target());
+    src.create_db("app");
+    src.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    // The role never connects to the source's database; on the target it runs the copy.
+    src.psql(
+        "postgres",
+        "CREATE ROLE migrator; \
+         ALTER ROLE migrator IN DATABASE app SET session_preload_libraries = 'seren_no_such_library'; \
+         ALTER DATABASE app SET work_mem = '8MB'",
+    );
+    dst.psql("postgres", "CREATE ROLE migrator SUPERUSER LOGIN");
+    let mut opts = options(&src, "app", &dst, "copy");
+    opts.target.user = "migrator".into();
+    let (result, events) = run_init(opts);
+    result.expect("init");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, replicator_core::Event::Warning(w)
+            if w.contains("taken back") && w.contains("seren_no_such_library"))),
+        "{events:?}"
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = 'copy'"
+        ),
+        "0",
+        "no setting is left that locks sessions out"
+    );
+    assert_eq!(dst.psql("copy", "SELECT count(*) FROM t"), "1");
 }

@@ -356,8 +356,14 @@ async fn decide_sync(
     if mode == SyncMode::Off {
         return Ok(false);
     }
+    let via_password = o
+        .sync_source
+        .as_ref()
+        .unwrap_or(&o.source)
+        .password
+        .is_some();
     let mut problems: Vec<String> =
-        checks::replication(source, Some(maintenance), Some(&names.slot))
+        checks::replication(source, Some((maintenance, via_password)), Some(&names.slot))
             .await
             .iter()
             .filter(|c| c.failed())
@@ -390,6 +396,29 @@ async fn decide_sync(
                 gaps.len(),
                 checks::name_list(&list, 10),
                 checks::IDENTITY_FIX
+            ));
+        }
+        let not_owned = sync::not_publishable(source, &persistent).await?;
+        if !not_owned.is_empty() {
+            let list: Vec<String> = not_owned.iter().map(ToString::to_string).collect();
+            problems.push(format!(
+                "the source role may not publish {} table(s): {} ({}), or copy without --sync, \
+                 which copies them and leaves them out of replication",
+                not_owned.len(),
+                checks::name_list(&list, 10),
+                sync::PUBLISH_FIX
+            ));
+        }
+    }
+    if mode == SyncMode::Auto && problems.is_empty() && !complete {
+        // Replication of nothing would still hold a slot on the source.
+        let now = catalog::read(source).await?;
+        let (persistent, _) = sync::replicable(source, &tables_to_copy(&now, &o.filter)).await?;
+        let not_owned = sync::not_publishable(source, &persistent).await?;
+        if !persistent.is_empty() && not_owned.len() == persistent.len() {
+            problems.push(format!(
+                "the source role may publish none of the tables ({})",
+                sync::PUBLISH_FIX
             ));
         }
     }

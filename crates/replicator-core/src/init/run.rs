@@ -18,12 +18,17 @@ use super::{lock, Ctx};
 use crate::catalog::Catalog;
 use crate::checks;
 use crate::connect::connect;
+use crate::database;
 use crate::error::{Error, Result, Side};
 use crate::filter::QualName;
 use crate::plan::{self, SplitPolicy};
 use crate::progress::{Event, Phase, PlanSummary};
 use crate::schema::{self, DumpOptions};
 use crate::target;
+
+/// The step recorded when this run created the target database (it then gets the source's
+/// owner too, on a resumed run as well).
+const CREATED_DATABASE_STEP: &str = "created-database";
 
 /// The plan of this run: a fresh one recorded in new bookkeeping, or the interrupted run's,
 /// with its split tables that did not finish planned again whole. Returns the units and the
@@ -89,6 +94,12 @@ async fn plan_units(
     )
     .await?;
     ctx.made(|m| m.bookkeeping = true);
+    if pre.create_with.is_some() {
+        bookkeeping
+            .batch_execute(&target::record_step_sql(CREATED_DATABASE_STEP))
+            .await
+            .map_err(|e| Error::sql(Side::Target, "record the database as created", e))?;
+    }
     Ok((units, HashSet::new()))
 }
 
@@ -307,6 +318,79 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
         Phase::Analyze,
         run_pool(ctx, pairs, Queue::of_statements(analyze), &shared),
     )
+    .await?;
+
+    // The database's own properties, now that nothing of the copy is left to run under them.
+    // Whether this run created the database is recorded, so that a resumed run knows it too.
+    let created = pre.create_with.is_some() || done_steps.contains(CREATED_DATABASE_STEP);
+    with_retries(ctx, "copy the database's own properties", || async {
+        let source = connect(&o.source, Side::Source).await?;
+        let props = database::read(&source).await?;
+        let t = connect(&o.target, Side::Target).await?;
+        let owner = database::owner(&t).await?;
+        let keep_create: bool = t
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE')",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::sql(Side::Target, "read the privileges on the database", e))?
+            .get(0);
+        let to = database::Apply {
+            database: &o.target.dbname,
+            owner: &owner,
+            set_owner: created && !o.no_owner,
+            no_privileges: o.no_privileges,
+            keep_create,
+        };
+        let mut warnings = database::apply(&t, &props, &to).await?;
+        // A session must still start there: a preload library the target lacks would lock
+        // everyone out.
+        match connect(&o.target, Side::Target).await {
+            Err(e) if !e.is_retryable() && props.has_settings() => {
+                database::reset_settings(&t, &props, &o.target.dbname).await?;
+                warnings.push(format!(
+                    "the source database's settings were taken back from the target database: no \
+                     session could start there under them ({e}); give the target the settings it \
+                     can hold by hand (ALTER DATABASE … SET)"
+                ));
+            }
+            Err(e) => return Err(e),
+            Ok(probe) => drop(probe),
+        }
+        if let Some(sql) = database::connection_limit_sql(&props, &o.target.dbname) {
+            if let Err(e) = t.batch_execute(&sql).await {
+                if e.as_db_error().is_none() {
+                    return Err(Error::sql(Side::Target, "copy the connection limit", e));
+                }
+                warnings.push(format!(
+                    "could not copy the database's connection limit on the target ({}): run \
+                     `{sql}` there as a role that may",
+                    crate::error::pg_message(&e)
+                ));
+            }
+        }
+        let owner_now = database::owner(&t).await?;
+        if !created && !o.no_owner && props.owner != owner_now {
+            warnings.push(format!(
+                "the target database {db} belongs to {owner_now}, as it did before this run, and \
+                 the source's to {src}{acts}; if the application relies on it, run `ALTER \
+                 DATABASE {qdb} OWNER TO {qsrc}` on the target as a superuser",
+                db = o.target.dbname,
+                src = props.owner,
+                acts = if pre.target_major >= 15 {
+                    " (the owner of a database also owns, from 15, every schema owned by \
+                     pg_database_owner, as public is by default)"
+                } else {
+                    ""
+                },
+                qdb = crate::sql::ident(&o.target.dbname),
+                qsrc = crate::sql::ident(&props.owner),
+            ));
+        }
+        warnings.into_iter().for_each(|w| ctx.warn(w));
+        Ok(())
+    })
     .await?;
 
     with_retries(ctx, "record the copy as complete", || async {

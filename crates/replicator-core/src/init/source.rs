@@ -69,14 +69,29 @@ async fn snapshot_with_slot(
         ));
     }
     let gap_tables: HashSet<&QualName> = gaps.iter().map(|g| &g.table).collect();
-    let tables: Vec<QualName> = persistent
+    let candidates: Vec<QualName> = persistent
         .iter()
         .filter(|t| !gap_tables.contains(t))
         .cloned()
         .collect();
+    let not_owned = sync::not_publishable(&plain, &candidates).await?;
+    if !not_owned.is_empty() {
+        let list: Vec<String> = not_owned.iter().map(ToString::to_string).collect();
+        ctx.warn(format!(
+            "copied but not replicated: {}, which the source role may read but not publish, so \
+             changes to them after the copy do not reach the target ({})",
+            checks::name_list(&list, 10),
+            sync::PUBLISH_FIX
+        ));
+    }
+    let tables: Vec<QualName> = candidates
+        .into_iter()
+        .filter(|t| !not_owned.contains(t))
+        .collect();
     let left_out: HashSet<QualName> = unlogged
         .into_iter()
         .chain(gaps.into_iter().map(|g| g.table))
+        .chain(not_owned)
         .chain(unplanned)
         .collect();
     warn_money_locale(ctx, &plain, &tables).await?;
