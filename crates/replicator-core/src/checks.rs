@@ -476,8 +476,9 @@ pub async fn publication_rights(source: &Client) -> Check {
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE {} AND c.relkind = 'r' AND c.relpersistence = 'p' \
-           AND NOT pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY 1",
-        crate::catalog::USER_NAMESPACES
+           AND NOT {} ORDER BY 1",
+        crate::catalog::USER_NAMESPACES,
+        crate::sync::MAY_PUBLISH
     );
     match source.query(&sql, &[]).await {
         Ok(rows) if rows.is_empty() => Check::pass(NAME, "the source role may publish every table"),
@@ -1105,25 +1106,19 @@ pub async fn roles(source: &Client, target: &Client, no_owner: bool, no_privileg
             "every role the source's objects name exists on the target",
         );
     }
-    let only_grant = grant.is_some() && problems.len() == 1;
-    let mut fix = if only_grant {
-        String::new()
-    } else if fixes.is_empty() {
-        "create them on the target first (pg_dumpall --roles-only on the source lists them)"
-            .to_owned()
-    } else {
-        format!(
-            "create them on the target first (pg_dumpall --roles-only on the source lists them), {}",
-            fixes.join(", ")
-        )
-    };
-    if let Some(g) = grant {
-        fix = if fix.is_empty() {
-            g
+    // Roles to create first (every problem but the grant's), then the grant.
+    let mut fix = Vec::new();
+    if problems.len() > usize::from(grant.is_some()) {
+        let create =
+            "create them on the target first (pg_dumpall --roles-only on the source lists them)";
+        fix.push(if fixes.is_empty() {
+            create.to_owned()
         } else {
-            format!("{fix}; {g}")
-        };
+            format!("{create}, {}", fixes.join(", "))
+        });
     }
+    fix.extend(grant);
+    let fix = fix.join("; ");
     Check::new("target.roles", Verdict::Fail, problems.join("; "), fix)
 }
 

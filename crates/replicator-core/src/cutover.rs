@@ -141,7 +141,8 @@ async fn writable_session(url: &ConnUrl, side: Side) -> Result<Client> {
 /// (`ALTER ROLE … SET`: itself, or with `CREATEROLE` a role that is not a superuser, from 16
 /// only with the `ADMIN` option on it) or whose sessions it may not end (its own; with
 /// `pg_signal_backend` or the role's privileges those of a role that is not a superuser): a
-/// cutover stopped halfway would leave some roles frozen and others writing.
+/// cutover stopped halfway would leave some roles frozen and others writing. A role the source
+/// does not have is a usage error.
 async fn may_freeze(source: &Client, roles: &[String]) -> Result<()> {
     let rows = source
         .query(
@@ -159,6 +160,14 @@ async fn may_freeze(source: &Client, roles: &[String]) -> Result<()> {
         )
         .await
         .map_err(|e| Error::sql(Side::Source, "check the right to freeze the roles", e))?;
+    if let Some(r) = roles
+        .iter()
+        .find(|r| !rows.iter().any(|row| row.get::<_, String>(0) == **r))
+    {
+        return Err(Error::Usage(format!(
+            "--role {r}: no such role on the source"
+        )));
+    }
     let mut problems = Vec::new();
     for row in &rows {
         let (role, alter, signal): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
@@ -231,18 +240,6 @@ pub async fn cutover(
             "the target has no subscription {}: nothing to cut over (is replication running? see `status`)",
             names.subscription
         )));
-    }
-    for r in &o.roles {
-        let exists = source
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[r])
-            .await
-            .map_err(|e| Error::sql(Side::Source, "look up a role", e))?
-            .is_some();
-        if !exists {
-            return Err(Error::Usage(format!(
-                "--role {r}: no such role on the source"
-            )));
-        }
     }
     may_freeze(&source, &o.roles).await?;
     let mut report = CutoverReport::default();

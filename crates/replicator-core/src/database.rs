@@ -59,9 +59,6 @@ pub struct Apply<'a> {
     pub set_owner: bool,
     /// Leave the privileges out (`--no-privileges`).
     pub no_privileges: bool,
-    /// The target role may create in the database now, and must still after the privileges
-    /// are copied (its subscription needs it from 16; a later run its bookkeeping schema).
-    pub keep_create: bool,
 }
 
 /// The settings whose values are lists of names quoted one by one (`GUC_LIST_QUOTE`), as
@@ -219,9 +216,17 @@ fn set_clause(entry: &str) -> Option<String> {
 }
 
 impl Properties {
-    /// The statements that give these properties, but the owner, to the target database whose
-    /// owner is `to.owner`, each with what it does (for a warning when it fails).
-    fn statements(&self, to: &Apply<'_>) -> Vec<(String, String)> {
+    /// Whether the database has settings of its own.
+    pub fn has_settings(&self) -> bool {
+        !self.settings.is_empty()
+    }
+
+    /// The statements that give these properties, but the owner and the connection limit, to
+    /// the target database whose owner is `to.owner`, each with what it does (for a warning
+    /// when it fails). `keep_create`: the target role may create in the database now, and must
+    /// still after the privileges are copied (its subscription needs it from 16, a later run
+    /// its bookkeeping schema).
+    fn statements(&self, to: &Apply<'_>, keep_create: bool) -> Vec<(String, String)> {
         let db = ident(to.database);
         let owner = to.owner;
         let mut out = Vec::new();
@@ -237,7 +242,7 @@ impl Properties {
             // that away, the whole ACL is left as it was (with a warning).
             let mut sql = self.acl_statements(acl, &db, owner);
             let mut needs = vec!["CONNECT"];
-            if to.keep_create {
+            if keep_create {
                 needs.push("CREATE");
             }
             for privilege in needs {
@@ -311,24 +316,27 @@ impl Properties {
     }
 }
 
-/// Give `props` to the target database through `target` (a session on it). A statement the
-/// target refuses (a role it lacks, a setting it does not know or that only a superuser may
-/// give) becomes a warning naming it; a lost connection is an error, to be retried whole.
+/// Run one statement of this module on the target: `Some` warning when the target refuses it
+/// (a role it lacks, a setting it does not know or that only a superuser may give), an error
+/// only when the connection is gone (the step is then retried whole).
+async fn give(target: &Client, sql: &str, what: &str) -> Result<Option<String>> {
+    match target.batch_execute(sql).await {
+        Ok(()) => Ok(None),
+        Err(e) if e.as_db_error().is_none() => Err(Error::sql(Side::Target, what, e)),
+        Err(e) => Ok(Some(format!(
+            "could not {what} on the target ({}): run `{sql}` there as a role that may",
+            crate::error::pg_message(&e)
+        ))),
+    }
+}
+
+/// Give `props`, but the connection limit ([`apply_connection_limit`]), to the target database
+/// through `target` (a session on it); returns a warning for each statement the target refused.
 ///
 /// # Errors
 /// [`Error::Sql`] without a server error (the connection is gone).
 pub async fn apply(target: &Client, props: &Properties, to: &Apply<'_>) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    let run = |sql: String, what: String| async move {
-        match target.batch_execute(&sql).await {
-            Ok(()) => Ok(None),
-            Err(e) if e.as_db_error().is_none() => Err(Error::sql(Side::Target, what, e)),
-            Err(e) => Ok(Some(format!(
-                "could not {what} on the target ({}): run `{sql}` there as a role that may",
-                crate::error::pg_message(&e)
-            ))),
-        }
-    };
     if to.set_owner && props.owner != to.owner {
         // A role that is not a superuser keeps what an owner may do only through the new
         // owner's privileges (membership with INHERIT): without them it would lock itself out.
@@ -348,7 +356,8 @@ pub async fn apply(target: &Client, props: &Properties, to: &Apply<'_>) -> Resul
             ident(&props.owner)
         );
         if keeps {
-            warnings.extend(run(sql, format!("give the database to {}", props.owner)).await?);
+            let what = format!("give the database to {}", props.owner);
+            warnings.extend(give(target, &sql, &what).await?);
         } else {
             warnings.push(format!(
                 "the target database stays with {}: the source's belongs to {}, whose privileges \
@@ -360,18 +369,27 @@ pub async fn apply(target: &Client, props: &Properties, to: &Apply<'_>) -> Resul
     }
     // The privileges the source's owner holds go to whoever owns the target now.
     let now = owner(target).await?;
+    let keep_create: bool = target
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::sql(Side::Target, "read the privileges on the database", e))?
+        .get(0);
     let to = Apply { owner: &now, ..*to };
-    for (sql, what) in props.statements(&to) {
-        warnings.extend(run(sql, what).await?);
+    for (sql, what) in props.statements(&to, keep_create) {
+        warnings.extend(give(target, &sql, &what).await?);
     }
     Ok(warnings)
 }
 
 /// Take back the settings of `props` on the target database (`ALTER … RESET`): a session can
 /// no longer start there under them (a `session_preload_libraries` the target server lacks).
+/// One the target refuses (a role it lacks) was never given.
 ///
 /// # Errors
-/// [`Error::Sql`].
+/// [`Error::Sql`] without a server error (the connection is gone).
 pub async fn reset_settings(target: &Client, props: &Properties, database: &str) -> Result<()> {
     let db = ident(database);
     for s in &props.settings {
@@ -386,24 +404,14 @@ pub async fn reset_settings(target: &Client, props: &Properties, database: &str)
                 ident(name)
             ),
         };
-        // One the target refused (a role it lacks) was never given: only a lost connection
-        // stops the rest.
-        if let Err(e) = target.batch_execute(&sql).await {
-            if e.as_db_error().is_none() {
-                return Err(Error::sql(
-                    Side::Target,
-                    "take back the database's settings",
-                    e,
-                ));
-            }
-        }
+        give(target, &sql, "take back the database's settings").await?;
     }
     Ok(())
 }
 
 /// `ALTER DATABASE … CONNECTION LIMIT` of `props`, for the target database `database`; `None`
-/// when the source's has none. Given last, once no more of this run's sessions are needed.
-pub fn connection_limit_sql(props: &Properties, database: &str) -> Option<String> {
+/// when the source's has none.
+fn connection_limit_sql(props: &Properties, database: &str) -> Option<String> {
     (props.connection_limit != -1).then(|| {
         format!(
             "ALTER DATABASE {} CONNECTION LIMIT {}",
@@ -413,10 +421,19 @@ pub fn connection_limit_sql(props: &Properties, database: &str) -> Option<String
     })
 }
 
-impl Properties {
-    /// Whether the database has settings of its own.
-    pub fn has_settings(&self) -> bool {
-        !self.settings.is_empty()
+/// Give the target database the source's connection limit, if it has one: last, once no more
+/// of this run's sessions are needed to give the rest. A warning when the target refuses it.
+///
+/// # Errors
+/// [`Error::Sql`] without a server error (the connection is gone).
+pub async fn apply_connection_limit(
+    target: &Client,
+    props: &Properties,
+    database: &str,
+) -> Result<Option<String>> {
+    match connection_limit_sql(props, database) {
+        Some(sql) => give(target, &sql, "copy the database's connection limit").await,
+        None => Ok(None),
     }
 }
 
@@ -447,6 +464,14 @@ mod tests {
             acl,
             settings,
         }
+    }
+
+    /// The statements' SQL, for a target role that need not keep CREATE.
+    fn sql_of(p: &Properties, to: &Apply<'_>) -> Vec<String> {
+        p.statements(to, false)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
     }
 
     fn grant(entry: i64, grantee: Option<&str>, privilege: &str, grantable: bool) -> Grant {
@@ -505,9 +530,8 @@ mod tests {
             owner: "app",
             set_owner: true,
             no_privileges: false,
-            keep_create: false,
         };
-        let sql: Vec<String> = p.statements(&to).into_iter().map(|(s, _)| s).collect();
+        let sql = sql_of(&p, &to);
         assert_eq!(
             sql[0],
             r#"COMMENT ON DATABASE "shop copy" IS 'it''s the shop'"#
@@ -537,11 +561,7 @@ mod tests {
             set_owner: false,
             ..to
         };
-        let to = Apply {
-            keep_create: true,
-            ..to
-        };
-        let acl = &p.statements(&to)[1].0;
+        let acl = &p.statements(&to, true)[1].0;
         let sql: Vec<&str> = acl.split(";\n").collect();
         assert_eq!(
             sql[1],
@@ -556,10 +576,7 @@ mod tests {
             no_privileges: true,
             ..to
         };
-        assert!(p
-            .statements(&none)
-            .iter()
-            .all(|(s, _)| !s.contains("GRANT")));
+        assert!(sql_of(&p, &none).iter().all(|s| !s.contains("GRANT")));
     }
 
     #[test]
@@ -586,9 +603,8 @@ mod tests {
             owner: "app",
             set_owner: true,
             no_privileges: false,
-            keep_create: false,
         };
-        let sql: Vec<String> = p.statements(&to).into_iter().map(|(s, _)| s).collect();
+        let sql = sql_of(&p, &to);
         assert_eq!(
             sql,
             [

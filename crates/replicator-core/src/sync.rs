@@ -96,6 +96,9 @@ pub async fn replicable(
         .partition(|t| !unlogged.iter().any(|(s, n)| *s == t.schema && *n == t.name)))
 }
 
+/// SQL: whether the connected role may add the table `c` (`pg_class`) to a publication.
+pub(crate) const MAY_PUBLISH: &str = "pg_has_role(current_user, c.relowner, 'USAGE')";
+
 /// Which of `tables` the connected role may not add to a publication: only a superuser, or a
 /// role with the privileges of the table's owner, may (a role that only has `SELECT` on it can
 /// copy it but not publish it).
@@ -107,11 +110,13 @@ pub async fn not_publishable(source: &Client, tables: &[QualName]) -> Result<Vec
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let rows = source
         .query(
-            "SELECT n.nspname::text, c.relname::text \
-             FROM unnest($1::text[], $2::text[]) AS t(s, r) \
-             JOIN pg_namespace n ON n.nspname = t.s \
-             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r \
-             WHERE NOT pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY 1, 2",
+            &format!(
+                "SELECT n.nspname::text, c.relname::text \
+                 FROM unnest($1::text[], $2::text[]) AS t(s, r) \
+                 JOIN pg_namespace n ON n.nspname = t.s \
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r \
+                 WHERE NOT {MAY_PUBLISH} ORDER BY 1, 2"
+            ),
             &[&schemas, &names],
         )
         .await

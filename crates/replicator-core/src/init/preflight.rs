@@ -382,40 +382,36 @@ async fn decide_sync(
                 .into(),
         );
     }
-    if mode == SyncMode::Required && problems.is_empty() && !complete {
-        // Tables it would have to leave out: with --sync that is a refusal, before anything
-        // is created.
-        let now = catalog::read(source).await?;
-        let (persistent, _) = sync::replicable(source, &tables_to_copy(&now, &o.filter)).await?;
-        let gaps = checks::identity_problems(source, Some(&persistent)).await?;
-        if !gaps.is_empty() {
-            let list: Vec<String> = gaps.iter().map(ToString::to_string).collect();
-            problems.push(format!(
-                "replication cannot keep {} table(s) in step: {} ({}), or copy without --sync, \
-                 which copies them and leaves them out of replication",
-                gaps.len(),
-                checks::name_list(&list, 10),
-                checks::IDENTITY_FIX
-            ));
-        }
-        let not_owned = sync::not_publishable(source, &persistent).await?;
-        if !not_owned.is_empty() {
-            let list: Vec<String> = not_owned.iter().map(ToString::to_string).collect();
-            problems.push(format!(
-                "the source role may not publish {} table(s): {} ({}), or copy without --sync, \
-                 which copies them and leaves them out of replication",
-                not_owned.len(),
-                checks::name_list(&list, 10),
-                sync::PUBLISH_FIX
-            ));
-        }
-    }
-    if mode == SyncMode::Auto && problems.is_empty() && !complete {
-        // Replication of nothing would still hold a slot on the source.
+    if problems.is_empty() && !complete {
         let now = catalog::read(source).await?;
         let (persistent, _) = sync::replicable(source, &tables_to_copy(&now, &o.filter)).await?;
         let not_owned = sync::not_publishable(source, &persistent).await?;
-        if !persistent.is_empty() && not_owned.len() == persistent.len() {
+        if mode == SyncMode::Required {
+            // Tables it would have to leave out: with --sync that is a refusal, before
+            // anything is created.
+            let gaps = checks::identity_problems(source, Some(&persistent)).await?;
+            if !gaps.is_empty() {
+                let list: Vec<String> = gaps.iter().map(ToString::to_string).collect();
+                problems.push(format!(
+                    "replication cannot keep {} table(s) in step: {} ({}), or copy without \
+                     --sync, which copies them and leaves them out of replication",
+                    gaps.len(),
+                    checks::name_list(&list, 10),
+                    checks::IDENTITY_FIX
+                ));
+            }
+            if !not_owned.is_empty() {
+                let list: Vec<String> = not_owned.iter().map(ToString::to_string).collect();
+                problems.push(format!(
+                    "the source role may not publish {} table(s): {} ({}), or copy without \
+                     --sync, which copies them and leaves them out of replication",
+                    not_owned.len(),
+                    checks::name_list(&list, 10),
+                    sync::PUBLISH_FIX
+                ));
+            }
+        } else if !persistent.is_empty() && not_owned.len() == persistent.len() {
+            // Replication of nothing would still hold a slot on the source.
             problems.push(format!(
                 "the source role may publish none of the tables ({})",
                 sync::PUBLISH_FIX

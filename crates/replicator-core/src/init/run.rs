@@ -168,6 +168,61 @@ fn leave_out_unplanned(
     (copy, excluded)
 }
 
+/// Give the target database the source database's own properties ([`database`]), now that
+/// nothing of the copy is left to run under them; then check that a session can still start
+/// there (a preload library the target lacks would lock everyone out) and, last, give it the
+/// connection limit. `created`: this run created the database, so it gets the source's owner.
+async fn copy_database_properties(ctx: &Ctx, pre: &Preflight, created: bool) -> Result<()> {
+    let o = &ctx.opts;
+    with_retries(ctx, "copy the database's own properties", || async {
+        let source = connect(&o.source, Side::Source).await?;
+        let props = database::read(&source).await?;
+        let t = connect(&o.target, Side::Target).await?;
+        let owner = database::owner(&t).await?;
+        let to = database::Apply {
+            database: &o.target.dbname,
+            owner: &owner,
+            set_owner: created && !o.no_owner,
+            no_privileges: o.no_privileges,
+        };
+        let mut warnings = database::apply(&t, &props, &to).await?;
+        match connect(&o.target, Side::Target).await {
+            Err(e) if !e.is_retryable() && props.has_settings() => {
+                database::reset_settings(&t, &props, &o.target.dbname).await?;
+                warnings.push(format!(
+                    "the source database's settings were taken back from the target database: no \
+                     session could start there under them ({e}); give the target the settings it \
+                     can hold by hand (ALTER DATABASE … SET)"
+                ));
+            }
+            Err(e) => return Err(e),
+            Ok(probe) => drop(probe),
+        }
+        warnings.extend(database::apply_connection_limit(&t, &props, &o.target.dbname).await?);
+        // Not created by this run, the database kept its owner.
+        if !created && !o.no_owner && props.owner != owner {
+            warnings.push(format!(
+                "the target database {db} belongs to {owner}, as it did before this run, and \
+                 the source's to {src}{acts}; if the application relies on it, run `ALTER \
+                 DATABASE {qdb} OWNER TO {qsrc}` on the target as a superuser",
+                db = o.target.dbname,
+                src = props.owner,
+                acts = if pre.target_major >= 15 {
+                    " (the owner of a database also owns, from 15, every schema owned by \
+                     pg_database_owner, as public is by default)"
+                } else {
+                    ""
+                },
+                qdb = crate::sql::ident(&o.target.dbname),
+                qsrc = crate::sql::ident(&props.owner),
+            ));
+        }
+        warnings.into_iter().for_each(|w| ctx.warn(w));
+        Ok(())
+    })
+    .await
+}
+
 pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<()> {
     let o = &ctx.opts;
     let Snap {
@@ -320,78 +375,9 @@ pub(super) async fn run(ctx: &Arc<Ctx>, pre: &Preflight, snap: Snap) -> Result<(
     )
     .await?;
 
-    // The database's own properties, now that nothing of the copy is left to run under them.
     // Whether this run created the database is recorded, so that a resumed run knows it too.
     let created = pre.create_with.is_some() || done_steps.contains(CREATED_DATABASE_STEP);
-    with_retries(ctx, "copy the database's own properties", || async {
-        let source = connect(&o.source, Side::Source).await?;
-        let props = database::read(&source).await?;
-        let t = connect(&o.target, Side::Target).await?;
-        let owner = database::owner(&t).await?;
-        let keep_create: bool = t
-            .query_one(
-                "SELECT has_database_privilege(current_database(), 'CREATE')",
-                &[],
-            )
-            .await
-            .map_err(|e| Error::sql(Side::Target, "read the privileges on the database", e))?
-            .get(0);
-        let to = database::Apply {
-            database: &o.target.dbname,
-            owner: &owner,
-            set_owner: created && !o.no_owner,
-            no_privileges: o.no_privileges,
-            keep_create,
-        };
-        let mut warnings = database::apply(&t, &props, &to).await?;
-        // A session must still start there: a preload library the target lacks would lock
-        // everyone out.
-        match connect(&o.target, Side::Target).await {
-            Err(e) if !e.is_retryable() && props.has_settings() => {
-                database::reset_settings(&t, &props, &o.target.dbname).await?;
-                warnings.push(format!(
-                    "the source database's settings were taken back from the target database: no \
-                     session could start there under them ({e}); give the target the settings it \
-                     can hold by hand (ALTER DATABASE … SET)"
-                ));
-            }
-            Err(e) => return Err(e),
-            Ok(probe) => drop(probe),
-        }
-        if let Some(sql) = database::connection_limit_sql(&props, &o.target.dbname) {
-            if let Err(e) = t.batch_execute(&sql).await {
-                if e.as_db_error().is_none() {
-                    return Err(Error::sql(Side::Target, "copy the connection limit", e));
-                }
-                warnings.push(format!(
-                    "could not copy the database's connection limit on the target ({}): run \
-                     `{sql}` there as a role that may",
-                    crate::error::pg_message(&e)
-                ));
-            }
-        }
-        let owner_now = database::owner(&t).await?;
-        if !created && !o.no_owner && props.owner != owner_now {
-            warnings.push(format!(
-                "the target database {db} belongs to {owner_now}, as it did before this run, and \
-                 the source's to {src}{acts}; if the application relies on it, run `ALTER \
-                 DATABASE {qdb} OWNER TO {qsrc}` on the target as a superuser",
-                db = o.target.dbname,
-                src = props.owner,
-                acts = if pre.target_major >= 15 {
-                    " (the owner of a database also owns, from 15, every schema owned by \
-                     pg_database_owner, as public is by default)"
-                } else {
-                    ""
-                },
-                qdb = crate::sql::ident(&o.target.dbname),
-                qsrc = crate::sql::ident(&props.owner),
-            ));
-        }
-        warnings.into_iter().for_each(|w| ctx.warn(w));
-        Ok(())
-    })
-    .await?;
+    copy_database_properties(ctx, pre, created).await?;
 
     with_retries(ctx, "record the copy as complete", || async {
         let t = connect(&o.target, Side::Target).await?;
