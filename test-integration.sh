@@ -32,7 +32,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 datasets=$(datasets_dir)
 
 echo "== building"
-cargo build -q -p postgres-seren-replicator -p coordinator -p worker
+build_debug_binaries
 cli="$CARGO_TARGET_DIR/debug/postgres-seren-replicator"
 
 work=$(mktemp -d /tmp/seren-it.XXXXXX)
@@ -88,9 +88,10 @@ for db in "${dbs[@]}"; do
 done
 psql -X -q -v ON_ERROR_STOP=1 -d "$(db_url "$SRC_BASE" postgres)" -c "CREATE DATABASE ${prefix}pagila" -c "CREATE DATABASE ${prefix}big"
 psql_src pagila -f "$datasets/pagila/pagila-schema.sql" -f "$datasets/pagila/pagila-data.sql" >/dev/null
-# About 700 MB of rows: a copy that lasts long enough to be interrupted.
+# About 1.4 GB of rows: a copy that lasts long enough to be interrupted three times, also on a
+# fast machine (with 700 MB a whole copy once took 3 s here, less than the kills below wait).
 psql_src big -c "CREATE TABLE wide (id bigint PRIMARY KEY, payload text)" \
-    -c "INSERT INTO wide SELECT g, repeat(md5(g::text), 12) FROM generate_series(1, 1500000) g"
+    -c "INSERT INTO wide SELECT g, repeat(md5(g::text), 12) FROM generate_series(1, 3000000) g"
 
 if ! $remote; then
     # Short timeouts so that the reaper acts within the test: workers heartbeat every second and
@@ -185,7 +186,8 @@ id=$(SEREN_SOURCE_URL=$(src big) SEREN_TARGET_URL=$(dst big_killed) "$cli" init 
 kills=0
 for attempt in 1 2 3; do
     wait_for "$id" "j['status'] == 'running' and j['attempt'] == $attempt and (j.get('progress') or {}).get('phase') in ('schema', 'data', 'post-data')" 60 || break
-    sleep "$(python3 -c 'import random; print(round(random.uniform(0, 2), 2))')"
+    # The phase shows up to a heartbeat (1 s) late: kill within the next second.
+    sleep "$(python3 -c 'import random; print(round(random.uniform(0, 1), 2))')"
     [ "$(job_field "$id" "(j['status'], j['attempt'])")" = "('running', $attempt)" ] || break
     kill -9 "$(job_field "$id" "j['instance_id'].split('-')[1]")"
     kills=$((kills + 1))

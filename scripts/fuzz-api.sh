@@ -8,6 +8,8 @@
 #   scripts/fuzz-api.sh [SECONDS]      (default 90; SEREN_FUZZ_SECS too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 secs="${1:-${SEREN_FUZZ_SECS:-90}}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 venv=.venv-fuzz
@@ -17,8 +19,7 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$version"; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "schemathesis==$version"
 fi
-# The same build as test-integration.sh's, so that after it nothing is rebuilt.
-cargo build -q -p postgres-seren-replicator -p coordinator -p worker
+build_debug_binaries
 coordinator="$CARGO_TARGET_DIR/debug/seren-coordinator"
 
 work="$(mktemp -d)"

@@ -97,15 +97,17 @@ db_url() {
     python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$1" "$2"
 }
 
-# compare_databases SOURCE_URL TARGET_URL: every ordinary table's row count and content hash,
-# source against target. Prints each difference; returns 1 when there is one.
+# compare_databases SOURCE_URL TARGET_URL: every ordinary table's row count and content hash
+# (the hash of its rows' sorted hashes: a string of every row's text would pass 1 GB on a large
+# table), source against target. Prints each difference; returns 1 when there is one.
 compare_databases() {
-    local s=$1 d=$2 t a b mismatch=0 tables=0
+    local s=$1 d=$2 t a b mismatch=0 tables=0 h
     local q="SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
     while read -r t; do
-        a=$(psql -X -q -At -d "$s" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x")
-        b=$(psql -X -q -At -d "$d" -c "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '' ORDER BY x::text)), '') FROM ONLY $t x" 2>&1)
+        h="SELECT count(*) || ':' || coalesce(md5(string_agg(h, '' ORDER BY h)), '') FROM (SELECT md5(x::text) AS h FROM ONLY $t x) r"
+        a=$(psql -X -q -At -d "$s" -c "$h")
+        b=$(psql -X -q -At -d "$d" -c "$h" 2>&1)
         tables=$((tables + 1))
         if [ "$a" != "$b" ]; then echo "DIFFERENT: $t source=$a target=$b"; mismatch=1; fi
     done < <(psql -X -q -At -d "$s" -c "$q")
@@ -139,6 +141,14 @@ start_local_stack() {
     echo "the coordinator did not start; its log:" >&2
     cat "$dir/coordinator.log" >&2
     return 1
+}
+
+# build_debug_binaries: the debug binaries (CLI, coordinator, worker) in $CARGO_TARGET_DIR/debug,
+# built exactly as `cargo test --workspace --all-features` builds them. A plain `cargo build -p …`
+# resolves other features (the tests' dev-dependencies add tokio's test-util, for one), which
+# rebuilds tokio and everything above it: four minutes on 2 cores after the test run.
+build_debug_binaries() {
+    cargo test -q --workspace --all-features --no-run 2>&1 | { grep -v '^ *Executable ' || true; } >&2
 }
 
 # Where the Python tools' venvs live: outside the checkout, so that every clone shares them
