@@ -17,12 +17,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
-cargo build -q -p pg-harness --bin pg-bindir
-pgbindir="$CARGO_TARGET_DIR/debug/pg-bindir"
-system_bin=$(pg_bindir)
-major_of() { "$1/postgres" -V | awk '{split($3, v, "."); print v[1]}'; }
-system_major=$(major_of "$system_bin")
-server_bin() { if [ "$1" = "$system_major" ]; then echo "$system_bin"; else "$pgbindir" server "$1"; fi; }
+ensure_pg_bindir_tool
+system_major=$(pg_major "$(pg_bindir)")
 rounds=${ROUNDS:-2}
 pairs=("$@"); [ ${#pairs[@]} -gt 0 ] || pairs=("$system_major:$system_major")
 
@@ -41,11 +37,8 @@ schema="CREATE TABLE wide (id bigint PRIMARY KEY, doc jsonb, amount numeric(18,4
 results=()
 for pair in "${pairs[@]}"; do
     [[ $pair =~ ^[0-9]+:[0-9]+$ ]] || { echo "'$pair' is not SOURCE:TARGET (e.g. 15:18)" >&2; exit 2; }
-    sbin=$(server_bin "${pair%:*}"); tbin=$(server_bin "${pair#*:}")
-    cbin=$system_bin
-    if [ "$(major_of "$sbin")" -gt "$system_major" ] || [ "$(major_of "$tbin")" -gt "$system_major" ]; then
-        cbin=$("$pgbindir" client)
-    fi
+    sbin=$(pg_server_bindir "${pair%:*}"); tbin=$(pg_server_bindir "${pair#*:}")
+    cbin=$(pg_client_bindir "${pair%:*}" "${pair#*:}")
     sp=$(free_port); tp=$(free_port)
     PG_BINDIR=$sbin start_cluster "$work/s" "$sp" "${settings[@]}"
     PG_BINDIR=$tbin start_cluster "$work/t" "$tp" "${settings[@]}"
@@ -82,7 +75,7 @@ for pair in "${pairs[@]}"; do
             a=$(on_s -c "SELECT md5(string_agg(w::text, '' ORDER BY id)) FROM wide w")
             b=$(on_t -c "SELECT md5(string_agg(w::text, '' ORDER BY id)) FROM wide w")
             [ "$a" = "$b" ] || { echo "binary = $binary: the target's rows differ from the source's" >&2; exit 1; }
-            secs=$(echo "$t1 - $t0" | bc)
+            secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
             printf "  round %d  binary = %-5s  %6.2f s to apply\n" "$r" "$binary" "$secs"
             results+=("$pair $binary $secs")
             on_t -c "DROP SUBSCRIPTION bench"
@@ -95,9 +88,8 @@ sbin="" tbin=""
 echo
 echo "| servers | text (median) | binary (median) | binary / text |"
 echo "|---|---|---|---|"
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for pair in "${pairs[@]}"; do
     t=$(printf '%s\n' "${results[@]}" | awk -v p="$pair" '$1==p && $2=="false" {print $3}' | median)
     b=$(printf '%s\n' "${results[@]}" | awk -v p="$pair" '$1==p && $2=="true" {print $3}' | median)
-    printf "| %s | %.2f s | %.2f s | %.2f |\n" "${pair/:/ → }" "$t" "$b" "$(echo "$b / $t" | bc -l)"
+    printf "| %s | %.2f s | %.2f s | %.2f |\n" "${pair/:/ → }" "$t" "$b" "$(awk -v t="$t" -v b="$b" 'BEGIN {print b / t}')"
 done

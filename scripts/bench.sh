@@ -35,26 +35,13 @@ jobs=${JOBS:-$(nproc)}
 floor=${FLOOR:-1}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seren-target}"
 cargo build -q --release -p postgres-seren-replicator
-cargo build -q -p pg-harness --bin pg-bindir
+ensure_pg_bindir_tool
 ours="$CARGO_TARGET_DIR/release/postgres-seren-replicator"
-system_bin=$(pg_bindir)
-major_of() { "$1/postgres" -V | awk '{split($3, v, "."); print v[1]}'; }
-system_major=$(major_of "$system_bin")
+system_major=$(pg_major "$(pg_bindir)")
 pairs=${PAIRS:-$system_major:$system_major}
 for pair in $pairs; do
     [[ $pair =~ ^[0-9]+:[0-9]+$ ]] || { echo "PAIRS: '$pair' is not SOURCE:TARGET (e.g. 15:18)" >&2; exit 2; }
 done
-# The server binaries of a major; the client tools for a pair of majors.
-server_bin() {
-    if [ "$1" = "$system_major" ]; then echo "$system_bin"; else "$CARGO_TARGET_DIR/debug/pg-bindir" server "$1"; fi
-}
-client_bin() {
-    local newest=$(( $1 > $2 ? $1 : $2 )) dir
-    if [ "$newest" -le "$system_major" ]; then echo "$system_bin"; return; fi
-    dir=$("$CARGO_TARGET_DIR/debug/pg-bindir" client)
-    [ "$(major_of "$dir")" -ge "$newest" ] || { echo "no client tools of PostgreSQL $newest or newer" >&2; exit 1; }
-    echo "$dir"
-}
 
 keep=${SEREN_BENCH_DIR:-/var/tmp/seren-bench}
 mkdir -p "$keep"
@@ -68,7 +55,7 @@ src_bin="" src_dir="" dst_bin="" dst_dir="" cbin=""
 # started for its pairs.
 start_source() {
     local major=$1
-    src_bin=$(server_bin "$major")
+    src_bin=$(pg_server_bindir "$major")
     src_dir="$keep/source"; [ "$major" = "$system_major" ] || src_dir="$keep/source-$major"
     local opts="-p $src_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$keep -c wal_level=logical"
     # The source takes no writes during the runs: a small max_wal_size keeps its pg_wal small.
@@ -85,7 +72,7 @@ stop_source() {
     src_dir=""
 }
 start_target() {
-    dst_bin=$(server_bin "$1")
+    dst_bin=$(pg_server_bindir "$1")
     dst_dir="$work/target-$1"
     # shellcheck disable=SC2086 # TARGET_SETTINGS is a list
     PG_BINDIR=$dst_bin start_cluster "$dst_dir" "$dst_port" "${settings[@]}" ${TARGET_SETTINGS:-}
@@ -150,7 +137,6 @@ check_query() {
 
 results="$work/results"
 : > "$results"
-median() { sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 run() { # set tool round
     local set=$1 tool=$2 round=$3 db="t_${2}_${3}" start end rss="" src="$src_base/$1?sslmode=disable"
@@ -237,7 +223,7 @@ floor_set() {
 declare -A size_gb size_pretty versions
 for pair in $pairs; do
     s_major=${pair%:*} t_major=${pair#*:}
-    cbin=$(client_bin "$s_major" "$t_major")
+    cbin=$(pg_client_bindir "$s_major" "$t_major")
     start_source "$s_major"
     for set in $sets; do build_set "$set"; done
     if [ "$rounds" -eq 0 ]; then stop_source; continue; fi

@@ -66,6 +66,36 @@ pg_bindir() {
     find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1
 }
 
+# The major version of the PostgreSQL installation in bin directory $1.
+pg_major() {
+    "$1/postgres" -V | awk '{split($3, v, "."); print v[1]}'
+}
+
+# Installations of other majors (the benchmarks): the system's (pg_bindir) where it serves,
+# otherwise the tests' pinned downloads through pg-bindir (crates/pg-harness), which
+# ensure_pg_bindir_tool builds. pg_server_bindir MAJOR: initdb, pg_ctl and postgres of MAJOR.
+# pg_client_bindir SOURCE_MAJOR TARGET_MAJOR: client tools at least as new as both.
+ensure_pg_bindir_tool() {
+    cargo build -q -p pg-harness --bin pg-bindir
+}
+pg_server_bindir() {
+    local system; system=$(pg_bindir)
+    if [ "$1" = "$(pg_major "$system")" ]; then echo "$system"; else "$CARGO_TARGET_DIR/debug/pg-bindir" server "$1"; fi
+}
+pg_client_bindir() {
+    local system newest=$(( $1 > $2 ? $1 : $2 )) dir
+    system=$(pg_bindir)
+    if [ "$newest" -le "$(pg_major "$system")" ]; then echo "$system"; return; fi
+    dir=$("$CARGO_TARGET_DIR/debug/pg-bindir" client)
+    [ "$(pg_major "$dir")" -ge "$newest" ] || { echo "no client tools of PostgreSQL $newest or newer" >&2; return 1; }
+    echo "$dir"
+}
+
+# The median of the numbers on stdin, one per line (nothing for none).
+median() {
+    sort -n | awk '{a[NR]=$1} END {if (NR) print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
+}
+
 # Run a server binary as postgres when we are root (PostgreSQL refuses to run as root).
 as_server_user() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

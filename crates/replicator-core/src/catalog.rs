@@ -185,15 +185,42 @@ pub async fn read(client: &Client) -> Result<Catalog> {
         });
     }
 
+    // A type can travel in binary only if it and every type its binary form is made of (an
+    // array's element, a domain's base, a range's subtype, a multirange's range) have send and
+    // receive functions: `range_send` fails on a subtype without one (a range over `seg`), which
+    // text would carry. Composite types go as text. So do the reg* types: their binary form is
+    // the OID, which names another object (or none) on the target, while their text form is the
+    // object's qualified name. And arrays whose element type is not built in (OID 10000 and
+    // over: enums, domains, extension types, and the domains of information_schema, whose OIDs
+    // differ from server to server): an array's binary form carries its element type's OID,
+    // which the target's `array_recv` checks against its own. (pg_range's `rngmultitypid` is
+    // read through `to_jsonb`: 12 and 13 have no multiranges.)
     let columns = client
         .query(
-            &format!(
-                "WITH RECURSIVE {BINARY_TYPES}
-                 SELECT a.attrelid, a.attname, a.attgenerated <> '' AS generated, coalesce(ok.ok, false)
-                 FROM pg_attribute a LEFT JOIN ok ON ok.root = a.atttypid
+            "WITH RECURSIVE base(root, t) AS (
+                 SELECT a.atttypid, a.atttypid FROM pg_attribute a
                  WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
-                 ORDER BY a.attrelid, a.attnum"
-            ),
+               UNION
+                 SELECT b.root, CASE ty.typtype WHEN 'd' THEN ty.typbasetype
+                                                WHEN 'r' THEN r.rngsubtype
+                                                WHEN 'm' THEN mr.rngtypid
+                                                ELSE ty.typelem END
+                 FROM base b JOIN pg_type ty ON ty.oid = b.t
+                 LEFT JOIN pg_range r ON r.rngtypid = ty.oid
+                 LEFT JOIN pg_range mr ON ty.typtype = 'm'
+                      AND (to_jsonb(mr)->>'rngmultitypid')::oid = ty.oid
+                 WHERE ty.typtype IN ('d', 'r', 'm') OR (ty.typelem <> 0 AND ty.typlen = -1))
+             , ok AS (
+                 SELECT b.root, bool_and(ty.typsend <> 0 AND ty.typreceive <> 0 AND ty.typtype <> 'c'
+                     AND NOT (ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN
+                       ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype',
+                        'regrole', 'regnamespace', 'regconfig', 'regdictionary', 'regcollation'))
+                     AND NOT (ty.typelem <> 0 AND ty.typlen = -1 AND ty.typelem >= 10000)) AS ok
+                 FROM base b JOIN pg_type ty ON ty.oid = b.t GROUP BY b.root)
+             SELECT a.attrelid, a.attname, a.attgenerated <> '' AS generated, coalesce(ok.ok, false)
+             FROM pg_attribute a LEFT JOIN ok ON ok.root = a.atttypid
+             WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attrelid, a.attnum",
             &[&tables.iter().map(|t| t.oid).collect::<Vec<u32>>()],
         )
         .await
@@ -386,38 +413,6 @@ pub(crate) fn collation_library_version(provider: &str) -> String {
          END"
     )
 }
-
-/// Which column types may travel in binary COPY, as common table expressions over the
-/// relations `$1` (`oid[]`): `ok(root, ok)` for each column type. A type can travel in binary
-/// only if it and every type its binary form is made of (an array's element, a domain's base, a
-/// range's subtype, a multirange's range) have send and receive functions: `range_send` fails
-/// on a subtype without one (a range over `seg`), which text would carry. Composite types go as
-/// text. So do the reg* types: their binary form is the OID, which names another object (or
-/// none) on the target, while their text form is the object's qualified name. And arrays whose
-/// element type is not built in (OID 10000 and over: enums, domains, extension types, and the
-/// domains of information_schema, whose OIDs differ from server to server): an array's binary
-/// form carries its element type's OID, which the target's `array_recv` checks against its own.
-/// (pg_range's `rngmultitypid` is read through `to_jsonb`: 12 and 13 have no multiranges.)
-const BINARY_TYPES: &str = "base(root, t) AS (
-         SELECT a.atttypid, a.atttypid FROM pg_attribute a
-         WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
-       UNION
-         SELECT b.root, CASE ty.typtype WHEN 'd' THEN ty.typbasetype
-                                        WHEN 'r' THEN r.rngsubtype
-                                        WHEN 'm' THEN mr.rngtypid
-                                        ELSE ty.typelem END
-         FROM base b JOIN pg_type ty ON ty.oid = b.t
-         LEFT JOIN pg_range r ON r.rngtypid = ty.oid
-         LEFT JOIN pg_range mr ON ty.typtype = 'm'
-              AND (to_jsonb(mr)->>'rngmultitypid')::oid = ty.oid
-         WHERE ty.typtype IN ('d', 'r', 'm') OR (ty.typelem <> 0 AND ty.typlen = -1))
-     , ok AS (
-         SELECT b.root, bool_and(ty.typsend <> 0 AND ty.typreceive <> 0 AND ty.typtype <> 'c'
-             AND NOT (ty.typnamespace = 'pg_catalog'::regnamespace AND ty.typname IN
-               ('regproc', 'regprocedure', 'regoper', 'regoperator', 'regclass', 'regtype',
-                'regrole', 'regnamespace', 'regconfig', 'regdictionary', 'regcollation'))
-             AND NOT (ty.typelem <> 0 AND ty.typlen = -1 AND ty.typelem >= 10000)) AS ok
-         FROM base b JOIN pg_type ty ON ty.oid = b.t GROUP BY b.root)";
 
 /// Whether the connected role is a superuser: one row, one `bool`.
 pub const IS_SUPERUSER: &str =
